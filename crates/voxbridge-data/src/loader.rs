@@ -1,0 +1,234 @@
+//! The loader training and evaluation use: open a manifest (path or URL), pick subjects and each
+//! subject's first N sessions, split train/test, average test repeats, look targets up by image.
+//! Every byte is checked against the manifest before it is decoded.
+//!
+//! Split: training trials are the non-test trials of the chosen sessions; test trials are the
+//! shared-test trials of **all** the subject's sessions, as MindEye2 evaluates every model on the
+//! full `new_test` set whatever number of training sessions it used.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::error::{DataError, Result};
+use crate::manifest::{Manifest, OpenedManifest, open_manifest};
+use crate::shard::{TargetRows, TrialRows, decode_targets, decode_trials};
+use crate::verify::fetch_verified;
+
+/// Which sessions of a subject to train on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sessions {
+    All,
+    /// The first N sessions in chronological order (N = 1 is MindEye2's "1 hour").
+    First(u16),
+}
+
+/// One subject's trials, split.
+#[derive(Debug, Clone)]
+pub struct SubjectTrials {
+    pub subject: u8,
+    pub voxel_count: usize,
+    /// Sessions the training trials come from.
+    pub sessions_used: Vec<u16>,
+    /// Single trials, never averaged (MindEye2 trains on single trials).
+    pub train: TrialRows,
+    /// Single trials of the shared test images, from every session.
+    pub test: TrialRows,
+}
+
+/// Test trials averaged over repeats: one row per image, ordered by image id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AveragedTrials {
+    pub voxel_count: usize,
+    pub image_id: Vec<u32>,
+    /// How many single trials went into each row.
+    pub repeats: Vec<u8>,
+    /// `[images, voxel_count]`.
+    pub voxels: Vec<f32>,
+}
+
+impl AveragedTrials {
+    pub fn voxels_of(&self, row: usize) -> &[f32] {
+        &self.voxels[row * self.voxel_count..(row + 1) * self.voxel_count]
+    }
+}
+
+/// Averages the rows of each image (in f64, then rounded once).
+pub fn average_repeats(trials: &TrialRows) -> AveragedTrials {
+    let v = trials.voxel_count;
+    let mut groups: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (row, &image) in trials.image_id.iter().enumerate() {
+        groups.entry(image).or_default().push(row);
+    }
+    let mut out = AveragedTrials { voxel_count: v, image_id: Vec::new(), repeats: Vec::new(), voxels: Vec::with_capacity(groups.len() * v) };
+    let mut acc = vec![0f64; v];
+    for (image, rows) in groups {
+        acc.iter_mut().for_each(|a| *a = 0.0);
+        for &r in &rows {
+            for (a, &x) in acc.iter_mut().zip(trials.voxels_of(r)) {
+                *a += x as f64;
+            }
+        }
+        let n = rows.len() as f64;
+        out.voxels.extend(acc.iter().map(|a| (a / n) as f32));
+        out.image_id.push(image);
+        out.repeats.push(rows.len().min(u8::MAX as usize) as u8);
+    }
+    out
+}
+
+/// Per-image targets with an index by image id.
+#[derive(Debug, Clone)]
+pub struct Targets {
+    pub rows: TargetRows,
+    index: HashMap<u32, usize>,
+}
+
+impl Targets {
+    pub fn row(&self, image_id: u32) -> Option<usize> {
+        self.index.get(&image_id).copied()
+    }
+
+    pub fn clip(&self, row: usize) -> &[f32] {
+        let n = self.rows.shapes.clip_len();
+        &self.rows.clip_tokens[row * n..(row + 1) * n]
+    }
+
+    pub fn lowlevel(&self, row: usize) -> &[f32] {
+        let n = self.rows.shapes.lowlevel_len();
+        &self.rows.lowlevel[row * n..(row + 1) * n]
+    }
+
+    pub fn captions(&self, row: usize) -> &[f32] {
+        let n = self.rows.shapes.captions_len();
+        &self.rows.captions[row * n..(row + 1) * n]
+    }
+
+    /// Gathers the CLIP targets of `images`, `[images, tokens·dim]`; unknown ids are an error.
+    pub fn gather_clip(&self, images: &[u32]) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(images.len() * self.rows.shapes.clip_len());
+        for &image in images {
+            let row = self.row(image).ok_or_else(|| DataError::Selection(format!("image {image} has no target")))?;
+            out.extend_from_slice(self.clip(row));
+        }
+        Ok(out)
+    }
+}
+
+/// An opened dataset.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    opened: OpenedManifest,
+}
+
+impl Dataset {
+    pub fn open(manifest_location: &str) -> Result<Self> {
+        Ok(Self { opened: open_manifest(manifest_location)? })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.opened.manifest
+    }
+
+    pub fn opened(&self) -> &OpenedManifest {
+        &self.opened
+    }
+
+    /// Loads one subject: training trials of the chosen sessions, test trials of all sessions.
+    pub fn load_subject(&self, subject: u8, sessions: Sessions) -> Result<SubjectTrials> {
+        let manifest = &self.opened.manifest;
+        let info = manifest.subject(subject).ok_or_else(|| {
+            let have: Vec<u8> = manifest.subjects.iter().map(|s| s.subject).collect();
+            DataError::Selection(format!("subject {subject} is not in {} (it has subjects {have:?})", self.opened.origin))
+        })?;
+        let files = manifest.trial_files(subject);
+        let limit = match sessions {
+            Sessions::All => u16::MAX,
+            Sessions::First(0) => return Err(DataError::Selection("sessions must be at least 1".into())),
+            Sessions::First(n) if n > info.sessions => {
+                return Err(DataError::Selection(format!("subject {subject} has {} sessions; {n} were asked for", info.sessions)));
+            }
+            Sessions::First(n) => n,
+        };
+        let mut train = TrialRows::new(info.voxels);
+        let mut test = TrialRows::new(info.voxels);
+        let mut sessions_used = Vec::new();
+        for entry in files {
+            let session = entry.session.unwrap_or_default();
+            let file = self.opened.root.display(&entry.path);
+            let bytes = fetch_verified(&self.opened.root, entry)?;
+            let (rows, _) = decode_trials(&file, bytes, info.voxels)?;
+            if rows.subject.iter().any(|&s| s != subject) || rows.session.iter().any(|&s| s != session) {
+                return Err(DataError::Content { file, message: format!("rows do not all belong to subject {subject}, session {session}") });
+            }
+            if rows.len() as u64 != entry.rows {
+                return Err(DataError::Content { file, message: format!("{} rows, the manifest says {}", rows.len(), entry.rows) });
+            }
+            test.extend(rows.filter(|r| rows.is_test[r]));
+            if session <= limit {
+                sessions_used.push(session);
+                train.extend(rows.filter(|r| !rows.is_test[r]));
+            }
+        }
+        Ok(SubjectTrials { subject, voxel_count: info.voxels, sessions_used, train, test })
+    }
+
+    /// Loads the targets of `images` (all targets when `None`).
+    pub fn load_targets(&self, images: Option<&HashSet<u32>>) -> Result<Targets> {
+        let manifest = &self.opened.manifest;
+        let mut rows = TargetRows::new(manifest.targets.shapes);
+        for entry in manifest.target_files() {
+            let file = self.opened.root.display(&entry.path);
+            let bytes = fetch_verified(&self.opened.root, entry)?;
+            let (part, _) = decode_targets(&file, bytes, &manifest.targets.shapes)?;
+            match images {
+                None => rows.extend(part),
+                Some(keep) => {
+                    let (c, l, p) = (part.shapes.clip_len(), part.shapes.lowlevel_len(), part.shapes.captions_len());
+                    for (r, id) in part.image_id.iter().enumerate().filter(|(_, id)| keep.contains(id)) {
+                        rows.image_id.push(*id);
+                        rows.is_test.push(part.is_test[r]);
+                        rows.clip_tokens.extend_from_slice(&part.clip_tokens[r * c..(r + 1) * c]);
+                        rows.lowlevel.extend_from_slice(&part.lowlevel[r * l..(r + 1) * l]);
+                        rows.captions.extend_from_slice(&part.captions[r * p..(r + 1) * p]);
+                    }
+                }
+            }
+        }
+        let mut index = HashMap::with_capacity(rows.len());
+        for (r, &id) in rows.image_id.iter().enumerate() {
+            if index.insert(id, r).is_some() {
+                return Err(DataError::Selection(format!("image {id} has two target rows in {}", self.opened.origin)));
+            }
+        }
+        if let Some(keep) = images {
+            if let Some(missing) = keep.iter().find(|id| !index.contains_key(id)) {
+                return Err(DataError::Selection(format!("image {missing} has no target in {}", self.opened.origin)));
+            }
+        }
+        Ok(Targets { rows, index })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn averaging_groups_by_image_in_id_order() {
+        let mut t = TrialRows::new(2);
+        for (image, v) in [(9u32, [1.0f32, 2.0]), (4, [10.0, 10.0]), (9, [3.0, 4.0]), (9, [5.0, 0.0])] {
+            t.subject.push(1);
+            t.session.push(1);
+            t.run.push(1);
+            t.trial.push(1);
+            t.global_trial.push(0);
+            t.image_id.push(image);
+            t.is_test.push(true);
+            t.repeat.push(0);
+            t.voxels.extend(v);
+        }
+        let a = average_repeats(&t);
+        assert_eq!(a.image_id, vec![4, 9]);
+        assert_eq!(a.repeats, vec![1, 3]);
+        assert_eq!(a.voxels, vec![10.0, 10.0, 3.0, 2.0]);
+    }
+}

@@ -47,6 +47,18 @@ impl<'a> SourceMap<'a> {
         Some(line_col(self.text, span.start))
     }
 
+    /// For a top-level key holding something other than a table: the TOML type it holds and
+    /// where its key is written.
+    pub(crate) fn non_table(&self, key: &str) -> Option<(&'static str, (usize, usize))> {
+        let doc = self.doc.as_ref()?;
+        let (key, item) = doc.get_key_value(key)?;
+        if item.is_table_like() {
+            return None;
+        }
+        let offset = key.span().or_else(|| item.span()).map_or(0, |s| s.start);
+        Some((item.type_name(), line_col(self.text, offset)))
+    }
+
     /// Dotted path of the innermost key or value whose span covers `offset`.
     pub(crate) fn path_at(&self, offset: usize) -> Option<Vec<String>> {
         let doc = self.doc.as_ref()?;
@@ -95,15 +107,15 @@ fn path_at(table: &dyn TableLike, offset: usize, path: &mut Vec<String>) -> bool
         if key_hit {
             return true;
         }
-        if let Some(child) = item.as_table_like() {
-            if path_at(child, offset, path) {
-                return true;
-            }
+        if let Some(child) = item.as_table_like()
+            && path_at(child, offset, path)
+        {
+            return true;
         }
-        if let Some(tables) = item.as_array_of_tables() {
-            if tables.iter().any(|t| path_at(t, offset, path)) {
-                return true;
-            }
+        if let Some(tables) = item.as_array_of_tables()
+            && tables.iter().any(|t| path_at(t, offset, path))
+        {
+            return true;
         }
         if item.span().is_some_and(|s| covers(&s, offset)) {
             return true;
@@ -135,7 +147,10 @@ mod tests {
     fn position_of_nested_key_and_array_element() {
         let map = SourceMap::new(TEXT);
         assert_eq!(map.position(&["optim", "lr"], None), Some((4, 1)));
-        assert_eq!(map.position(&["data", "train_subjects"], Some(2)), Some((7, 25)));
+        assert_eq!(
+            map.position(&["data", "train_subjects"], Some(2)),
+            Some((7, 25))
+        );
         assert_eq!(map.position(&["name"], None), Some((1, 1)));
     }
 
@@ -151,7 +166,10 @@ mod tests {
     fn path_at_finds_innermost_key() {
         let map = SourceMap::new(TEXT);
         let lr_value = TEXT.find("1.0").unwrap();
-        assert_eq!(map.path_at(lr_value), Some(vec!["optim".into(), "lr".into()]));
+        assert_eq!(
+            map.path_at(lr_value),
+            Some(vec!["optim".into(), "lr".into()])
+        );
         let in_array = TEXT.find("2, 3").unwrap();
         assert_eq!(
             map.path_at(in_array),

@@ -123,14 +123,39 @@ impl<'de> Deserialize<'de> for RawSessions {
 /// `origin` names the text in error messages (normally the file path). Syntax errors, unknown
 /// keys and wrongly typed values give [`ConfigError::Parse`] with line and column.
 pub fn parse_experiment(text: &str, origin: &str) -> Result<RawExperiment, ConfigError> {
-    toml::from_str(text).map_err(|err| parse_error(text, origin, &err))
+    let map = SourceMap::new(text);
+    // serde's derived structs also accept an array (fields by position), so without this check
+    // `data = ["m.toml", [1]]` would be read as a `[data]` section.
+    for section in SECTIONS {
+        if let Some((found, (line, column))) = map.non_table(section) {
+            return Err(ConfigError::Parse {
+                file: origin.to_owned(),
+                line,
+                column,
+                key: Some(section.to_owned()),
+                message: format!(
+                    "wrong type for `{section}`: expected a table (a [{section}] section), \
+                     found {found}"
+                ),
+            });
+        }
+    }
+    toml::from_str(text).map_err(|err| parse_error(text, origin, &map, &err))
 }
 
-fn parse_error(text: &str, origin: &str, err: &toml::de::Error) -> ConfigError {
+/// The keys of [`RawExperiment`] that hold tables.
+const SECTIONS: [&str; 5] = ["data", "train", "optim", "checkpoint", "model"];
+
+fn parse_error(
+    text: &str,
+    origin: &str,
+    map: &SourceMap<'_>,
+    err: &toml::de::Error,
+) -> ConfigError {
     let offset = err.span().map_or(0, |s| s.start);
     let (line, column) = line_col(text, offset);
     let raw_message = err.message().trim();
-    let path = SourceMap::new(text).path_at(offset);
+    let path = map.path_at(offset);
 
     let (key, message) = if let Some((name, expected)) = unknown_field(raw_message) {
         // The key path from the document tells us the table; fall back to the bare name.
@@ -189,8 +214,162 @@ fn plain_types(message: &str) -> String {
         Some(at) => format!("{}expected a table", &message[..at]),
         None => message.to_owned(),
     };
+    if message.starts_with("invalid value: integer") {
+        // Only an integer literal beyond i64 gets here: TOML integers are 64-bit signed.
+        return message.replace("expected i64", "expected at most 9223372036854775807");
+    }
     message
         .replace("expected f64", "expected a number")
         .replace("expected i64", "expected an integer")
         .replace("expected a sequence", "expected an array")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Unwrap a parse error into (line, column, key, message).
+    fn parse_err(text: &str) -> (usize, usize, Option<String>, String) {
+        match parse_experiment(text, "a.toml") {
+            Err(ConfigError::Parse {
+                file,
+                line,
+                column,
+                key,
+                message,
+            }) => {
+                assert_eq!(file, "a.toml");
+                (line, column, key, message)
+            }
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_top_level_key() {
+        let (line, column, key, message) = parse_err("name = \"a\"\nnmae = \"b\"\n");
+        assert_eq!((line, column), (2, 1));
+        assert_eq!(key.as_deref(), Some("nmae"));
+        assert!(
+            message.starts_with("unknown key `nmae` at the top level (expected one of `name`,")
+        );
+    }
+
+    #[test]
+    fn unknown_nested_key_has_exact_location_and_display() {
+        let text = "name = \"a\"\n\n[optim]\nlr = 1e-4\n\n\nlrr = 2\n";
+        let err = parse_experiment(text, "experiments/a.toml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "experiments/a.toml:7:1: unknown key `lrr` in [optim] (expected one of `lr`, \
+             `weight_decay`)"
+        );
+        let (line, column, key, _) = parse_err(text);
+        assert_eq!((line, column, key.as_deref()), (7, 1, Some("optim.lrr")));
+    }
+
+    #[test]
+    fn unknown_key_in_dotted_and_inline_forms() {
+        let (line, column, key, message) = parse_err("name = \"a\"\ntrain.epoch = 3\n");
+        assert_eq!((line, column, key.as_deref()), (2, 7, Some("train.epoch")));
+        assert!(
+            message.starts_with("unknown key `epoch` in [train]"),
+            "{message}"
+        );
+
+        let (line, column, key, _) =
+            parse_err("name = \"a\"\nmodel = { family = \"ridge\", depth = 4 }\n");
+        assert_eq!((line, column, key.as_deref()), (2, 29, Some("model.depth")));
+    }
+
+    #[test]
+    fn model_section_rejects_unknown_keys() {
+        let (_, _, key, message) = parse_err("name = \"a\"\n[model]\nhidden_dim = 4096\n");
+        assert_eq!(key.as_deref(), Some("model.hidden_dim"));
+        assert_eq!(
+            message,
+            "unknown key `hidden_dim` in [model] (expected `family`)"
+        );
+    }
+
+    #[test]
+    fn unknown_section() {
+        let (line, column, key, message) = parse_err("name = \"a\"\n[optimizer]\nlr = 1\n");
+        assert_eq!((line, column, key.as_deref()), (2, 2, Some("optimizer")));
+        assert!(
+            message.starts_with("unknown key `optimizer` at the top level"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn wrong_type() {
+        let (line, column, key, message) = parse_err("name = \"a\"\n[optim]\nlr = \"fast\"\n");
+        assert_eq!((line, column, key.as_deref()), (3, 6, Some("optim.lr")));
+        assert_eq!(
+            message,
+            "wrong type for `optim.lr`: invalid type: string \"fast\", expected a number"
+        );
+
+        let (line, column, key, message) =
+            parse_err("name = \"a\"\n[data]\ntrain_subjects = [1, \"2\"]\n");
+        assert_eq!(
+            (line, column, key.as_deref()),
+            (3, 22, Some("data.train_subjects"))
+        );
+        assert!(message.ends_with("expected an integer"), "{message}");
+
+        let (line, column, key, message) = parse_err("name = \"a\"\ndata = 3\n");
+        assert_eq!((line, column, key.as_deref()), (2, 1, Some("data")));
+        assert_eq!(
+            message,
+            "wrong type for `data`: expected a table (a [data] section), found integer"
+        );
+
+        // Derived structs would otherwise read an array positionally.
+        let (_, _, key, message) = parse_err("name = \"a\"\ndata = [\"m.toml\", [1]]\n");
+        assert_eq!(key.as_deref(), Some("data"));
+        assert!(message.ends_with("found array"), "{message}");
+        let (_, _, _, message) = parse_err("name = \"a\"\n[[optim]]\nlr = 1\n");
+        assert!(message.ends_with("found array of tables"), "{message}");
+
+        let (_, _, _, message) = parse_err("name = \"a\"\n[train]\nseed = 18446744073709551615\n");
+        assert!(
+            message.ends_with("expected at most 9223372036854775807"),
+            "{message}"
+        );
+
+        let (_, _, key, message) = parse_err("name = \"a\"\n[data]\nsessions = 1.5\n");
+        assert_eq!(key.as_deref(), Some("data.sessions"));
+        assert!(
+            message.contains("expected a number of sessions or the string \"all\""),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn syntax_error() {
+        let (line, column, key, message) = parse_err("name = \"a\"\n[optim\nlr = 1\n");
+        assert_eq!((line, column, key), (2, 7, None));
+        assert!(message.contains("expected `]`"), "{message}");
+
+        let (line, column, _, _) = parse_err("name = \"a\"\nname = \"b\"\n");
+        assert_eq!((line, column), (2, 1));
+    }
+
+    #[test]
+    fn sessions_accepts_all_and_integers() {
+        let raw = parse_experiment("[data]\nsessions = \"all\"\n", "a.toml").unwrap();
+        assert_eq!(raw.data.sessions, Some(RawSessions::Word("all".into())));
+        let raw = parse_experiment("[data]\nsessions = 1\n", "a.toml").unwrap();
+        assert_eq!(raw.data.sessions, Some(RawSessions::Count(1)));
+    }
+
+    #[test]
+    fn empty_file_parses_to_all_defaults() {
+        assert_eq!(
+            parse_experiment("", "a.toml").unwrap(),
+            RawExperiment::default()
+        );
+    }
 }

@@ -232,3 +232,70 @@ mod tests {
         assert_eq!(a.voxels, vec![10.0, 10.0, 3.0, 2.0]);
     }
 }
+
+/// Which target a decoder is fitted to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    ClipTokens,
+    LowLevel,
+    /// The mean of an image's caption embeddings.
+    CaptionMean,
+}
+
+/// Dense arrays for a decoder: single training trials, repeat-averaged test images.
+#[derive(Debug, Clone)]
+pub struct DecodingArrays {
+    pub inputs: usize,
+    pub outputs: usize,
+    /// `[train_rows, inputs]`, `[train_rows, outputs]`.
+    pub train_x: Vec<f32>,
+    pub train_y: Vec<f32>,
+    /// `[test_images, inputs]`, `[test_images, outputs]`, image ids in `test_images`.
+    pub test_x: Vec<f32>,
+    pub test_y: Vec<f32>,
+    pub test_images: Vec<u32>,
+}
+
+impl Targets {
+    fn target_of(&self, kind: TargetKind, image: u32) -> Result<Vec<f32>> {
+        let row = self.row(image).ok_or_else(|| DataError::Selection(format!("image {image} has no target")))?;
+        Ok(match kind {
+            TargetKind::ClipTokens => self.clip(row).to_vec(),
+            TargetKind::LowLevel => self.lowlevel(row).to_vec(),
+            TargetKind::CaptionMean => {
+                let [n, dim] = self.rows.shapes.captions;
+                let caps = self.captions(row);
+                (0..dim).map(|d| (0..n).map(|c| caps[c * dim + d]).sum::<f32>() / n as f32).collect()
+            }
+        })
+    }
+}
+
+impl SubjectTrials {
+    /// Builds decoder arrays, keeping only the first `voxels` voxels when given (to apply one
+    /// subject's decoder to another subject of a different size).
+    pub fn decoding_arrays(&self, targets: &Targets, kind: TargetKind, voxels: Option<usize>) -> Result<DecodingArrays> {
+        let v = voxels.unwrap_or(self.voxel_count).min(self.voxel_count);
+        let take = |row: &[f32]| row[..v].to_vec();
+        let mut train_x = Vec::with_capacity(self.train.len() * v);
+        let mut train_y = Vec::new();
+        for r in 0..self.train.len() {
+            train_x.extend(take(self.train.voxels_of(r)));
+            train_y.extend(targets.target_of(kind, self.train.image_id[r])?);
+        }
+        let averaged = average_repeats(&self.test);
+        let mut test_x = Vec::with_capacity(averaged.image_id.len() * v);
+        let mut test_y = Vec::new();
+        for (r, &image) in averaged.image_id.iter().enumerate() {
+            test_x.extend(take(averaged.voxels_of(r)));
+            test_y.extend(targets.target_of(kind, image)?);
+        }
+        let outputs = if averaged.image_id.is_empty() { 0 } else { test_y.len() / averaged.image_id.len() };
+        Ok(DecodingArrays { inputs: v, outputs, train_x, train_y, test_x, test_y, test_images: averaged.image_id })
+    }
+
+    /// Image ids this subject's trials refer to.
+    pub fn image_ids(&self) -> HashSet<u32> {
+        self.train.image_id.iter().chain(&self.test.image_id).copied().collect()
+    }
+}

@@ -179,3 +179,23 @@ mod tests {
         assert!(matches!(Ridge::fit(&[1.0; 5], &[1.0; 2], 2, 2, 1, 1.0), Err(RidgeError::Shape(_))));
     }
 }
+
+/// Fits a ridge decoder (alpha chosen on a held-out tail) and runs the retrieval protocol on the
+/// test set: cosine similarity between predicted and true targets, top-1 both ways.
+///
+/// `train_x` `[n_train, inputs]`, `train_y` `[n_train, outputs]`, `test_x` `[n_test, inputs]`
+/// (typically repeat-averaged), `test_y` `[n_test, outputs]`.
+pub fn ridge_retrieval(train_x: &[f32], train_y: &[f32], test_x: &[f32], test_y: &[f32], inputs: usize, outputs: usize, alphas: &[f64], seed: u64) -> Result<(Ridge, voxbridge_eval::Retrieval), RidgeError> {
+    let n_train = train_x.len() / inputs.max(1);
+    let (model, _) = Ridge::fit_select(train_x, train_y, n_train, inputs, outputs, alphas, 0.2)?;
+    let predicted = model.predict(test_x)?;
+    if predicted.len() != test_y.len() {
+        return Err(RidgeError::Shape(format!("{} predicted values for {} targets", predicted.len(), test_y.len())));
+    }
+    let scores = voxbridge_eval::ScoreMatrix::cosine(&predicted, test_y, outputs);
+    let retrieval = voxbridge_eval::top1_retrieval(&scores, voxbridge_eval::MINDEYE2_WAYS, voxbridge_eval::MINDEYE2_LOOPS, seed);
+    Ok((model, retrieval))
+}
+
+/// Default alpha grid (λ = alpha · n).
+pub const DEFAULT_ALPHAS: [f64; 6] = [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0];

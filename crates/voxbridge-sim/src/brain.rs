@@ -1,12 +1,15 @@
 //! A subject's brain: its own voxel mixing of the shared features, per-voxel SNR, per-session
 //! drift, single-trial noise, then NSD's per-session voxel-wise z-scoring.
 //!
-//! raw[t, v] = ncsnr[v]·s[t, v] + offset[session, v] + trend[session, v]·(t/T − ½) + ε[t, v]
+//! raw[t, v] = ncsnr[v]·(M f(z_t))[v] + noise[t, v] + offset[session, v] + trend[session, v]·(t/T − ½)
+//! noise[t, v] = κ·ncsnr[v]·(M η_t)[v] + √(1 − κ²ncsnr[v]²)·ε[t, v],   η_t ~ N(0, Σ_f),  ε ~ N(0, 1)
 //!
-//! where s = M_subject·f(z_image) has unit variance per voxel (rows of M are scaled exactly
-//! using the feature covariance), ε ~ N(0, 1), and ncsnr is NSD's noise-ceiling SNR
-//! (sd of signal / sd of noise). The mixing M is drawn independently for every subject: no
-//! mixing is shared, only the feature map f is.
+//! M (the subject's mixing) has rows scaled so (M f)[v] has unit variance, hence noise has unit
+//! variance per voxel and ncsnr is exactly NSD's noise-ceiling SNR (sd of signal / sd of noise).
+//! η is representational noise: the encoded features vary from trial to trial (κ relative to
+//! their spread across images) and reach the voxels through the same weights as the signal, so
+//! they limit the information any decoder can extract. M is drawn independently for every
+//! subject: no mixing is shared, only the feature map f is.
 
 use rand::Rng;
 
@@ -23,6 +26,10 @@ pub struct SubjectBrain {
     mixing: Vec<f32>,
     pub ncsnr: Vec<f32>,
     feature_dim: usize,
+    /// Representational noise κ (see the module docs).
+    pub kappa: f32,
+    /// Cholesky factor of the feature covariance, for drawing η.
+    feature_chol: Vec<f32>,
 }
 
 /// One session's output.
@@ -52,8 +59,21 @@ impl SubjectBrain {
             row.iter_mut().for_each(|x| *x *= scale);
         }
         let [lo, hi] = spec.ncsnr_range;
-        let ncsnr = (0..subject.voxels).map(|_| if hi > lo { rng.random_range(lo..hi) } else { lo }).collect();
-        SubjectBrain { subject: subject.subject, voxels: subject.voxels, mixing, ncsnr, feature_dim: df }
+        let ncsnr = (0..subject.voxels).map(|_| if hi > lo { rng.random_range(lo..hi) as f32 } else { lo as f32 }).collect();
+        SubjectBrain {
+            subject: subject.subject,
+            voxels: subject.voxels,
+            mixing,
+            ncsnr,
+            feature_dim: df,
+            kappa: spec.representational_noise as f32,
+            feature_chol: truth.feature_cov_cholesky(),
+        }
+    }
+
+    /// The mixing, `[voxels, feature_dim]`, rows scaled to unit signal variance.
+    pub fn mixing(&self) -> &[f32] {
+        &self.mixing
     }
 
     /// Noise-free response to features f: ncsnr ⊙ (M f); `[voxels]`.
@@ -74,6 +94,12 @@ impl SubjectBrain {
         let trend = normal_vec(&mut drift_rng, v, spec.session_trend_sd);
         let mut noise_rng = stream(seed, "noise", key);
         let mut noise = vec![0.0; v];
+        let mut xi = vec![0.0; self.feature_dim];
+        let mut eta = vec![0.0; self.feature_dim];
+        let mut shared = vec![0.0; v];
+        // Per voxel: weight of the representational part and of the white part.
+        let rep: Vec<f32> = self.ncsnr.iter().map(|g| self.kappa * g).collect();
+        let white: Vec<f32> = rep.iter().map(|r| (1.0 - r * r).max(0.0).sqrt()).collect();
         let tps = spec.trials_per_session as f32;
 
         let mut raw = Vec::with_capacity(trials.len() * v);
@@ -82,6 +108,12 @@ impl SubjectBrain {
             debug_assert_eq!(t.session, session);
             let response = self.expected_response(&truth.features(&truth.latent(t.image_id)));
             normals(&mut noise_rng, &mut noise);
+            normals(&mut noise_rng, &mut xi);
+            matvec(&self.feature_chol, &xi, &mut eta);
+            matvec(&self.mixing, &eta, &mut shared);
+            for i in 0..v {
+                noise[i] = rep[i] * shared[i] + white[i] * noise[i];
+            }
             let x = t.index_in_session as f32 / tps - 0.5;
             if t.is_test {
                 test_clean.push((row, response.iter().zip(&noise).map(|(s, e)| s + e).collect()));

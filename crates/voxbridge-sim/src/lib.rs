@@ -4,9 +4,10 @@
 //! Generative model, in short (details in [`truth`], [`brain`], [`design`]):
 //! image latent z → targets (CLIP tokens, low-level latent, captions) by fixed nonlinear maps;
 //! z → shared features f(z) → each subject's own random mixing → voxels, plus per-session drift
-//! and single-trial noise at per-voxel noise-ceiling SNR ncsnr ~ U(0.1, 0.6) (mean 0.35: a single
-//! trial's signal is ~11% of its variance, and the 3-repeat noise ceiling is ~27%, NSD-like),
-//! then per-session voxel-wise z-scoring as in NSD's preprocessing.
+//! and single-trial noise at a per-voxel noise-ceiling SNR (`small`/`nsd-scale`: ncsnr ~
+//! U(0.03, 0.3), 3-repeat noise ceiling 0.3–21%, mean ≈ 8%; `tiny`: U(0.1, 0.6)), part of it
+//! representational (correlated along the signal directions, so information-limiting), then
+//! per-session voxel-wise z-scoring as in NSD's preprocessing.
 //!
 //! Pretraining can help a new subject because f is common to all subjects; it cannot make the
 //! new subject's mapping free because each subject's mixing is independent.

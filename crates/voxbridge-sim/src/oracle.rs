@@ -1,8 +1,15 @@
-//! The ideal decoder. It knows the generative model (mixing, SNR, drift), so it scores a test
-//! image j against the repeat-averaged, drift-free response r_i of brain sample i by the
-//! Gaussian log-likelihood −‖r_i − ncsnr ⊙ M f(z_j)‖². With a uniform prior over the candidates,
-//! picking the best score is the Bayes-optimal identification: no decoder can retrieve better
-//! on average, so every trained model's numbers can be read against this one.
+//! The ideal decoder. It knows the generative model (mixing, SNR, drift, noise covariance), so it
+//! scores test image j against the repeat-averaged, drift-free response r_i of brain sample i by
+//! the Gaussian log-likelihood ℓ_ij = −(c_i/2)·dᵀC⁻¹d, d = r_i − ncsnr ⊙ M f(z_j), where
+//! C = κ²·B Σ_f Bᵀ + W is the single-trial noise covariance (B = diag(ncsnr)·M,
+//! W = diag(1 − κ²·ncsnr²)) and c_i the number of repeats.
+//! Image retrieval picks argmax_j ℓ_ij (Bayes-optimal with a uniform prior over candidates);
+//! brain retrieval picks the sample with the highest posterior p(j | r_i) = softmax_j ℓ_ij, which
+//! corrects for samples whose noise happens to be small. No decoder can retrieve better on
+//! average, so every trained model's numbers can be read against this one.
+//!
+//! C⁻¹ comes from the Woodbury identity: dᵀC⁻¹d = dᵀW⁻¹d − uᵀA⁻¹u with u = BᵀW⁻¹d and
+//! A = Σ_f⁻¹/κ² + BᵀW⁻¹B, a `[feature_dim, feature_dim]` matrix.
 
 use std::collections::HashMap;
 
@@ -50,12 +57,52 @@ impl OracleAccumulator {
             .iter()
             .map(|&id| brain.expected_response(&truth.features(&truth.latent(id))))
             .collect();
+        let df = truth.feature_dim();
+        let kappa = brain.kappa as f64;
+        let gains: Vec<f64> = brain.ncsnr.iter().map(|&g| g as f64).collect();
+        let w_inv: Vec<f64> = gains.iter().map(|g| 1.0 / (1.0 - kappa * kappa * g * g).max(1e-9)).collect();
+        // B = diag(ncsnr)·M, `[voxels, feature_dim]`.
+        let b = nalgebra::DMatrix::from_fn(v, df, |r, c| gains[r] * brain.mixing()[r * df + c] as f64);
+        let b_w = nalgebra::DMatrix::from_fn(v, df, |r, c| b[(r, c)] * w_inv[r]); // W⁻¹B
+        // A⁻¹ of the Woodbury identity (None when there is no representational noise).
+        let a_inv = (kappa > 0.0).then(|| {
+            let cov = nalgebra::DMatrix::from_row_slice(df, df, truth.feature_cov());
+            let cov_inv = cov.try_inverse().expect("feature covariance is invertible");
+            let a = cov_inv / (kappa * kappa) + b.transpose() * &b_w;
+            a.try_inverse().expect("A is positive definite")
+        });
+        let project = |x: &[f32]| b_w.transpose() * nalgebra::DVector::from_iterator(v, x.iter().map(|&y| y as f64));
+        let responses: Vec<Vec<f32>> = (0..n)
+            .map(|i| {
+                let c = self.counts[i].max(1) as f32;
+                self.sums[i * v..(i + 1) * v].iter().map(|s| s / c).collect()
+            })
+            .collect();
+        let r_proj: Vec<_> = responses.iter().map(|r| project(r)).collect();
+        let e_proj: Vec<_> = expected.iter().map(|e| project(e)).collect();
+        let mut loglik = vec![0.0f64; n * n];
+        for i in 0..n {
+            let c = self.counts[i].max(1) as f64;
+            for j in 0..n {
+                let dd: f64 = responses[i].iter().zip(&expected[j]).zip(&w_inv).map(|((a, b), w)| ((a - b) as f64).powi(2) * w).sum();
+                let q = match &a_inv {
+                    Some(a_inv) => {
+                        let u = &r_proj[i] - &e_proj[j];
+                        dd - u.dot(&(a_inv * &u))
+                    }
+                    None => dd,
+                };
+                loglik[i * n + j] = -0.5 * c * q;
+            }
+        }
+        // Posterior over images for each sample: ℓ_ij − logsumexp_k ℓ_ik.
         let mut scores = vec![0.0f32; n * n];
         for i in 0..n {
-            let c = self.counts[i].max(1) as f32;
-            let r: Vec<f32> = self.sums[i * v..(i + 1) * v].iter().map(|s| s / c).collect();
-            for (j, e) in expected.iter().enumerate() {
-                scores[i * n + j] = -r.iter().zip(e).map(|(a, b)| (a - b) * (a - b)).sum::<f32>();
+            let row = &loglik[i * n..(i + 1) * n];
+            let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = max + row.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
+            for j in 0..n {
+                scores[i * n + j] = (row[j] - lse) as f32;
             }
         }
         let retrieval = top1_retrieval(&ScoreMatrix::new(n, scores), MINDEYE2_WAYS, MINDEYE2_LOOPS, seed);

@@ -133,6 +133,16 @@ impl GroundTruth {
         &self.feat_cov
     }
 
+    /// Lower-triangular L with L·Lᵀ = feature covariance, row-major `[feature_dim, feature_dim]`:
+    /// draws L·ξ, ξ ~ N(0, I), have the features' covariance.
+    pub fn feature_cov_cholesky(&self) -> Vec<f32> {
+        let df = self.feature_dim;
+        let cov = nalgebra::DMatrix::from_row_slice(df, df, &self.feat_cov);
+        let ridge = nalgebra::DMatrix::<f64>::identity(df, df) * 1e-9;
+        let l = (cov + ridge).cholesky().expect("a sample covariance plus jitter is positive definite").l();
+        (0..df).flat_map(|i| (0..df).map(move |j| (i, j))).map(|(i, j)| l[(i, j)] as f32).collect()
+    }
+
     /// The latent of an image: a pure function of (seed, image id).
     pub fn latent(&self, image_id: u32) -> Vec<f32> {
         let mut rng = stream(self.seed, "latent", image_id as u64);

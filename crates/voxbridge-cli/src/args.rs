@@ -1,0 +1,117 @@
+//! The command line, as clap types. Parsing only; behaviour lives in the command modules.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "voxbridge", version, about = "Train fMRI → image-embedding decoders (MindEye2 family) across subjects and GPUs.")]
+pub struct Cli {
+    /// Log filter (tracing's env-filter syntax); also read from VOXBRIDGE_LOG.
+    #[arg(long, global = true, default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Datasets: simulate, verify.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Experiment configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// The main job on embedded defaults: simulate the `small` NSD, verify it, and decode subject 1
+    /// from 1 session and from all sessions with the ridge baseline, against the ideal decoder.
+    Demo(DemoArgs),
+    /// Closed-form ridge regression from one subject's voxels to CLIP tokens, scored with
+    /// MindEye2's retrieval protocol.
+    Ridge(RidgeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RidgeArgs {
+    /// Manifest path or URL.
+    #[arg(long)]
+    pub data: String,
+    /// 1-based subject.
+    #[arg(long, default_value_t = 1)]
+    pub subject: u8,
+    /// Train on the first N sessions ("all" for every session).
+    #[arg(long, default_value = "all")]
+    pub sessions: String,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Generate a simulated NSD with known ground truth as Parquet shards plus a manifest.
+    Simulate(SimulateArgs),
+    /// Check every file of a dataset against its manifest (size, sha256, Parquet, schema, rows).
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Output directory or object-store URL (s3://bucket/prefix, gs://…, file://…).
+    #[arg(long)]
+    pub out: String,
+    /// Size preset: tiny (tests), small (demo), nsd-scale (NSD's real sizes).
+    #[arg(long, default_value = "small", value_parser = ["tiny", "small", "nsd-scale"])]
+    pub preset: String,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Dataset name (default sim-<preset>-seed<seed>).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Also write the manifest here, with `root` pointing at --out
+    /// (for example data-manifests/<name>.toml).
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
+    /// Report the retrieval accuracy of the ideal decoder (knows the ground truth).
+    #[arg(long)]
+    pub oracle: bool,
+    /// Only these subjects (1-based, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub subjects: Option<Vec<u8>>,
+    /// At most this many sessions per subject (shrinks the shared test set to fit).
+    #[arg(long)]
+    pub max_sessions: Option<u16>,
+    /// Per-voxel noise-ceiling SNR range LO,HI (sd of signal / sd of single-trial noise),
+    /// overriding the preset's.
+    #[arg(long, value_name = "LO,HI")]
+    pub ncsnr: Option<String>,
+    /// Fraction of the single-trial noise that is representational (correlated along the
+    /// signal directions), overriding the preset's.
+    #[arg(long, value_name = "RHO")]
+    pub representational_noise: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Manifest path or URL.
+    pub manifest: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate an experiment file and print the resolved configuration.
+    Check {
+        /// Experiment TOML file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the dataset and report go.
+    #[arg(long, default_value = "runs/demo")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Preset to simulate (small is the demo; tiny for a quick look).
+    #[arg(long, default_value = "small", value_parser = ["tiny", "small"])]
+    pub preset: String,
+}

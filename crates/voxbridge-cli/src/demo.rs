@@ -1,0 +1,76 @@
+//! `voxbridge demo`: the main job on embedded defaults. Until training lands (issue 5) it
+//! simulates the `small` NSD with the oracle, verifies it, and decodes subject 1 with the ridge
+//! baseline from 1 session and from all sessions; it writes `report.json` under `--out`.
+
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use voxbridge_data::{Dataset, MANIFEST_FILE, Sessions};
+use voxbridge_sim::OracleReport;
+
+use crate::args::{DemoArgs, SimulateArgs};
+use crate::baseline::{BaselineResult, ridge_baseline};
+
+#[derive(Debug, Serialize)]
+struct DemoReport {
+    dataset: String,
+    preset: String,
+    seed: u64,
+    chance: f64,
+    oracle: OracleReport,
+    ridge_1session: BaselineResult,
+    ridge_all_sessions: BaselineResult,
+    seconds: f64,
+}
+
+pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let data_dir = args.out.join("data");
+    let data = data_dir.to_str().context("--out must be valid UTF-8")?.to_string();
+    if data_dir.join(MANIFEST_FILE).exists() {
+        bail!("{} already holds a dataset; remove it or pass another --out", data_dir.display());
+    }
+    let simulated = crate::data_cmd::simulate(&SimulateArgs {
+        out: data.clone(),
+        preset: args.preset.clone(),
+        seed: args.seed,
+        name: None,
+        manifest: None,
+        oracle: true,
+        subjects: None,
+        max_sessions: None,
+        ncsnr: None,
+        representational_noise: None,
+    })?;
+    let manifest_path = format!("{data}/{MANIFEST_FILE}");
+    crate::data_cmd::verify(&manifest_path)?;
+
+    let dataset = Dataset::open(&manifest_path)?;
+    let one = ridge_baseline(&dataset, 1, Sessions::First(1), args.seed)?;
+    let all = ridge_baseline(&dataset, 1, Sessions::All, args.seed)?;
+    let oracle = simulated.oracle.context("the simulator returned no oracle")?;
+    let report = DemoReport {
+        dataset: simulated.manifest.name.clone(),
+        preset: args.preset.clone(),
+        seed: args.seed,
+        chance: one.retrieval.chance,
+        oracle,
+        ridge_1session: one,
+        ridge_all_sessions: all,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let path = args.out.join("report.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?).with_context(|| format!("cannot write {}", path.display()))?;
+
+    let o = report.oracle.subjects.iter().find(|s| s.subject == 1).context("no oracle for subject 1")?;
+    println!();
+    println!("subject 1, {}-way top-1 retrieval (chance {:.4})", report.ridge_1session.retrieval.ways, report.chance);
+    println!("  {:<28} {:>8} {:>8}", "decoder", "image", "brain");
+    for (name, r) in [("ridge, 1 session", &report.ridge_1session), ("ridge, all sessions", &report.ridge_all_sessions)] {
+        println!("  {:<28} {:>8.3} {:>8.3}", format!("{name} ({} trials)", r.train_trials), r.image_top1, r.brain_top1);
+    }
+    println!("  {:<28} {:>8.3} {:>8.3}", "ideal decoder (oracle)", o.image_top1, o.brain_top1);
+    println!("report: {} ({:.0} s)", path.display(), report.seconds);
+    Ok(())
+}

@@ -1,0 +1,55 @@
+//! The `voxbridge` command: argument parsing and the commands, behind a testable
+//! [`main_with_args`]. Binaries stay thin.
+
+mod args;
+mod baseline;
+mod config_cmd;
+mod data_cmd;
+mod demo;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+pub use args::Cli;
+
+/// Parses `args`, sets up logging and runs the command. Errors are printed as one chain of
+/// causes and give exit code 1; usage errors give clap's code 2.
+pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    init_logging(&cli.log);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(default: &str) {
+    let filter = std::env::var("VOXBRIDGE_LOG").unwrap_or_else(|_| default.to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    use args::{Command, ConfigCommand, DataCommand};
+    match cli.command {
+        Command::Data(DataCommand::Simulate(a)) => data_cmd::simulate(&a).map(|_| ()),
+        Command::Data(DataCommand::Verify(a)) => data_cmd::verify(&a.manifest),
+        Command::Config(ConfigCommand::Check { file }) => config_cmd::check(&file),
+        Command::Demo(a) => demo::run(&a),
+        Command::Ridge(a) => baseline::run(&a),
+    }
+}

@@ -1,0 +1,215 @@
+//! The validated experiment configuration, with every default filled in.
+//!
+//! This is what the rest of voxbridge consumes and what is saved next to every run
+//! ([`ExperimentConfig::to_toml`]). Writing defaults out explicitly means a saved config still
+//! describes the run exactly after a default changes in a later release.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::check::{self, Checker};
+use crate::error::ConfigError;
+use crate::raw::{RawExperiment, RawSessions, parse_experiment};
+use crate::rules;
+
+/// A complete, checked experiment. Build it with [`load_experiment`] or
+/// [`RawExperiment::validate`]; constructing it by hand skips the checks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// `[a-z0-9._-]{1,64}`.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub data: DataConfig,
+    pub train: TrainConfig,
+    pub optim: OptimConfig,
+    pub checkpoint: CheckpointConfig,
+    pub model: ModelConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Path or `s3://` / `gs://` / `file://` URL of the data manifest.
+    pub manifest: String,
+    /// 1-based subject ids (1..=8), unique, in the order written.
+    pub train_subjects: Vec<u8>,
+    /// Defaults to `train_subjects`.
+    pub eval_subjects: Vec<u8>,
+    pub sessions: SessionSelection,
+    pub average_test_repeats: bool,
+}
+
+/// Which sessions of each training subject to use. Written as `"all"` or an integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawSessions", into = "RawSessions")]
+pub enum SessionSelection {
+    All,
+    /// The first N sessions in chronological order (N >= 1).
+    First(u32),
+}
+
+impl From<SessionSelection> for RawSessions {
+    fn from(s: SessionSelection) -> Self {
+        match s {
+            SessionSelection::All => RawSessions::Word("all".to_owned()),
+            SessionSelection::First(n) => RawSessions::Count(i64::from(n)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub seed: u64,
+    pub epochs: u32,
+    /// In multi-subject mode, at least the number of training subjects.
+    pub batch_size: u32,
+    /// Optional cap on optimizer steps; `None` runs all epochs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    pub lr: f64,
+    pub weight_decay: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Path or URL; `None` leaves the choice to the launcher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// At least 2: the newest checkpoint may still be being written while an older one is
+    /// deleted.
+    pub keep_last: u32,
+    /// Also keep every N-th checkpoint forever; 0 = off.
+    pub keep_every: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub family: ModelFamily,
+}
+
+/// The decoder architectures voxbridge knows how to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelFamily {
+    MindEye2,
+    MindEye1,
+    MindReader,
+    Ridge,
+}
+
+impl ModelFamily {
+    /// Every family, in the order listed in error messages.
+    pub const ALL: [ModelFamily; 4] = [
+        Self::MindEye2,
+        Self::MindEye1,
+        Self::MindReader,
+        Self::Ridge,
+    ];
+
+    /// The spelling used in experiment files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MindEye2 => "mindeye2",
+            Self::MindEye1 => "mindeye1",
+            Self::MindReader => "mindreader",
+            Self::Ridge => "ridge",
+        }
+    }
+}
+
+impl fmt::Display for ModelFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl ExperimentConfig {
+    /// The resolved config as TOML, every default written out. Saved with every run.
+    ///
+    /// # Panics
+    /// Only if the struct was built by hand with a `u64` above `i64::MAX` (TOML integers are
+    /// 64-bit signed); configs from [`RawExperiment::validate`] never are.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self)
+            .expect("a validated ExperimentConfig only holds TOML-representable values")
+    }
+
+    /// Hex SHA-256 of [`to_toml`](Self::to_toml): identical for files that differ only in
+    /// comments, formatting or whether a default was written out.
+    pub fn config_hash(&self) -> String {
+        hex::encode(Sha256::digest(self.to_toml().as_bytes()))
+    }
+}
+
+/// Read, parse and validate an experiment file; errors name `path`.
+pub fn load_experiment(path: &Path) -> Result<ExperimentConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let origin = path.display().to_string();
+    parse_experiment(&text, &origin)?.validate(&origin, Some(&text))
+}
+
+impl RawExperiment {
+    /// Check every value and fill in defaults.
+    ///
+    /// All problems are collected, not just the first. Pass the source `text` to get line and
+    /// column for each problem; `origin` names the file in messages.
+    pub fn validate(
+        self,
+        origin: &str,
+        text: Option<&str>,
+    ) -> Result<ExperimentConfig, ConfigError> {
+        let mut c = Checker::new(text);
+        // Needed by the batch-size rule; `None` when the list itself is invalid (reported below).
+        let n_train_subjects = self
+            .data
+            .train_subjects
+            .as_deref()
+            .and_then(|s| rules::subjects(s).ok())
+            .map(|s| s.len());
+
+        let name = c.required("name", self.name, "every experiment needs a name", |n| {
+            rules::name(&n)
+        });
+        let data = check::data(&mut c, self.data);
+        let train = check::train(&mut c, self.train, n_train_subjects);
+        let optim = check::optim(&mut c, self.optim);
+        let checkpoint = check::checkpoint(&mut c, self.checkpoint);
+        let model = check::model(&mut c, self.model);
+
+        match (name, data, train, optim, checkpoint, model) {
+            (Some(name), Some(data), Some(train), Some(optim), Some(checkpoint), Some(model))
+                if c.is_clean() =>
+            {
+                Ok(ExperimentConfig {
+                    name,
+                    description: self.description,
+                    data,
+                    train,
+                    optim,
+                    checkpoint,
+                    model,
+                })
+            }
+            _ => Err(ConfigError::Invalid {
+                file: origin.to_owned(),
+                problems: c.into_problems(),
+            }),
+        }
+    }
+}

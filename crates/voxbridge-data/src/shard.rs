@@ -178,8 +178,10 @@ fn writer_properties() -> WriterProperties {
         .build()
 }
 
-fn encode(schema: SchemaRef, rows: usize, rows_per_group: usize, batch: impl Fn(std::ops::Range<usize>) -> RecordBatch) -> EncodedShard {
-    let mut buffer = Vec::new();
+/// `payload_bytes` is the size of the values; reserving it up front keeps the buffer from
+/// doubling (and briefly existing twice) while a large shard is encoded.
+fn encode(schema: SchemaRef, rows: usize, rows_per_group: usize, payload_bytes: usize, batch: impl Fn(std::ops::Range<usize>) -> RecordBatch) -> EncodedShard {
+    let mut buffer = Vec::with_capacity(payload_bytes + payload_bytes / 64 + (64 << 10));
     let mut row_groups = Vec::new();
     {
         let mut writer = ArrowWriter::try_new(&mut buffer, schema, Some(writer_properties()))
@@ -199,12 +201,14 @@ fn encode(schema: SchemaRef, rows: usize, rows_per_group: usize, batch: impl Fn(
 
 pub fn encode_trials(rows: &TrialRows, rows_per_group: usize) -> EncodedShard {
     let schema = trials_schema(rows.voxel_count);
-    encode(schema.clone(), rows.len(), rows_per_group, |r| rows.slice_batch(&schema, r))
+    let payload = rows.voxels.len() * 4 + rows.len() * 16;
+    encode(schema.clone(), rows.len(), rows_per_group, payload, |r| rows.slice_batch(&schema, r))
 }
 
 pub fn encode_targets(rows: &TargetRows, rows_per_group: usize) -> EncodedShard {
     let schema = targets_schema(&rows.shapes);
-    encode(schema.clone(), rows.len(), rows_per_group, |r| rows.slice_batch(&schema, r))
+    let payload = (rows.clip_tokens.len() + rows.lowlevel.len() + rows.captions.len()) * 4 + rows.len() * 8;
+    encode(schema.clone(), rows.len(), rows_per_group, payload, |r| rows.slice_batch(&schema, r))
 }
 
 /// Reads every row group of a Parquet file after checking its schema. `on_batch` receives each

@@ -28,30 +28,48 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let data_dir = args.out.join("data");
     let data = data_dir.to_str().context("--out must be valid UTF-8")?.to_string();
-    if data_dir.join(MANIFEST_FILE).exists() {
-        bail!("{} already holds a dataset; remove it or pass another --out", data_dir.display());
-    }
-    let simulated = crate::data_cmd::simulate(&SimulateArgs {
-        out: data.clone(),
-        preset: args.preset.clone(),
-        seed: args.seed,
-        name: None,
-        manifest: None,
-        oracle: true,
-        subjects: None,
-        max_sessions: None,
-        ncsnr: None,
-        representational_noise: None,
-    })?;
     let manifest_path = format!("{data}/{MANIFEST_FILE}");
-    crate::data_cmd::verify(&manifest_path)?;
+    let (name, oracle) = if data_dir.join(MANIFEST_FILE).exists() {
+        // A re-run reuses the dataset once it is verified and was made with the same settings.
+        let dataset = Dataset::open(&manifest_path)?;
+        let g = &dataset.manifest().generator;
+        if g.preset.as_deref() != Some(args.preset.as_str()) || g.seed != Some(args.seed) {
+            bail!(
+                "{} holds a dataset made with preset {:?} seed {:?}, not {} seed {}; pass another --out",
+                data_dir.display(),
+                g.preset,
+                g.seed,
+                args.preset,
+                args.seed
+            );
+        }
+        println!("reusing the dataset in {}", data_dir.display());
+        crate::data_cmd::verify(&manifest_path)?;
+        let table = dataset.manifest().oracle.clone().context("the existing dataset has no oracle; pass another --out")?;
+        let oracle: OracleReport = table.try_into().context("the existing dataset's oracle section is unreadable")?;
+        (dataset.manifest().name.clone(), oracle)
+    } else {
+        let simulated = crate::data_cmd::simulate(&SimulateArgs {
+            out: data.clone(),
+            preset: args.preset.clone(),
+            seed: args.seed,
+            name: None,
+            manifest: None,
+            oracle: true,
+            subjects: None,
+            max_sessions: None,
+            ncsnr: None,
+            representational_noise: None,
+        })?;
+        crate::data_cmd::verify(&manifest_path)?;
+        (simulated.manifest.name, simulated.oracle.context("the simulator returned no oracle")?)
+    };
 
     let dataset = Dataset::open(&manifest_path)?;
     let one = ridge_baseline(&dataset, 1, Sessions::First(1), args.seed)?;
     let all = ridge_baseline(&dataset, 1, Sessions::All, args.seed)?;
-    let oracle = simulated.oracle.context("the simulator returned no oracle")?;
     let report = DemoReport {
-        dataset: simulated.manifest.name.clone(),
+        dataset: name,
         preset: args.preset.clone(),
         seed: args.seed,
         chance: one.retrieval.chance,

@@ -161,3 +161,16 @@ fn oracle_is_reported_and_beats_chance() {
     assert!(result.manifest.oracle.is_some(), "the oracle is recorded in the manifest");
     assert_eq!(result.manifest.name, "t");
 }
+
+/// The committed `data-manifests/sim-tiny-seed0.toml` records the sha256 of every shard of the
+/// tiny preset with seed 0: any change to the generator, the shard writer or a dependency that
+/// alters a single byte fails here (regenerate the file deliberately, see data-manifests/README.md).
+#[test]
+fn tiny_seed0_matches_the_committed_golden_manifest() {
+    let golden_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data-manifests/sim-tiny-seed0.toml");
+    let golden = voxbridge_data::Manifest::parse(&std::fs::read_to_string(&golden_path).unwrap(), "golden").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = simulate_tiny(dir.path(), 0);
+    assert_eq!(fresh.manifest().generator, golden.generator);
+    assert_eq!(fresh.manifest().files, golden.files, "shards differ from {}", golden_path.display());
+}

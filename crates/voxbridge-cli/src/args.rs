@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "voxbridge", version, about = "Train fMRI → image-embedding decoders (MindEye2 family) across subjects and GPUs.")]
+#[command(
+    name = "voxbridge",
+    version,
+    about = "Train fMRI → image-embedding decoders (MindEye2 family) across subjects and GPUs."
+)]
 pub struct Cli {
     /// Log filter (tracing's env-filter syntax); also read from VOXBRIDGE_LOG.
     #[arg(long, global = true, default_value = "info")]

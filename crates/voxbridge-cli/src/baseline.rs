@@ -22,7 +22,8 @@ pub fn ridge_baseline(dataset: &Dataset, subject: u8, sessions: Sessions, seed: 
     let trials = dataset.load_subject(subject, sessions)?;
     let targets = dataset.load_targets(Some(&trials.image_ids()))?;
     let a = trials.decoding_arrays(&targets, TargetKind::ClipTokens, None)?;
-    let (model, retrieval) = ridge_retrieval(&a.train_x, &a.train_y, &a.test_x, &a.test_y, a.inputs, a.outputs, &DEFAULT_ALPHAS, seed)?;
+    let (model, retrieval) =
+        ridge_retrieval(&a.train_x, &a.train_y, &a.test_x, &a.test_y, a.inputs, a.outputs, &DEFAULT_ALPHAS, seed)?;
     Ok(BaselineResult {
         subject,
         sessions: trials.sessions_used.clone(),
@@ -38,14 +39,25 @@ pub fn ridge_baseline(dataset: &Dataset, subject: u8, sessions: Sessions, seed: 
 pub fn run(args: &crate::args::RidgeArgs) -> anyhow::Result<()> {
     let sessions = match args.sessions.as_str() {
         "all" => Sessions::All,
-        n => Sessions::First(n.parse().map_err(|_| anyhow::anyhow!("--sessions must be a number or `all`, got `{n}`"))?),
+        n => {
+            Sessions::First(n.parse().map_err(|_| anyhow::anyhow!("--sessions must be a number or `all`, got `{n}`"))?)
+        }
     };
     let dataset = Dataset::open(&args.data)?;
     let r = ridge_baseline(&dataset, args.subject, sessions, args.seed)?;
     println!(
         "subject {} sessions {:?}: {} training trials, {} test images, alpha {}: {}-way top-1 image {:.3} ± {:.3}, brain {:.3} ± {:.3} (chance {:.4})",
-        r.subject, r.sessions, r.train_trials, r.test_images, r.alpha, r.retrieval.ways,
-        r.image_top1, r.retrieval.image_top1.ci95, r.brain_top1, r.retrieval.brain_top1.ci95, r.retrieval.chance
+        r.subject,
+        r.sessions,
+        r.train_trials,
+        r.test_images,
+        r.alpha,
+        r.retrieval.ways,
+        r.image_top1,
+        r.retrieval.image_top1.ci95,
+        r.brain_top1,
+        r.retrieval.brain_top1.ci95,
+        r.retrieval.chance
     );
     Ok(())
 }

@@ -71,9 +71,15 @@ pub fn simulate(args: &SimulateArgs) -> anyhow::Result<Simulated> {
     println!("dataset {} at {}", m.name, out.url());
     println!("  subjects {}, files {}, {:.1} MiB", m.subjects.len(), m.files.len(), bytes as f64 / (1 << 20) as f64);
     if let Some(o) = &result.oracle {
-        println!("  oracle (ideal decoder), {}-way top-1: image {:.3}, brain {:.3} (chance {:.4})", o.ways, o.image_top1, o.brain_top1, o.chance);
+        println!(
+            "  oracle (ideal decoder), {}-way top-1: image {:.3}, brain {:.3} (chance {:.4})",
+            o.ways, o.image_top1, o.brain_top1, o.chance
+        );
         for s in &o.subjects {
-            println!("    subject {}: image {:.3} ± {:.3}, brain {:.3} ± {:.3}", s.subject, s.image_top1, s.retrieval.image_top1.ci95, s.brain_top1, s.retrieval.brain_top1.ci95);
+            println!(
+                "    subject {}: image {:.3} ± {:.3}, brain {:.3} ± {:.3}",
+                s.subject, s.image_top1, s.retrieval.image_top1.ci95, s.brain_top1, s.retrieval.brain_top1.ci95
+            );
         }
     }
     Ok(result)

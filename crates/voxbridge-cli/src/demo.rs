@@ -45,7 +45,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         }
         println!("reusing the dataset in {}", data_dir.display());
         crate::data_cmd::verify(&manifest_path)?;
-        let table = dataset.manifest().oracle.clone().context("the existing dataset has no oracle; pass another --out")?;
+        let table =
+            dataset.manifest().oracle.clone().context("the existing dataset has no oracle; pass another --out")?;
         let oracle: OracleReport = table.try_into().context("the existing dataset's oracle section is unreadable")?;
         (dataset.manifest().name.clone(), oracle)
     } else {
@@ -79,13 +80,15 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         seconds: started.elapsed().as_secs_f64(),
     };
     let path = args.out.join("report.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&report)?).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
 
     let o = report.oracle.subjects.iter().find(|s| s.subject == 1).context("no oracle for subject 1")?;
     println!();
     println!("subject 1, {}-way top-1 retrieval (chance {:.4})", report.ridge_1session.retrieval.ways, report.chance);
     println!("  {:<28} {:>8} {:>8}", "decoder", "image", "brain");
-    for (name, r) in [("ridge, 1 session", &report.ridge_1session), ("ridge, all sessions", &report.ridge_all_sessions)] {
+    for (name, r) in [("ridge, 1 session", &report.ridge_1session), ("ridge, all sessions", &report.ridge_all_sessions)]
+    {
         println!("  {:<28} {:>8.3} {:>8.3}", format!("{name} ({} trials)", r.train_trials), r.image_top1, r.brain_top1);
     }
     println!("  {:<28} {:>8.3} {:>8.3}", "ideal decoder (oracle)", o.image_top1, o.brain_top1);

@@ -8,8 +8,7 @@ use crate::location::SourceMap;
 use crate::raw::{RawCheckpoint, RawData, RawModel, RawOptim, RawTrain};
 use crate::rules;
 use crate::validated::{
-    CheckpointConfig, DataConfig, ModelConfig, ModelFamily, OptimConfig, SessionSelection,
-    TrainConfig,
+    CheckpointConfig, DataConfig, ModelConfig, ModelFamily, OptimConfig, SessionSelection, TrainConfig,
 };
 
 /// MindEye2 trains for 150 epochs.
@@ -31,10 +30,7 @@ pub(crate) struct Checker<'a> {
 impl<'a> Checker<'a> {
     /// `text` is the source, when available, for locating problems.
     pub(crate) fn new(text: Option<&'a str>) -> Self {
-        Self {
-            source: text.map(SourceMap::new),
-            problems: Vec::new(),
-        }
+        Self { source: text.map(SourceMap::new), problems: Vec::new() }
     }
 
     pub(crate) fn is_clean(&self) -> bool {
@@ -57,9 +53,7 @@ impl<'a> Checker<'a> {
     }
 
     pub(crate) fn check<T>(&mut self, field: &str, result: Result<T, String>) -> Option<T> {
-        result
-            .map_err(|message| self.push(field, None, message))
-            .ok()
+        result.map_err(|message| self.push(field, None, message)).ok()
     }
 
     pub(crate) fn required<R, T>(
@@ -121,11 +115,7 @@ pub(crate) fn data(c: &mut Checker<'_>, raw: RawData) -> Option<DataConfig> {
         Some(ids) => c.subjects("data.train_subjects", &ids),
         None => {
             let why = "list the subjects to train on, e.g. [1] or [2, 3, 4, 5, 6, 7, 8]";
-            c.push(
-                "data.train_subjects",
-                None,
-                format!("is missing; it is required: {why}"),
-            );
+            c.push("data.train_subjects", None, format!("is missing; it is required: {why}"));
             None
         }
     };
@@ -133,12 +123,7 @@ pub(crate) fn data(c: &mut Checker<'_>, raw: RawData) -> Option<DataConfig> {
         Some(ids) => c.subjects("data.eval_subjects", &ids),
         None => train_subjects.clone(),
     };
-    let sessions = c.optional(
-        "data.sessions",
-        raw.sessions,
-        SessionSelection::All,
-        SessionSelection::try_from,
-    );
+    let sessions = c.optional("data.sessions", raw.sessions, SessionSelection::All, SessionSelection::try_from);
     Some(DataConfig {
         manifest: manifest?,
         train_subjects: train_subjects?,
@@ -148,75 +133,36 @@ pub(crate) fn data(c: &mut Checker<'_>, raw: RawData) -> Option<DataConfig> {
     })
 }
 
-pub(crate) fn train(
-    c: &mut Checker<'_>,
-    raw: RawTrain,
-    n_subjects: Option<usize>,
-) -> Option<TrainConfig> {
+pub(crate) fn train(c: &mut Checker<'_>, raw: RawTrain, n_subjects: Option<usize>) -> Option<TrainConfig> {
     let seed = c.optional("train.seed", raw.seed, 0, |v| rules::at_least_u64(v, 0, ""));
-    let epochs = c.optional("train.epochs", raw.epochs, DEFAULT_EPOCHS, |v| {
-        rules::at_least_u32(v, 1, "")
+    let epochs = c.optional("train.epochs", raw.epochs, DEFAULT_EPOCHS, |v| rules::at_least_u32(v, 1, ""));
+    let batch_size = c.optional("train.batch_size", raw.batch_size, DEFAULT_BATCH_SIZE, |v| {
+        let b = rules::at_least_u32(v, 1, "")?;
+        rules::batch_fits_subjects(b, n_subjects.unwrap_or(1)).map(|()| b)
     });
-    let batch_size = c.optional(
-        "train.batch_size",
-        raw.batch_size,
-        DEFAULT_BATCH_SIZE,
-        |v| {
-            let b = rules::at_least_u32(v, 1, "")?;
-            rules::batch_fits_subjects(b, n_subjects.unwrap_or(1)).map(|()| b)
-        },
-    );
     let why = " (leave it out to train for all epochs)";
-    let max_steps = c.optional("train.max_steps", raw.max_steps, None, |v| {
-        rules::at_least_u64(v, 1, why).map(Some)
-    });
-    Some(TrainConfig {
-        seed: seed?,
-        epochs: epochs?,
-        batch_size: batch_size?,
-        max_steps: max_steps?,
-    })
+    let max_steps = c.optional("train.max_steps", raw.max_steps, None, |v| rules::at_least_u64(v, 1, why).map(Some));
+    Some(TrainConfig { seed: seed?, epochs: epochs?, batch_size: batch_size?, max_steps: max_steps? })
 }
 
 pub(crate) fn optim(c: &mut Checker<'_>, raw: RawOptim) -> Option<OptimConfig> {
     let lr = c.optional("optim.lr", raw.lr, DEFAULT_LR, rules::learning_rate);
-    let weight_decay = c.optional(
-        "optim.weight_decay",
-        raw.weight_decay,
-        DEFAULT_WEIGHT_DECAY,
-        rules::weight_decay,
-    );
-    Some(OptimConfig {
-        lr: lr?,
-        weight_decay: weight_decay?,
-    })
+    let weight_decay = c.optional("optim.weight_decay", raw.weight_decay, DEFAULT_WEIGHT_DECAY, rules::weight_decay);
+    Some(OptimConfig { lr: lr?, weight_decay: weight_decay? })
 }
 
 pub(crate) fn checkpoint(c: &mut Checker<'_>, raw: RawCheckpoint) -> Option<CheckpointConfig> {
-    let url = c.optional("checkpoint.url", raw.url, None, |u| {
-        rules::storage_location(&u).map(Some)
-    });
+    let url = c.optional("checkpoint.url", raw.url, None, |u| rules::storage_location(&u).map(Some));
     let why = ", because the newest checkpoint may still be being written when an older one is \
                deleted; keeping only one could leave no complete checkpoint to resume from";
-    let keep_last = c.optional(
-        "checkpoint.keep_last",
-        raw.keep_last,
-        DEFAULT_KEEP_LAST,
-        |v| rules::at_least_u32(v, 2, why),
-    );
-    let keep_every = c.optional("checkpoint.keep_every", raw.keep_every, 0, |v| {
-        rules::at_least_u32(v, 0, " (0 turns it off)")
-    });
-    Some(CheckpointConfig {
-        url: url?,
-        keep_last: keep_last?,
-        keep_every: keep_every?,
-    })
+    let keep_last =
+        c.optional("checkpoint.keep_last", raw.keep_last, DEFAULT_KEEP_LAST, |v| rules::at_least_u32(v, 2, why));
+    let keep_every =
+        c.optional("checkpoint.keep_every", raw.keep_every, 0, |v| rules::at_least_u32(v, 0, " (0 turns it off)"));
+    Some(CheckpointConfig { url: url?, keep_last: keep_last?, keep_every: keep_every? })
 }
 
 pub(crate) fn model(c: &mut Checker<'_>, raw: RawModel) -> Option<ModelConfig> {
-    let family = c.optional("model.family", raw.family, ModelFamily::MindEye2, |f| {
-        rules::family(&f)
-    });
+    let family = c.optional("model.family", raw.family, ModelFamily::MindEye2, |f| rules::family(&f));
     Some(ModelConfig { family: family? })
 }

@@ -87,22 +87,14 @@ mod tests {
     use super::*;
 
     fn problem(field: &str, line: Option<usize>, message: &str) -> Problem {
-        Problem {
-            field: field.into(),
-            line,
-            column: line.map(|_| 1),
-            message: message.into(),
-        }
+        Problem { field: field.into(), line, column: line.map(|_| 1), message: message.into() }
     }
 
     #[test]
     fn invalid_lists_one_problem_per_line() {
         let err = ConfigError::Invalid {
             file: "experiments/a.toml".into(),
-            problems: vec![
-                problem("train.batch_size", Some(12), "too small"),
-                problem("name", None, "missing"),
-            ],
+            problems: vec![problem("train.batch_size", Some(12), "too small"), problem("name", None, "missing")],
         };
         assert_eq!(
             err.to_string(),

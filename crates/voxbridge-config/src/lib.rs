@@ -40,11 +40,8 @@ mod tests;
 
 pub use error::{ConfigError, Problem};
 pub use location::line_col;
-pub use raw::{
-    RawCheckpoint, RawData, RawExperiment, RawModel, RawOptim, RawSessions, RawTrain,
-    parse_experiment,
-};
+pub use raw::{RawCheckpoint, RawData, RawExperiment, RawModel, RawOptim, RawSessions, RawTrain, parse_experiment};
 pub use validated::{
-    CheckpointConfig, DataConfig, ExperimentConfig, ModelConfig, ModelFamily, OptimConfig,
-    SessionSelection, TrainConfig, load_experiment,
+    CheckpointConfig, DataConfig, ExperimentConfig, ModelConfig, ModelFamily, OptimConfig, SessionSelection,
+    TrainConfig, load_experiment,
 };

@@ -32,10 +32,7 @@ pub(crate) struct SourceMap<'a> {
 
 impl<'a> SourceMap<'a> {
     pub(crate) fn new(text: &'a str) -> Self {
-        Self {
-            text,
-            doc: Document::parse(text).ok(),
-        }
+        Self { text, doc: Document::parse(text).ok() }
     }
 
     /// Position of the key at `path` (e.g. `["train", "batch_size"]`), or of element `index`
@@ -100,10 +97,7 @@ fn covers(span: &Range<usize>, offset: usize) -> bool {
 fn path_at(table: &dyn TableLike, offset: usize, path: &mut Vec<String>) -> bool {
     for (name, item) in table.iter() {
         path.push(name.to_owned());
-        let key_hit = table
-            .key(name)
-            .and_then(|k| k.span())
-            .is_some_and(|s| covers(&s, offset));
+        let key_hit = table.key(name).and_then(|k| k.span()).is_some_and(|s| covers(&s, offset));
         if key_hit {
             return true;
         }
@@ -147,10 +141,7 @@ mod tests {
     fn position_of_nested_key_and_array_element() {
         let map = SourceMap::new(TEXT);
         assert_eq!(map.position(&["optim", "lr"], None), Some((4, 1)));
-        assert_eq!(
-            map.position(&["data", "train_subjects"], Some(2)),
-            Some((7, 25))
-        );
+        assert_eq!(map.position(&["data", "train_subjects"], Some(2)), Some((7, 25)));
         assert_eq!(map.position(&["name"], None), Some((1, 1)));
     }
 
@@ -166,15 +157,9 @@ mod tests {
     fn path_at_finds_innermost_key() {
         let map = SourceMap::new(TEXT);
         let lr_value = TEXT.find("1.0").unwrap();
-        assert_eq!(
-            map.path_at(lr_value),
-            Some(vec!["optim".into(), "lr".into()])
-        );
+        assert_eq!(map.path_at(lr_value), Some(vec!["optim".into(), "lr".into()]));
         let in_array = TEXT.find("2, 3").unwrap();
-        assert_eq!(
-            map.path_at(in_array),
-            Some(vec!["data".into(), "train_subjects".into()])
-        );
+        assert_eq!(map.path_at(in_array), Some(vec!["data".into(), "train_subjects".into()]));
         assert_eq!(map.path_at(TEXT.find('\n').unwrap()), None);
     }
 

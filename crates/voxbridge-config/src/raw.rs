@@ -146,12 +146,7 @@ pub fn parse_experiment(text: &str, origin: &str) -> Result<RawExperiment, Confi
 /// The keys of [`RawExperiment`] that hold tables.
 const SECTIONS: [&str; 5] = ["data", "train", "optim", "checkpoint", "model"];
 
-fn parse_error(
-    text: &str,
-    origin: &str,
-    map: &SourceMap<'_>,
-    err: &toml::de::Error,
-) -> ConfigError {
+fn parse_error(text: &str, origin: &str, map: &SourceMap<'_>, err: &toml::de::Error) -> ConfigError {
     let offset = err.span().map_or(0, |s| s.start);
     let (line, column) = line_col(text, offset);
     let raw_message = err.message().trim();
@@ -181,13 +176,7 @@ fn parse_error(
     } else {
         (None, plain_types(raw_message))
     };
-    ConfigError::Parse {
-        file: origin.to_owned(),
-        line,
-        column,
-        key,
-        message,
-    }
+    ConfigError::Parse { file: origin.to_owned(), line, column, key, message }
 }
 
 /// Split serde's "unknown field `x`, expected `a` or `b`" into the name and a friendlier
@@ -231,13 +220,7 @@ mod tests {
     /// Unwrap a parse error into (line, column, key, message).
     fn parse_err(text: &str) -> (usize, usize, Option<String>, String) {
         match parse_experiment(text, "a.toml") {
-            Err(ConfigError::Parse {
-                file,
-                line,
-                column,
-                key,
-                message,
-            }) => {
+            Err(ConfigError::Parse { file, line, column, key, message }) => {
                 assert_eq!(file, "a.toml");
                 (line, column, key, message)
             }
@@ -250,9 +233,7 @@ mod tests {
         let (line, column, key, message) = parse_err("name = \"a\"\nnmae = \"b\"\n");
         assert_eq!((line, column), (2, 1));
         assert_eq!(key.as_deref(), Some("nmae"));
-        assert!(
-            message.starts_with("unknown key `nmae` at the top level (expected one of `name`,")
-        );
+        assert!(message.starts_with("unknown key `nmae` at the top level (expected one of `name`,"));
     }
 
     #[test]
@@ -272,13 +253,9 @@ mod tests {
     fn unknown_key_in_dotted_and_inline_forms() {
         let (line, column, key, message) = parse_err("name = \"a\"\ntrain.epoch = 3\n");
         assert_eq!((line, column, key.as_deref()), (2, 7, Some("train.epoch")));
-        assert!(
-            message.starts_with("unknown key `epoch` in [train]"),
-            "{message}"
-        );
+        assert!(message.starts_with("unknown key `epoch` in [train]"), "{message}");
 
-        let (line, column, key, _) =
-            parse_err("name = \"a\"\nmodel = { family = \"ridge\", depth = 4 }\n");
+        let (line, column, key, _) = parse_err("name = \"a\"\nmodel = { family = \"ridge\", depth = 4 }\n");
         assert_eq!((line, column, key.as_deref()), (2, 29, Some("model.depth")));
     }
 
@@ -286,45 +263,29 @@ mod tests {
     fn model_section_rejects_unknown_keys() {
         let (_, _, key, message) = parse_err("name = \"a\"\n[model]\nhidden_dim = 4096\n");
         assert_eq!(key.as_deref(), Some("model.hidden_dim"));
-        assert_eq!(
-            message,
-            "unknown key `hidden_dim` in [model] (expected `family`)"
-        );
+        assert_eq!(message, "unknown key `hidden_dim` in [model] (expected `family`)");
     }
 
     #[test]
     fn unknown_section() {
         let (line, column, key, message) = parse_err("name = \"a\"\n[optimizer]\nlr = 1\n");
         assert_eq!((line, column, key.as_deref()), (2, 2, Some("optimizer")));
-        assert!(
-            message.starts_with("unknown key `optimizer` at the top level"),
-            "{message}"
-        );
+        assert!(message.starts_with("unknown key `optimizer` at the top level"), "{message}");
     }
 
     #[test]
     fn wrong_type() {
         let (line, column, key, message) = parse_err("name = \"a\"\n[optim]\nlr = \"fast\"\n");
         assert_eq!((line, column, key.as_deref()), (3, 6, Some("optim.lr")));
-        assert_eq!(
-            message,
-            "wrong type for `optim.lr`: invalid type: string \"fast\", expected a number"
-        );
+        assert_eq!(message, "wrong type for `optim.lr`: invalid type: string \"fast\", expected a number");
 
-        let (line, column, key, message) =
-            parse_err("name = \"a\"\n[data]\ntrain_subjects = [1, \"2\"]\n");
-        assert_eq!(
-            (line, column, key.as_deref()),
-            (3, 22, Some("data.train_subjects"))
-        );
+        let (line, column, key, message) = parse_err("name = \"a\"\n[data]\ntrain_subjects = [1, \"2\"]\n");
+        assert_eq!((line, column, key.as_deref()), (3, 22, Some("data.train_subjects")));
         assert!(message.ends_with("expected an integer"), "{message}");
 
         let (line, column, key, message) = parse_err("name = \"a\"\ndata = 3\n");
         assert_eq!((line, column, key.as_deref()), (2, 1, Some("data")));
-        assert_eq!(
-            message,
-            "wrong type for `data`: expected a table (a [data] section), found integer"
-        );
+        assert_eq!(message, "wrong type for `data`: expected a table (a [data] section), found integer");
 
         // Derived structs would otherwise read an array positionally.
         let (_, _, key, message) = parse_err("name = \"a\"\ndata = [\"m.toml\", [1]]\n");
@@ -334,17 +295,11 @@ mod tests {
         assert!(message.ends_with("found array of tables"), "{message}");
 
         let (_, _, _, message) = parse_err("name = \"a\"\n[train]\nseed = 18446744073709551615\n");
-        assert!(
-            message.ends_with("expected at most 9223372036854775807"),
-            "{message}"
-        );
+        assert!(message.ends_with("expected at most 9223372036854775807"), "{message}");
 
         let (_, _, key, message) = parse_err("name = \"a\"\n[data]\nsessions = 1.5\n");
         assert_eq!(key.as_deref(), Some("data.sessions"));
-        assert!(
-            message.contains("expected a number of sessions or the string \"all\""),
-            "{message}"
-        );
+        assert!(message.contains("expected a number of sessions or the string \"all\""), "{message}");
     }
 
     #[test]
@@ -367,9 +322,6 @@ mod tests {
 
     #[test]
     fn empty_file_parses_to_all_defaults() {
-        assert_eq!(
-            parse_experiment("", "a.toml").unwrap(),
-            RawExperiment::default()
-        );
+        assert_eq!(parse_experiment("", "a.toml").unwrap(), RawExperiment::default());
     }
 }

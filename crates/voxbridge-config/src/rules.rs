@@ -17,15 +17,11 @@ const SCHEMES: [&str; 3] = ["s3", "gs", "file"];
 pub(crate) fn name(value: &str) -> Result<String, String> {
     let why = "the name is used in file names, URLs and job names";
     if value.is_empty() {
-        return Err(format!(
-            "is empty; {why}, so give 1 to {MAX_NAME_LEN} characters"
-        ));
+        return Err(format!("is empty; {why}, so give 1 to {MAX_NAME_LEN} characters"));
     }
     let len = value.chars().count();
     if len > MAX_NAME_LEN {
-        return Err(format!(
-            "`{value}` is {len} characters long; at most {MAX_NAME_LEN} are allowed because {why}"
-        ));
+        return Err(format!("`{value}` is {len} characters long; at most {MAX_NAME_LEN} are allowed because {why}"));
     }
     let mut bad: Vec<char> = Vec::new();
     for c in value.chars() {
@@ -42,9 +38,7 @@ pub(crate) fn name(value: &str) -> Result<String, String> {
         ));
     }
     if value == "." || value == ".." {
-        return Err(format!(
-            "`{value}` is not allowed: it means a directory in paths"
-        ));
+        return Err(format!("`{value}` is not allowed: it means a directory in paths"));
     }
     Ok(value.to_owned())
 }
@@ -56,15 +50,11 @@ pub(crate) fn storage_location(value: &str) -> Result<String, String> {
         return Err(format!("is empty; give {allowed}"));
     }
     if value.trim() != value {
-        return Err(format!(
-            "`{value}` starts or ends with whitespace, which would become part of the path"
-        ));
+        return Err(format!("`{value}` starts or ends with whitespace, which would become part of the path"));
     }
     if let Some((scheme, rest)) = value.split_once("://") {
         if !SCHEMES.contains(&scheme) {
-            return Err(format!(
-                "`{value}` uses the unsupported scheme `{scheme}://`; give {allowed}"
-            ));
+            return Err(format!("`{value}` uses the unsupported scheme `{scheme}://`; give {allowed}"));
         }
         if rest.is_empty() {
             return Err(format!("`{value}` has nothing after `{scheme}://`"));
@@ -77,10 +67,7 @@ pub(crate) fn storage_location(value: &str) -> Result<String, String> {
 /// with its index so the caller can point at it.
 pub(crate) fn subjects(values: &[i64]) -> Result<Vec<u8>, Vec<(Option<usize>, String)>> {
     if values.is_empty() {
-        return Err(vec![(
-            None,
-            format!("is empty; list at least one subject id (1..={MAX_SUBJECT})"),
-        )]);
+        return Err(vec![(None, format!("is empty; list at least one subject id (1..={MAX_SUBJECT})"))]);
     }
     let mut ids = Vec::with_capacity(values.len());
     let mut problems = Vec::new();
@@ -92,17 +79,10 @@ pub(crate) fn subjects(values: &[i64]) -> Result<Vec<u8>, Vec<(Option<usize>, St
                 }
                 ids.push(id);
             }
-            _ => problems.push((
-                Some(i),
-                format!("subject {v} is out of range: ids are 1-based, 1..={MAX_SUBJECT}"),
-            )),
+            _ => problems.push((Some(i), format!("subject {v} is out of range: ids are 1-based, 1..={MAX_SUBJECT}"))),
         }
     }
-    if problems.is_empty() {
-        Ok(ids)
-    } else {
-        Err(problems)
-    }
+    if problems.is_empty() { Ok(ids) } else { Err(problems) }
 }
 
 impl TryFrom<RawSessions> for SessionSelection {
@@ -125,9 +105,7 @@ impl TryFrom<RawSessions> for SessionSelection {
 /// An integer `>= min` that fits in `u32`; `why` is appended to the "too small" message.
 pub(crate) fn at_least_u32(value: i64, min: u32, why: &str) -> Result<u32, String> {
     if value < i64::from(min) {
-        return Err(format!(
-            "{value} is too small: it must be at least {min}{why}"
-        ));
+        return Err(format!("{value} is too small: it must be at least {min}{why}"));
     }
     u32::try_from(value).map_err(|_| format!("{value} is too large: at most {}", u32::MAX))
 }
@@ -145,9 +123,7 @@ pub(crate) fn learning_rate(value: f64) -> Result<f64, String> {
     if value.is_finite() && value > 0.0 {
         Ok(value)
     } else {
-        Err(format!(
-            "{value} is not allowed: it must be a finite number greater than 0"
-        ))
+        Err(format!("{value} is not allowed: it must be a finite number greater than 0"))
     }
 }
 
@@ -156,24 +132,16 @@ pub(crate) fn weight_decay(value: f64) -> Result<f64, String> {
     if value.is_finite() && value >= 0.0 {
         Ok(value)
     } else {
-        Err(format!(
-            "{value} is not allowed: it must be a finite number >= 0 (0 turns it off)"
-        ))
+        Err(format!("{value} is not allowed: it must be a finite number >= 0 (0 turns it off)"))
     }
 }
 
 /// One of the known model families.
 pub(crate) fn family(value: &str) -> Result<ModelFamily, String> {
-    ModelFamily::ALL
-        .into_iter()
-        .find(|f| f.as_str() == value)
-        .ok_or_else(|| {
-            let known: Vec<String> = ModelFamily::ALL.iter().map(|f| format!("`{f}`")).collect();
-            format!(
-                "`{value}` is not a known model family; expected one of {}",
-                known.join(", ")
-            )
-        })
+    ModelFamily::ALL.into_iter().find(|f| f.as_str() == value).ok_or_else(|| {
+        let known: Vec<String> = ModelFamily::ALL.iter().map(|f| format!("`{f}`")).collect();
+        format!("`{value}` is not a known model family; expected one of {}", known.join(", "))
+    })
 }
 
 /// In multi-subject mode every batch is split evenly across the training subjects, so a
@@ -197,10 +165,7 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(
-            name("pretrain-sim_small.v2").unwrap(),
-            "pretrain-sim_small.v2"
-        );
+        assert_eq!(name("pretrain-sim_small.v2").unwrap(), "pretrain-sim_small.v2");
         assert!(name(&"a".repeat(64)).is_ok());
         let cases = [
             ("", "is empty"),
@@ -217,13 +182,7 @@ mod tests {
 
     #[test]
     fn storage_locations() {
-        for ok in [
-            "data/m.toml",
-            "/abs/m.toml",
-            "s3://b/k",
-            "gs://b/k",
-            "file:///tmp/m",
-        ] {
+        for ok in ["data/m.toml", "/abs/m.toml", "s3://b/k", "gs://b/k", "file:///tmp/m"] {
             assert_eq!(storage_location(ok).unwrap(), ok);
         }
         let cases = [
@@ -242,10 +201,7 @@ mod tests {
     #[test]
     fn subject_lists() {
         assert_eq!(subjects(&[2, 1, 8]).unwrap(), vec![2, 1, 8]);
-        assert_eq!(
-            subjects(&[]).unwrap_err()[0].1,
-            "is empty; list at least one subject id (1..=8)"
-        );
+        assert_eq!(subjects(&[]).unwrap_err()[0].1, "is empty; list at least one subject id (1..=8)");
         let errs = subjects(&[1, 0, 9, 1, -300]).unwrap_err();
         let indices: Vec<Option<usize>> = errs.iter().map(|e| e.0).collect();
         assert_eq!(indices, [Some(1), Some(2), Some(3), Some(4)]);
@@ -257,46 +213,20 @@ mod tests {
     #[test]
     fn sessions() {
         let parse = |raw| SessionSelection::try_from(raw);
-        assert_eq!(
-            parse(RawSessions::Word("all".into())),
-            Ok(SessionSelection::All)
-        );
+        assert_eq!(parse(RawSessions::Word("all".into())), Ok(SessionSelection::All));
         assert_eq!(parse(RawSessions::Count(3)), Ok(SessionSelection::First(3)));
-        assert!(
-            parse(RawSessions::Count(0))
-                .unwrap_err()
-                .contains("0 is too small")
-        );
-        assert!(
-            parse(RawSessions::Word("All".into()))
-                .unwrap_err()
-                .contains("\"All\" is not")
-        );
-        assert!(
-            parse(RawSessions::Count(i64::MAX))
-                .unwrap_err()
-                .contains("too large")
-        );
+        assert!(parse(RawSessions::Count(0)).unwrap_err().contains("0 is too small"));
+        assert!(parse(RawSessions::Word("All".into())).unwrap_err().contains("\"All\" is not"));
+        assert!(parse(RawSessions::Count(i64::MAX)).unwrap_err().contains("too large"));
     }
 
     #[test]
     fn integers_and_floats() {
         assert_eq!(at_least_u32(2, 2, ""), Ok(2));
-        assert_eq!(
-            at_least_u32(1, 2, " (why)").unwrap_err(),
-            "1 is too small: it must be at least 2 (why)"
-        );
-        assert!(
-            at_least_u32(1 << 40, 1, "")
-                .unwrap_err()
-                .contains("too large")
-        );
+        assert_eq!(at_least_u32(1, 2, " (why)").unwrap_err(), "1 is too small: it must be at least 2 (why)");
+        assert!(at_least_u32(1 << 40, 1, "").unwrap_err().contains("too large"));
         assert_eq!(at_least_u64(0, 0, ""), Ok(0));
-        assert!(
-            at_least_u64(-1, 0, "")
-                .unwrap_err()
-                .contains("-1 is too small")
-        );
+        assert!(at_least_u64(-1, 0, "").unwrap_err().contains("-1 is too small"));
         assert_eq!(learning_rate(3e-4), Ok(3e-4));
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
             assert!(learning_rate(bad).is_err(), "{bad}");

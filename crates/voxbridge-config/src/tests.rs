@@ -58,24 +58,10 @@ fn full_example_is_read_exactly() {
             sessions: SessionSelection::First(1),
             average_test_repeats: true,
         },
-        train: TrainConfig {
-            seed: 0,
-            epochs: 10,
-            batch_size: 42,
-            max_steps: Some(100),
-        },
-        optim: OptimConfig {
-            lr: 3e-4,
-            weight_decay: 1e-2,
-        },
-        checkpoint: CheckpointConfig {
-            url: Some("runs/pretrain".into()),
-            keep_last: 2,
-            keep_every: 0,
-        },
-        model: ModelConfig {
-            family: ModelFamily::MindEye2,
-        },
+        train: TrainConfig { seed: 0, epochs: 10, batch_size: 42, max_steps: Some(100) },
+        optim: OptimConfig { lr: 3e-4, weight_decay: 1e-2 },
+        checkpoint: CheckpointConfig { url: Some("runs/pretrain".into()), keep_last: 2, keep_every: 0 },
+        model: ModelConfig { family: ModelFamily::MindEye2 },
     };
     assert_eq!(config, expected);
 }
@@ -84,46 +70,16 @@ fn full_example_is_read_exactly() {
 fn defaults_are_filled_in() {
     let config = load(MINIMAL).unwrap();
     assert_eq!(config.description, None);
-    assert_eq!(
-        config.data.eval_subjects,
-        vec![1],
-        "eval defaults to train subjects"
-    );
+    assert_eq!(config.data.eval_subjects, vec![1], "eval defaults to train subjects");
     assert_eq!(config.data.sessions, SessionSelection::All);
     assert!(config.data.average_test_repeats);
-    assert_eq!(
-        config.train,
-        TrainConfig {
-            seed: 0,
-            epochs: 150,
-            batch_size: 42,
-            max_steps: None
-        }
-    );
-    assert_eq!(
-        config.optim,
-        OptimConfig {
-            lr: 3e-4,
-            weight_decay: 1e-2
-        }
-    );
-    assert_eq!(
-        config.checkpoint,
-        CheckpointConfig {
-            url: None,
-            keep_last: 2,
-            keep_every: 0
-        }
-    );
+    assert_eq!(config.train, TrainConfig { seed: 0, epochs: 150, batch_size: 42, max_steps: None });
+    assert_eq!(config.optim, OptimConfig { lr: 3e-4, weight_decay: 1e-2 });
+    assert_eq!(config.checkpoint, CheckpointConfig { url: None, keep_last: 2, keep_every: 0 });
     assert_eq!(config.model.family, ModelFamily::MindEye2);
     // Every default is written out in the saved config.
     let saved = config.to_toml();
-    for key in [
-        "epochs = 150",
-        "batch_size = 42",
-        "sessions = \"all\"",
-        "family = \"mindeye2\"",
-    ] {
+    for key in ["epochs = 150", "batch_size = 42", "sessions = \"all\"", "family = \"mindeye2\""] {
         assert!(saved.contains(key), "missing {key:?} in\n{saved}");
     }
 }
@@ -238,33 +194,16 @@ fn all_problems_are_reported_at_once() {
     let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
     assert_eq!(
         fields,
-        [
-            "name",
-            "data.manifest",
-            "data.train_subjects",
-            "checkpoint.keep_last"
-        ],
+        ["name", "data.manifest", "data.train_subjects", "checkpoint.keep_last"],
         "batch_size is only checked against a valid subject list"
     );
     let rendered = err.to_string();
     let lines: Vec<&str> = rendered.lines().collect();
     assert_eq!(lines.len(), 4, "{rendered}");
-    assert!(
-        lines[0].starts_with("a.toml:1:1: name: `Bad` contains 'B'"),
-        "{rendered}"
-    );
-    assert!(
-        lines[1].starts_with("a.toml:2:2: data.manifest: is missing"),
-        "{rendered}"
-    );
-    assert_eq!(
-        lines[2],
-        "a.toml:3:25: data.train_subjects: subject 2 is listed more than once"
-    );
-    assert!(
-        lines[3].starts_with("a.toml:7:1: checkpoint.keep_last: 1 is too small"),
-        "{rendered}"
-    );
+    assert!(lines[0].starts_with("a.toml:1:1: name: `Bad` contains 'B'"), "{rendered}");
+    assert!(lines[1].starts_with("a.toml:2:2: data.manifest: is missing"), "{rendered}");
+    assert_eq!(lines[2], "a.toml:3:25: data.train_subjects: subject 2 is listed more than once");
+    assert!(lines[3].starts_with("a.toml:7:1: checkpoint.keep_last: 1 is too small"), "{rendered}");
 }
 
 #[test]
@@ -274,11 +213,7 @@ fn without_text_problems_have_no_location() {
         panic!("expected Invalid");
     };
     assert_eq!(problems.len(), 4);
-    assert!(
-        problems
-            .iter()
-            .all(|p| p.line.is_none() && p.column.is_none())
-    );
+    assert!(problems.iter().all(|p| p.line.is_none() && p.column.is_none()));
 }
 
 #[test]
@@ -305,12 +240,7 @@ fn hash_is_stable_and_tracks_changes() {
     assert_eq!(load(&reformatted).unwrap().config_hash(), hash);
     // Writing a default out explicitly gives the same resolved config.
     let minimal = load(MINIMAL).unwrap().config_hash();
-    assert_eq!(
-        load(&format!("{MINIMAL}[train]\nepochs = 150\n"))
-            .unwrap()
-            .config_hash(),
-        minimal
-    );
+    assert_eq!(load(&format!("{MINIMAL}[train]\nepochs = 150\n")).unwrap().config_hash(), minimal);
 
     let mut changed = config.clone();
     changed.train.seed = 1;
@@ -331,10 +261,7 @@ fn load_experiment_reads_files_and_names_them() {
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, format!("{MINIMAL}[optim]\nlr = -1\n")).unwrap();
     let message = load_experiment(&bad).unwrap_err().to_string();
-    assert!(
-        message.starts_with(&format!("{}:6:1: optim.lr: -1", bad.display())),
-        "{message}"
-    );
+    assert!(message.starts_with(&format!("{}:6:1: optim.lr: -1", bad.display())), "{message}");
 
     let missing = dir.join("missing.toml");
     let err = load_experiment(&missing).unwrap_err();

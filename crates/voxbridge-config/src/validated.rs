@@ -112,12 +112,7 @@ pub enum ModelFamily {
 
 impl ModelFamily {
     /// Every family, in the order listed in error messages.
-    pub const ALL: [ModelFamily; 4] = [
-        Self::MindEye2,
-        Self::MindEye1,
-        Self::MindReader,
-        Self::Ridge,
-    ];
+    pub const ALL: [ModelFamily; 4] = [Self::MindEye2, Self::MindEye1, Self::MindReader, Self::Ridge];
 
     /// The spelling used in experiment files.
     pub fn as_str(self) -> &'static str {
@@ -143,8 +138,7 @@ impl ExperimentConfig {
     /// Only if the struct was built by hand with a `u64` above `i64::MAX` (TOML integers are
     /// 64-bit signed); configs from [`RawExperiment::validate`] never are.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self)
-            .expect("a validated ExperimentConfig only holds TOML-representable values")
+        toml::to_string(self).expect("a validated ExperimentConfig only holds TOML-representable values")
     }
 
     /// Hex SHA-256 of [`to_toml`](Self::to_toml): identical for files that differ only in
@@ -156,10 +150,7 @@ impl ExperimentConfig {
 
 /// Read, parse and validate an experiment file; errors name `path`.
 pub fn load_experiment(path: &Path) -> Result<ExperimentConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
     let origin = path.display().to_string();
     parse_experiment(&text, &origin)?.validate(&origin, Some(&text))
 }
@@ -169,23 +160,13 @@ impl RawExperiment {
     ///
     /// All problems are collected, not just the first. Pass the source `text` to get line and
     /// column for each problem; `origin` names the file in messages.
-    pub fn validate(
-        self,
-        origin: &str,
-        text: Option<&str>,
-    ) -> Result<ExperimentConfig, ConfigError> {
+    pub fn validate(self, origin: &str, text: Option<&str>) -> Result<ExperimentConfig, ConfigError> {
         let mut c = Checker::new(text);
         // Needed by the batch-size rule; `None` when the list itself is invalid (reported below).
-        let n_train_subjects = self
-            .data
-            .train_subjects
-            .as_deref()
-            .and_then(|s| rules::subjects(s).ok())
-            .map(|s| s.len());
+        let n_train_subjects =
+            self.data.train_subjects.as_deref().and_then(|s| rules::subjects(s).ok()).map(|s| s.len());
 
-        let name = c.required("name", self.name, "every experiment needs a name", |n| {
-            rules::name(&n)
-        });
+        let name = c.required("name", self.name, "every experiment needs a name", |n| rules::name(&n));
         let data = check::data(&mut c, self.data);
         let train = check::train(&mut c, self.train, n_train_subjects);
         let optim = check::optim(&mut c, self.optim);
@@ -193,23 +174,10 @@ impl RawExperiment {
         let model = check::model(&mut c, self.model);
 
         match (name, data, train, optim, checkpoint, model) {
-            (Some(name), Some(data), Some(train), Some(optim), Some(checkpoint), Some(model))
-                if c.is_clean() =>
-            {
-                Ok(ExperimentConfig {
-                    name,
-                    description: self.description,
-                    data,
-                    train,
-                    optim,
-                    checkpoint,
-                    model,
-                })
+            (Some(name), Some(data), Some(train), Some(optim), Some(checkpoint), Some(model)) if c.is_clean() => {
+                Ok(ExperimentConfig { name, description: self.description, data, train, optim, checkpoint, model })
             }
-            _ => Err(ConfigError::Invalid {
-                file: origin.to_owned(),
-                problems: c.into_problems(),
-            }),
+            _ => Err(ConfigError::Invalid { file: origin.to_owned(), problems: c.into_problems() }),
         }
     }
 }

@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "voxbridge-coordinator", version, about = "Coordinates voxbridge workers: rendezvous, subject sharding across ranks, heartbeats, restarts.")]
+#[command(
+    name = "voxbridge-coordinator",
+    version,
+    about = "Coordinates voxbridge workers: rendezvous, subject sharding across ranks, heartbeats, restarts."
+)]
 struct Args {
     /// Resolved experiment configuration (TOML).
     #[arg(long)]

@@ -19,7 +19,9 @@ pub mod verify;
 pub mod writer;
 
 pub use error::{DataError, Result};
-pub use loader::{AveragedTrials, Dataset, DecodingArrays, Sessions, SubjectTrials, TargetKind, Targets, average_repeats};
+pub use loader::{
+    AveragedTrials, Dataset, DecodingArrays, Sessions, SubjectTrials, TargetKind, Targets, average_repeats,
+};
 pub use manifest::{FileEntry, FileKind, MANIFEST_FILE, Manifest, OpenedManifest, open_manifest};
 pub use schema::{SCHEMA_VERSION, TargetShapes};
 pub use shard::{TargetRows, TrialRows};

@@ -58,7 +58,12 @@ pub fn average_repeats(trials: &TrialRows) -> AveragedTrials {
     for (row, &image) in trials.image_id.iter().enumerate() {
         groups.entry(image).or_default().push(row);
     }
-    let mut out = AveragedTrials { voxel_count: v, image_id: Vec::new(), repeats: Vec::new(), voxels: Vec::with_capacity(groups.len() * v) };
+    let mut out = AveragedTrials {
+        voxel_count: v,
+        image_id: Vec::new(),
+        repeats: Vec::new(),
+        voxels: Vec::with_capacity(groups.len() * v),
+    };
     let mut acc = vec![0f64; v];
     for (image, rows) in groups {
         acc.iter_mut().for_each(|a| *a = 0.0);
@@ -137,14 +142,20 @@ impl Dataset {
         let manifest = &self.opened.manifest;
         let info = manifest.subject(subject).ok_or_else(|| {
             let have: Vec<u8> = manifest.subjects.iter().map(|s| s.subject).collect();
-            DataError::Selection(format!("subject {subject} is not in {} (it has subjects {have:?})", self.opened.origin))
+            DataError::Selection(format!(
+                "subject {subject} is not in {} (it has subjects {have:?})",
+                self.opened.origin
+            ))
         })?;
         let files = manifest.trial_files(subject);
         let limit = match sessions {
             Sessions::All => u16::MAX,
             Sessions::First(0) => return Err(DataError::Selection("sessions must be at least 1".into())),
             Sessions::First(n) if n > info.sessions => {
-                return Err(DataError::Selection(format!("subject {subject} has {} sessions; {n} were asked for", info.sessions)));
+                return Err(DataError::Selection(format!(
+                    "subject {subject} has {} sessions; {n} were asked for",
+                    info.sessions
+                )));
             }
             Sessions::First(n) => n,
         };
@@ -157,10 +168,16 @@ impl Dataset {
             let bytes = fetch_verified(&self.opened.root, entry)?;
             let (rows, _) = decode_trials(&file, bytes, info.voxels)?;
             if rows.subject.iter().any(|&s| s != subject) || rows.session.iter().any(|&s| s != session) {
-                return Err(DataError::Content { file, message: format!("rows do not all belong to subject {subject}, session {session}") });
+                return Err(DataError::Content {
+                    file,
+                    message: format!("rows do not all belong to subject {subject}, session {session}"),
+                });
             }
             if rows.len() as u64 != entry.rows {
-                return Err(DataError::Content { file, message: format!("{} rows, the manifest says {}", rows.len(), entry.rows) });
+                return Err(DataError::Content {
+                    file,
+                    message: format!("{} rows, the manifest says {}", rows.len(), entry.rows),
+                });
             }
             test.extend(rows.filter(|r| rows.is_test[r]));
             if session <= limit {
@@ -199,37 +216,10 @@ impl Dataset {
                 return Err(DataError::Selection(format!("image {id} has two target rows in {}", self.opened.origin)));
             }
         }
-        if let Some(keep) = images {
-            if let Some(missing) = keep.iter().find(|id| !index.contains_key(id)) {
-                return Err(DataError::Selection(format!("image {missing} has no target in {}", self.opened.origin)));
-            }
+        if let Some(missing) = images.and_then(|keep| keep.iter().find(|id| !index.contains_key(id))) {
+            return Err(DataError::Selection(format!("image {missing} has no target in {}", self.opened.origin)));
         }
         Ok(Targets { rows, index })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn averaging_groups_by_image_in_id_order() {
-        let mut t = TrialRows::new(2);
-        for (image, v) in [(9u32, [1.0f32, 2.0]), (4, [10.0, 10.0]), (9, [3.0, 4.0]), (9, [5.0, 0.0])] {
-            t.subject.push(1);
-            t.session.push(1);
-            t.run.push(1);
-            t.trial.push(1);
-            t.global_trial.push(0);
-            t.image_id.push(image);
-            t.is_test.push(true);
-            t.repeat.push(0);
-            t.voxels.extend(v);
-        }
-        let a = average_repeats(&t);
-        assert_eq!(a.image_id, vec![4, 9]);
-        assert_eq!(a.repeats, vec![1, 3]);
-        assert_eq!(a.voxels, vec![10.0, 10.0, 3.0, 2.0]);
     }
 }
 
@@ -274,7 +264,12 @@ impl Targets {
 impl SubjectTrials {
     /// Builds decoder arrays, keeping only the first `voxels` voxels when given (to apply one
     /// subject's decoder to another subject of a different size).
-    pub fn decoding_arrays(&self, targets: &Targets, kind: TargetKind, voxels: Option<usize>) -> Result<DecodingArrays> {
+    pub fn decoding_arrays(
+        &self,
+        targets: &Targets,
+        kind: TargetKind,
+        voxels: Option<usize>,
+    ) -> Result<DecodingArrays> {
         let v = voxels.unwrap_or(self.voxel_count).min(self.voxel_count);
         let take = |row: &[f32]| row[..v].to_vec();
         let mut train_x = Vec::with_capacity(self.train.len() * v);
@@ -297,5 +292,30 @@ impl SubjectTrials {
     /// Image ids this subject's trials refer to.
     pub fn image_ids(&self) -> HashSet<u32> {
         self.train.image_id.iter().chain(&self.test.image_id).copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn averaging_groups_by_image_in_id_order() {
+        let mut t = TrialRows::new(2);
+        for (image, v) in [(9u32, [1.0f32, 2.0]), (4, [10.0, 10.0]), (9, [3.0, 4.0]), (9, [5.0, 0.0])] {
+            t.subject.push(1);
+            t.session.push(1);
+            t.run.push(1);
+            t.trial.push(1);
+            t.global_trial.push(0);
+            t.image_id.push(image);
+            t.is_test.push(true);
+            t.repeat.push(0);
+            t.voxels.extend(v);
+        }
+        let a = average_repeats(&t);
+        assert_eq!(a.image_id, vec![4, 9]);
+        assert_eq!(a.repeats, vec![1, 3]);
+        assert_eq!(a.voxels, vec![10.0, 10.0, 3.0, 2.0]);
     }
 }

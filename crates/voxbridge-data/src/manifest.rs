@@ -147,11 +147,8 @@ impl Manifest {
 
     /// The trials files of one subject, in session order.
     pub fn trial_files(&self, subject: u8) -> Vec<&FileEntry> {
-        let mut files: Vec<_> = self
-            .files
-            .iter()
-            .filter(|f| f.kind == FileKind::Trials && f.subject == Some(subject))
-            .collect();
+        let mut files: Vec<_> =
+            self.files.iter().filter(|f| f.kind == FileKind::Trials && f.subject == Some(subject)).collect();
         files.sort_by_key(|f| f.session);
         files
     }
@@ -189,10 +186,8 @@ pub fn open_manifest(location: &str) -> Result<OpenedManifest> {
         DataError::Missing { file } => DataError::Manifest { file, message: "not found".into() },
         other => other,
     })?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| DataError::Manifest {
-        file: origin.clone(),
-        message: "not UTF-8 text".into(),
-    })?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| DataError::Manifest { file: origin.clone(), message: "not UTF-8 text".into() })?;
     let manifest = Manifest::parse(text, &origin)?;
     let root = match &manifest.root {
         Some(root) => Storage::open(root)?,

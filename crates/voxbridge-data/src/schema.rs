@@ -83,23 +83,14 @@ pub fn targets_schema(shapes: &TargetShapes) -> SchemaRef {
 pub fn schema_difference(expected: &Schema, actual: &Schema) -> Option<String> {
     if expected.fields().len() != actual.fields().len() {
         let names = |s: &Schema| s.fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>();
-        return Some(format!(
-            "expected columns {:?}, found {:?}",
-            names(expected),
-            names(actual)
-        ));
+        return Some(format!("expected columns {:?}, found {:?}", names(expected), names(actual)));
     }
     for (e, a) in expected.fields().iter().zip(actual.fields()) {
         if e.name() != a.name() {
             return Some(format!("expected column `{}`, found `{}`", e.name(), a.name()));
         }
         if e.data_type() != a.data_type() {
-            return Some(format!(
-                "column `{}` has type {}, expected {}",
-                e.name(),
-                a.data_type(),
-                e.data_type()
-            ));
+            return Some(format!("column `{}` has type {}, expected {}", e.name(), a.data_type(), e.data_type()));
         }
     }
     None

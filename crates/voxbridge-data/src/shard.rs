@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, FixedSizeListArray, Float32Array, PrimitiveArray,
-    RecordBatch, UInt8Array, UInt16Array, UInt32Array,
+    Array, ArrayRef, AsArray, BooleanArray, FixedSizeListArray, Float32Array, PrimitiveArray, RecordBatch, UInt8Array,
+    UInt16Array, UInt32Array,
 };
 use arrow::datatypes::{ArrowPrimitiveType, DataType, Field, SchemaRef, UInt8Type, UInt16Type, UInt32Type};
 use bytes::Bytes;
@@ -180,7 +180,13 @@ fn writer_properties() -> WriterProperties {
 
 /// `payload_bytes` is the size of the values; reserving it up front keeps the buffer from
 /// doubling (and briefly existing twice) while a large shard is encoded.
-fn encode(schema: SchemaRef, rows: usize, rows_per_group: usize, payload_bytes: usize, batch: impl Fn(std::ops::Range<usize>) -> RecordBatch) -> EncodedShard {
+fn encode(
+    schema: SchemaRef,
+    rows: usize,
+    rows_per_group: usize,
+    payload_bytes: usize,
+    batch: impl Fn(std::ops::Range<usize>) -> RecordBatch,
+) -> EncodedShard {
     let mut buffer = Vec::with_capacity(payload_bytes + payload_bytes / 64 + (64 << 10));
     let mut row_groups = Vec::new();
     {
@@ -213,8 +219,14 @@ pub fn encode_targets(rows: &TargetRows, rows_per_group: usize) -> EncodedShard 
 
 /// Reads every row group of a Parquet file after checking its schema. `on_batch` receives each
 /// decoded batch with its row group index. Returns rows per row group.
-fn decode(file: &str, bytes: Bytes, expected: &SchemaRef, mut on_batch: impl FnMut(usize, &RecordBatch) -> Result<()>) -> Result<Vec<u64>> {
-    let footer = |e: parquet::errors::ParquetError| DataError::Footer { file: file.to_string(), message: e.to_string() };
+fn decode(
+    file: &str,
+    bytes: Bytes,
+    expected: &SchemaRef,
+    mut on_batch: impl FnMut(usize, &RecordBatch) -> Result<()>,
+) -> Result<Vec<u64>> {
+    let footer =
+        |e: parquet::errors::ParquetError| DataError::Footer { file: file.to_string(), message: e.to_string() };
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone()).map_err(footer)?;
     if let Some(diff) = schema_difference(expected, builder.schema()) {
         return Err(DataError::Schema { file: file.to_string(), message: diff });
@@ -240,21 +252,45 @@ fn decode(file: &str, bytes: Bytes, expected: &SchemaRef, mut on_batch: impl FnM
     Ok(counts)
 }
 
-fn column<'a, T: ArrowPrimitiveType>(file: &str, group: usize, batch: &'a RecordBatch, name: &str) -> Result<&'a PrimitiveArray<T>> {
-    let col = batch.column_by_name(name).ok_or_else(|| DataError::Schema { file: file.into(), message: format!("no column `{name}`") })?;
+fn column<'a, T: ArrowPrimitiveType>(
+    file: &str,
+    group: usize,
+    batch: &'a RecordBatch,
+    name: &str,
+) -> Result<&'a PrimitiveArray<T>> {
+    let col = batch
+        .column_by_name(name)
+        .ok_or_else(|| DataError::Schema { file: file.into(), message: format!("no column `{name}`") })?;
     if col.null_count() > 0 {
-        return Err(DataError::RowGroup { file: file.into(), row_group: group, message: format!("column `{name}` has nulls") });
+        return Err(DataError::RowGroup {
+            file: file.into(),
+            row_group: group,
+            message: format!("column `{name}` has nulls"),
+        });
     }
-    col.as_primitive_opt::<T>().ok_or_else(|| DataError::Schema { file: file.into(), message: format!("column `{name}` has the wrong type") })
+    col.as_primitive_opt::<T>()
+        .ok_or_else(|| DataError::Schema { file: file.into(), message: format!("column `{name}` has the wrong type") })
 }
 
 fn floats<'a>(file: &str, group: usize, batch: &'a RecordBatch, name: &str) -> Result<&'a [f32]> {
-    let col = batch.column_by_name(name).ok_or_else(|| DataError::Schema { file: file.into(), message: format!("no column `{name}`") })?;
-    let list = col.as_fixed_size_list_opt().ok_or_else(|| DataError::Schema { file: file.into(), message: format!("column `{name}` is not a fixed-size list") })?;
+    let col = batch
+        .column_by_name(name)
+        .ok_or_else(|| DataError::Schema { file: file.into(), message: format!("no column `{name}`") })?;
+    let list = col.as_fixed_size_list_opt().ok_or_else(|| DataError::Schema {
+        file: file.into(),
+        message: format!("column `{name}` is not a fixed-size list"),
+    })?;
     if list.null_count() > 0 || list.values().null_count() > 0 {
-        return Err(DataError::RowGroup { file: file.into(), row_group: group, message: format!("column `{name}` has nulls") });
+        return Err(DataError::RowGroup {
+            file: file.into(),
+            row_group: group,
+            message: format!("column `{name}` has nulls"),
+        });
     }
-    let values = list.values().as_primitive_opt::<arrow::datatypes::Float32Type>().ok_or_else(|| DataError::Schema { file: file.into(), message: format!("column `{name}` is not float32") })?;
+    let values = list
+        .values()
+        .as_primitive_opt::<arrow::datatypes::Float32Type>()
+        .ok_or_else(|| DataError::Schema { file: file.into(), message: format!("column `{name}` is not float32") })?;
     // A sliced list starts at an offset into its values.
     let width = list.value_length() as usize;
     let start = list.offset() * width;
@@ -262,11 +298,19 @@ fn floats<'a>(file: &str, group: usize, batch: &'a RecordBatch, name: &str) -> R
 }
 
 fn bools(file: &str, group: usize, batch: &RecordBatch, name: &str) -> Result<Vec<bool>> {
-    let col = batch.column_by_name(name).ok_or_else(|| DataError::Schema { file: file.into(), message: format!("no column `{name}`") })?;
+    let col = batch
+        .column_by_name(name)
+        .ok_or_else(|| DataError::Schema { file: file.into(), message: format!("no column `{name}`") })?;
     if col.null_count() > 0 {
-        return Err(DataError::RowGroup { file: file.into(), row_group: group, message: format!("column `{name}` has nulls") });
+        return Err(DataError::RowGroup {
+            file: file.into(),
+            row_group: group,
+            message: format!("column `{name}` has nulls"),
+        });
     }
-    let b = col.as_boolean_opt().ok_or_else(|| DataError::Schema { file: file.into(), message: format!("column `{name}` is not boolean") })?;
+    let b = col
+        .as_boolean_opt()
+        .ok_or_else(|| DataError::Schema { file: file.into(), message: format!("column `{name}` is not boolean") })?;
     Ok(b.iter().map(|v| v.unwrap_or(false)).collect())
 }
 
@@ -285,7 +329,11 @@ pub fn decode_trials(file: &str, bytes: Bytes, voxel_count: usize) -> Result<(Tr
         rows.repeat.extend_from_slice(column::<UInt8Type>(file, group, batch, "repeat")?.values());
         let v = floats(file, group, batch, "voxels")?;
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-            return Err(DataError::RowGroup { file: file.into(), row_group: group, message: format!("non-finite voxel value at row {} of the group", i / voxel_count.max(1)) });
+            return Err(DataError::RowGroup {
+                file: file.into(),
+                row_group: group,
+                message: format!("non-finite voxel value at row {} of the group", i / voxel_count.max(1)),
+            });
         }
         rows.voxels.extend_from_slice(v);
         Ok(())
@@ -300,10 +348,16 @@ pub fn decode_targets(file: &str, bytes: Bytes, shapes: &TargetShapes) -> Result
     let groups = decode(file, bytes, &schema, |group, batch| {
         rows.image_id.extend_from_slice(column::<UInt32Type>(file, group, batch, "image_id")?.values());
         rows.is_test.extend(bools(file, group, batch, "is_test")?);
-        for (name, out) in [("clip_tokens", &mut rows.clip_tokens), ("lowlevel", &mut rows.lowlevel), ("captions", &mut rows.captions)] {
+        for (name, out) in
+            [("clip_tokens", &mut rows.clip_tokens), ("lowlevel", &mut rows.lowlevel), ("captions", &mut rows.captions)]
+        {
             let v = floats(file, group, batch, name)?;
             if v.iter().any(|x| !x.is_finite()) {
-                return Err(DataError::RowGroup { file: file.into(), row_group: group, message: format!("non-finite value in `{name}`") });
+                return Err(DataError::RowGroup {
+                    file: file.into(),
+                    row_group: group,
+                    message: format!("non-finite value in `{name}`"),
+                });
             }
             out.extend_from_slice(v);
         }

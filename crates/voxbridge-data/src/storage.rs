@@ -44,9 +44,7 @@ pub fn location_url(location: &str) -> Result<Url> {
     let absolute = if path.is_absolute() {
         path.to_path_buf()
     } else {
-        std::env::current_dir()
-            .map_err(|e| bad(format!("cannot resolve relative path: {e}")))?
-            .join(path)
+        std::env::current_dir().map_err(|e| bad(format!("cannot resolve relative path: {e}")))?.join(path)
     };
     Url::from_file_path(&absolute).map_err(|_| bad("cannot turn this path into a file URL".into()))
 }
@@ -65,8 +63,7 @@ impl Storage {
             let k = k.to_ascii_lowercase();
             (k.starts_with("aws_") || k.starts_with("google_")).then_some((k, v))
         });
-        let (store, prefix) =
-            object_store::parse_url_opts(&url, options).map_err(|e| err(e.to_string()))?;
+        let (store, prefix) = object_store::parse_url_opts(&url, options).map_err(|e| err(e.to_string()))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -120,13 +117,10 @@ impl Storage {
                     location: self.display(relative),
                     message: format!("read failed: {e}"),
                 }),
-                Err(object_store::Error::NotFound { .. }) => {
-                    Err(DataError::Missing { file: self.display(relative) })
+                Err(object_store::Error::NotFound { .. }) => Err(DataError::Missing { file: self.display(relative) }),
+                Err(e) => {
+                    Err(DataError::Storage { location: self.display(relative), message: format!("read failed: {e}") })
                 }
-                Err(e) => Err(DataError::Storage {
-                    location: self.display(relative),
-                    message: format!("read failed: {e}"),
-                }),
             }
         })
     }
@@ -137,13 +131,10 @@ impl Storage {
         self.runtime.block_on(async {
             match self.store.head(&path).await {
                 Ok(meta) => Ok(meta.size),
-                Err(object_store::Error::NotFound { .. }) => {
-                    Err(DataError::Missing { file: self.display(relative) })
+                Err(object_store::Error::NotFound { .. }) => Err(DataError::Missing { file: self.display(relative) }),
+                Err(e) => {
+                    Err(DataError::Storage { location: self.display(relative), message: format!("stat failed: {e}") })
                 }
-                Err(e) => Err(DataError::Storage {
-                    location: self.display(relative),
-                    message: format!("stat failed: {e}"),
-                }),
             }
         })
     }

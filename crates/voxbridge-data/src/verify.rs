@@ -32,18 +32,37 @@ fn check_contents(manifest: &Manifest, file: &str, entry: &FileEntry, bytes: Byt
             let voxels = manifest.subject(subject).map(|s| s.voxels).unwrap_or_default();
             let (rows, groups) = decode_trials(file, bytes, voxels)?;
             if let Some(r) = rows.subject.iter().position(|&s| Some(s) != entry.subject) {
-                return Err(DataError::Content { file: file.into(), message: format!("row {r} has subject {}, the manifest says {subject}", rows.subject[r]) });
+                return Err(DataError::Content {
+                    file: file.into(),
+                    message: format!("row {r} has subject {}, the manifest says {subject}", rows.subject[r]),
+                });
             }
             if let Some(r) = rows.session.iter().position(|&s| Some(s) != entry.session) {
-                return Err(DataError::Content { file: file.into(), message: format!("row {r} has session {}, the manifest says {:?}", rows.session[r], entry.session) });
+                return Err(DataError::Content {
+                    file: file.into(),
+                    message: format!("row {r} has session {}, the manifest says {:?}", rows.session[r], entry.session),
+                });
             }
             groups
         }
         FileKind::Targets => decode_targets(file, bytes, &manifest.targets.shapes)?.1,
     };
     if groups != entry.row_groups {
-        let at = groups.iter().zip(&entry.row_groups).position(|(a, b)| a != b).unwrap_or(groups.len().min(entry.row_groups.len()));
-        return Err(DataError::RowGroup { file: file.into(), row_group: at, message: format!("the file has {} row groups with rows {:?}; the manifest lists {:?}", groups.len(), groups, entry.row_groups) });
+        let at = groups
+            .iter()
+            .zip(&entry.row_groups)
+            .position(|(a, b)| a != b)
+            .unwrap_or(groups.len().min(entry.row_groups.len()));
+        return Err(DataError::RowGroup {
+            file: file.into(),
+            row_group: at,
+            message: format!(
+                "the file has {} row groups with rows {:?}; the manifest lists {:?}",
+                groups.len(),
+                groups,
+                entry.row_groups
+            ),
+        });
     }
     Ok(())
 }

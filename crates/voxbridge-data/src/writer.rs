@@ -28,7 +28,14 @@ impl DatasetWriter {
         &self.root
     }
 
-    fn store(&mut self, path: &str, kind: FileKind, subject: Option<u8>, session: Option<u16>, shard: EncodedShard) -> Result<&FileEntry> {
+    fn store(
+        &mut self,
+        path: &str,
+        kind: FileKind,
+        subject: Option<u8>,
+        session: Option<u16>,
+        shard: EncodedShard,
+    ) -> Result<&FileEntry> {
         let entry = FileEntry {
             path: path.to_string(),
             kind,
@@ -45,7 +52,14 @@ impl DatasetWriter {
     }
 
     /// Writes one subject's session of trials.
-    pub fn write_trials(&mut self, path: &str, subject: u8, session: u16, rows: &TrialRows, rows_per_group: usize) -> Result<&FileEntry> {
+    pub fn write_trials(
+        &mut self,
+        path: &str,
+        subject: u8,
+        session: u16,
+        rows: &TrialRows,
+        rows_per_group: usize,
+    ) -> Result<&FileEntry> {
         let shard = encode_trials(rows, rows_per_group);
         self.store(path, FileKind::Trials, Some(subject), Some(session), shard)
     }

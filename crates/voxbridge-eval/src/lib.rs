@@ -33,7 +33,7 @@ impl ScoreMatrix {
     /// Cosine similarity between predictions and targets, both `[n, dim]` row-major.
     pub fn cosine(predictions: &[f32], targets: &[f32], dim: usize) -> Self {
         assert_eq!(predictions.len(), targets.len(), "predictions and targets differ in size");
-        assert!(dim > 0 && predictions.len() % dim == 0, "rows must be `dim` long");
+        assert!(dim > 0 && predictions.len().is_multiple_of(dim), "rows must be `dim` long");
         let n = predictions.len() / dim;
         let unit = |rows: &[f32]| -> Vec<f32> {
             let mut out = rows.to_vec();
@@ -125,11 +125,7 @@ pub fn top1_retrieval(scores: &ScoreMatrix, ways: usize, loops: usize, seed: u64
 fn summarize(values: &[f64]) -> Accuracy {
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
-    let var = if values.len() > 1 {
-        values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
+    let var = if values.len() > 1 { values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
     Accuracy { mean, ci95: 1.96 * var.sqrt() / n.sqrt() }
 }
 

@@ -81,7 +81,7 @@ impl Ridge {
     /// Predicts `[rows, outputs]` from `x` `[rows, inputs]`.
     pub fn predict(&self, x: &[f32]) -> Result<Vec<f32>, RidgeError> {
         let inputs = self.inputs();
-        if inputs == 0 || x.len() % inputs != 0 {
+        if inputs == 0 || !x.len().is_multiple_of(inputs) {
             return Err(RidgeError::Shape(format!("x has {} values, not a multiple of {inputs} inputs", x.len())));
         }
         let mut xm = matrix(x, x.len() / inputs, inputs, "x")?;
@@ -98,7 +98,15 @@ impl Ridge {
     /// Picks alpha on a held-out tail of the rows (the last `holdout` fraction, so with
     /// chronologically ordered trials the choice is not fooled by within-session drift), then
     /// refits on all rows. Returns the model and the validation MSE of every alpha.
-    pub fn fit_select(x: &[f32], y: &[f32], n: usize, inputs: usize, outputs: usize, alphas: &[f64], holdout: f64) -> Result<(Ridge, Vec<(f64, f64)>), RidgeError> {
+    pub fn fit_select(
+        x: &[f32],
+        y: &[f32],
+        n: usize,
+        inputs: usize,
+        outputs: usize,
+        alphas: &[f64],
+        holdout: f64,
+    ) -> Result<(Ridge, Vec<(f64, f64)>), RidgeError> {
         if alphas.is_empty() {
             return Err(RidgeError::NoAlphas);
         }
@@ -116,6 +124,36 @@ impl Ridge {
         Ok((Ridge::fit(x, y, n, inputs, outputs, best)?, scores))
     }
 }
+
+/// Fits a ridge decoder (alpha chosen on a held-out tail) and runs the retrieval protocol on the
+/// test set: cosine similarity between predicted and true targets, top-1 both ways.
+///
+/// `train_x` `[n_train, inputs]`, `train_y` `[n_train, outputs]`, `test_x` `[n_test, inputs]`
+/// (typically repeat-averaged), `test_y` `[n_test, outputs]`.
+pub fn ridge_retrieval(
+    train_x: &[f32],
+    train_y: &[f32],
+    test_x: &[f32],
+    test_y: &[f32],
+    inputs: usize,
+    outputs: usize,
+    alphas: &[f64],
+    seed: u64,
+) -> Result<(Ridge, voxbridge_eval::Retrieval), RidgeError> {
+    let n_train = train_x.len() / inputs.max(1);
+    let (model, _) = Ridge::fit_select(train_x, train_y, n_train, inputs, outputs, alphas, 0.2)?;
+    let predicted = model.predict(test_x)?;
+    if predicted.len() != test_y.len() {
+        return Err(RidgeError::Shape(format!("{} predicted values for {} targets", predicted.len(), test_y.len())));
+    }
+    let scores = voxbridge_eval::ScoreMatrix::cosine(&predicted, test_y, outputs);
+    let retrieval =
+        voxbridge_eval::top1_retrieval(&scores, voxbridge_eval::MINDEYE2_WAYS, voxbridge_eval::MINDEYE2_LOOPS, seed);
+    Ok((model, retrieval))
+}
+
+/// Default alpha grid (λ = alpha · n).
+pub const DEFAULT_ALPHAS: [f64; 6] = [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0];
 
 #[cfg(test)]
 mod tests {
@@ -179,23 +217,3 @@ mod tests {
         assert!(matches!(Ridge::fit(&[1.0; 5], &[1.0; 2], 2, 2, 1, 1.0), Err(RidgeError::Shape(_))));
     }
 }
-
-/// Fits a ridge decoder (alpha chosen on a held-out tail) and runs the retrieval protocol on the
-/// test set: cosine similarity between predicted and true targets, top-1 both ways.
-///
-/// `train_x` `[n_train, inputs]`, `train_y` `[n_train, outputs]`, `test_x` `[n_test, inputs]`
-/// (typically repeat-averaged), `test_y` `[n_test, outputs]`.
-pub fn ridge_retrieval(train_x: &[f32], train_y: &[f32], test_x: &[f32], test_y: &[f32], inputs: usize, outputs: usize, alphas: &[f64], seed: u64) -> Result<(Ridge, voxbridge_eval::Retrieval), RidgeError> {
-    let n_train = train_x.len() / inputs.max(1);
-    let (model, _) = Ridge::fit_select(train_x, train_y, n_train, inputs, outputs, alphas, 0.2)?;
-    let predicted = model.predict(test_x)?;
-    if predicted.len() != test_y.len() {
-        return Err(RidgeError::Shape(format!("{} predicted values for {} targets", predicted.len(), test_y.len())));
-    }
-    let scores = voxbridge_eval::ScoreMatrix::cosine(&predicted, test_y, outputs);
-    let retrieval = voxbridge_eval::top1_retrieval(&scores, voxbridge_eval::MINDEYE2_WAYS, voxbridge_eval::MINDEYE2_LOOPS, seed);
-    Ok((model, retrieval))
-}
-
-/// Default alpha grid (λ = alpha · n).
-pub const DEFAULT_ALPHAS: [f64; 6] = [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0];

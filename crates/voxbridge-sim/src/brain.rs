@@ -59,7 +59,8 @@ impl SubjectBrain {
             row.iter_mut().for_each(|x| *x *= scale);
         }
         let [lo, hi] = spec.ncsnr_range;
-        let ncsnr = (0..subject.voxels).map(|_| if hi > lo { rng.random_range(lo..hi) as f32 } else { lo as f32 }).collect();
+        let ncsnr =
+            (0..subject.voxels).map(|_| if hi > lo { rng.random_range(lo..hi) as f32 } else { lo as f32 }).collect();
         SubjectBrain {
             subject: subject.subject,
             voxels: subject.voxels,
@@ -86,7 +87,14 @@ impl SubjectBrain {
     }
 
     /// Simulates one session's trials (all from `session`, chronological).
-    pub fn session(&self, spec: &SimSpec, trials: &[Trial], session: u16, truth: &GroundTruth, seed: u64) -> SessionVoxels {
+    pub fn session(
+        &self,
+        spec: &SimSpec,
+        trials: &[Trial],
+        session: u16,
+        truth: &GroundTruth,
+        seed: u64,
+    ) -> SessionVoxels {
         let v = self.voxels;
         let key = (self.subject as u64) << 16 | session as u64;
         let mut drift_rng = stream(seed, "drift", key);

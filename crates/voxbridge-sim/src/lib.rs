@@ -72,7 +72,13 @@ pub fn default_name(spec: &SimSpec, seed: u64) -> String {
 
 /// Generates the dataset into `out`, shard by shard (memory is bounded by one shard), and writes
 /// its manifest last.
-pub fn simulate(spec: &SimSpec, seed: u64, out: Storage, options: &SimOptions, progress: &mut dyn FnMut(Progress)) -> Result<Simulated, SimError> {
+pub fn simulate(
+    spec: &SimSpec,
+    seed: u64,
+    out: Storage,
+    options: &SimOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Simulated, SimError> {
     spec.validate().map_err(SimError::Spec)?;
     let truth = GroundTruth::new(spec, seed);
     let catalogue = Catalogue::new(spec, seed);

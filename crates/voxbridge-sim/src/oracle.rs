@@ -52,11 +52,8 @@ impl OracleAccumulator {
     pub fn finish(self, brain: &SubjectBrain, truth: &GroundTruth, seed: u64) -> SubjectOracle {
         let n = self.test_ids.len();
         let v = self.voxels;
-        let expected: Vec<Vec<f32>> = self
-            .test_ids
-            .iter()
-            .map(|&id| brain.expected_response(&truth.features(&truth.latent(id))))
-            .collect();
+        let expected: Vec<Vec<f32>> =
+            self.test_ids.iter().map(|&id| brain.expected_response(&truth.features(&truth.latent(id)))).collect();
         let df = truth.feature_dim();
         let kappa = brain.kappa as f64;
         let gains: Vec<f64> = brain.ncsnr.iter().map(|&g| g as f64).collect();
@@ -84,7 +81,12 @@ impl OracleAccumulator {
         for i in 0..n {
             let c = self.counts[i].max(1) as f64;
             for j in 0..n {
-                let dd: f64 = responses[i].iter().zip(&expected[j]).zip(&w_inv).map(|((a, b), w)| ((a - b) as f64).powi(2) * w).sum();
+                let dd: f64 = responses[i]
+                    .iter()
+                    .zip(&expected[j])
+                    .zip(&w_inv)
+                    .map(|((a, b), w)| ((a - b) as f64).powi(2) * w)
+                    .sum();
                 let q = match &a_inv {
                     Some(a_inv) => {
                         let u = &r_proj[i] - &e_proj[j];

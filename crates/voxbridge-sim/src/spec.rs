@@ -201,7 +201,9 @@ impl SimSpec {
         if self.test_images < 2 {
             problems.push("at least 2 test images are needed for retrieval".into());
         }
-        for (name, v) in [("latent_dim", self.latent_dim), ("feature_dim", self.feature_dim), ("token_rank", self.token_rank)] {
+        for (name, v) in
+            [("latent_dim", self.latent_dim), ("feature_dim", self.feature_dim), ("token_rank", self.token_rank)]
+        {
             if v == 0 {
                 problems.push(format!("{name} must be ≥ 1"));
             }

@@ -30,18 +30,18 @@ pub struct GroundTruth {
     rank: usize,
     gain: f32,
     caption_noise: f32,
-    w_feat: Vec<f32>,  // [feature_dim, latent_dim]
-    b_feat: Vec<f32>,  // [feature_dim]
+    w_feat: Vec<f32>, // [feature_dim, latent_dim]
+    b_feat: Vec<f32>, // [feature_dim]
     feat_mean: Vec<f32>,
     feat_sd: Vec<f32>,
     /// Covariance of the standardised features, `[feature_dim, feature_dim]`.
     feat_cov: Vec<f64>,
-    c_tok: Vec<f32>,   // [tokens, rank, latent_dim]
-    u_tok: Vec<f32>,   // [dim, rank]
-    b_tok: Vec<f32>,   // [tokens, dim]
-    l_low: Vec<f32>,   // [channels·COARSE·COARSE, latent_dim]
-    q_cap: Vec<f32>,   // [CAPTION_RANK, latent_dim]
-    p_cap: Vec<f32>,   // [caption_dim, CAPTION_RANK]
+    c_tok: Vec<f32>, // [tokens, rank, latent_dim]
+    u_tok: Vec<f32>, // [dim, rank]
+    b_tok: Vec<f32>, // [tokens, dim]
+    l_low: Vec<f32>, // [channels·COARSE·COARSE, latent_dim]
+    q_cap: Vec<f32>, // [CAPTION_RANK, latent_dim]
+    p_cap: Vec<f32>, // [caption_dim, CAPTION_RANK]
 }
 
 /// `out[i] = Σ_j m[i, j]·x[j]` for row-major `m` of shape `[out.len(), x.len()]`.
@@ -193,10 +193,12 @@ impl GroundTruth {
             let grid = &coarse[c * COARSE * COARSE..(c + 1) * COARSE * COARSE];
             for y in 0..h {
                 let fy = pos(y, h);
-                let (y0, ty) = ((fy.floor() as usize).min(COARSE - 2), fy - (fy.floor() as usize).min(COARSE - 2) as f32);
+                let (y0, ty) =
+                    ((fy.floor() as usize).min(COARSE - 2), fy - (fy.floor() as usize).min(COARSE - 2) as f32);
                 for x in 0..w {
                     let fx = pos(x, w);
-                    let (x0, tx) = ((fx.floor() as usize).min(COARSE - 2), fx - (fx.floor() as usize).min(COARSE - 2) as f32);
+                    let (x0, tx) =
+                        ((fx.floor() as usize).min(COARSE - 2), fx - (fx.floor() as usize).min(COARSE - 2) as f32);
                     let g = |yy: usize, xx: usize| grid[yy * COARSE + xx];
                     let top = g(y0, x0) * (1.0 - tx) + g(y0, x0 + 1) * tx;
                     let bottom = g(y0 + 1, x0) * (1.0 - tx) + g(y0 + 1, x0 + 1) * tx;

@@ -128,13 +128,23 @@ fn signal_is_learnable_and_subject_specific() {
     let a2 = s2.decoding_arrays(&targets, TargetKind::ClipTokens, Some(voxels)).unwrap();
     assert_eq!(a1.test_images, a2.test_images, "shared test images, same order");
 
-    let (model, own) = ridge_retrieval(&a1.train_x, &a1.train_y, &a1.test_x, &a1.test_y, voxels, a1.outputs, &DEFAULT_ALPHAS, 0).unwrap();
+    let (model, own) =
+        ridge_retrieval(&a1.train_x, &a1.train_y, &a1.test_x, &a1.test_y, voxels, a1.outputs, &DEFAULT_ALPHAS, 0)
+            .unwrap();
     let crossed = retrieval_of(&model, &a2.test_x, &a2.test_y, a2.outputs);
-    let (_, other_own) = ridge_retrieval(&a2.train_x, &a2.train_y, &a2.test_x, &a2.test_y, voxels, a2.outputs, &DEFAULT_ALPHAS, 0).unwrap();
+    let (_, other_own) =
+        ridge_retrieval(&a2.train_x, &a2.train_y, &a2.test_x, &a2.test_y, voxels, a2.outputs, &DEFAULT_ALPHAS, 0)
+            .unwrap();
     eprintln!(
         "{}-way top-1 image/brain: subject 1 own ridge {:.3}/{:.3}; subject 1's ridge on subject 2 {:.3}/{:.3}; subject 2 own ridge {:.3}/{:.3}; chance {:.3}",
-        own.ways, own.image_top1.mean, own.brain_top1.mean, crossed.image_top1.mean, crossed.brain_top1.mean,
-        other_own.image_top1.mean, other_own.brain_top1.mean, own.chance
+        own.ways,
+        own.image_top1.mean,
+        own.brain_top1.mean,
+        crossed.image_top1.mean,
+        crossed.brain_top1.mean,
+        other_own.image_top1.mean,
+        other_own.brain_top1.mean,
+        own.chance
     );
     assert!(own.image_top1.mean > 8.0 * own.chance, "own decoder {:?}", own.image_top1);
     assert!(own.brain_top1.mean > 8.0 * own.chance, "own decoder {:?}", own.brain_top1);
@@ -153,7 +163,8 @@ fn retrieval_of(model: &Ridge, x: &[f32], y: &[f32], dim: usize) -> voxbridge_ev
 fn oracle_is_reported_and_beats_chance() {
     let dir = tempfile::tempdir().unwrap();
     let out = Storage::open(dir.path().to_str().unwrap()).unwrap();
-    let result = simulate(&SimSpec::tiny(), 0, out, &SimOptions { name: Some("t".into()), oracle: true }, &mut |_| {}).unwrap();
+    let result =
+        simulate(&SimSpec::tiny(), 0, out, &SimOptions { name: Some("t".into()), oracle: true }, &mut |_| {}).unwrap();
     let oracle = result.oracle.unwrap();
     assert_eq!(oracle.subjects.len(), 8);
     assert!(oracle.image_top1 > 0.8 && oracle.image_top1 <= 1.0, "{oracle:?}");

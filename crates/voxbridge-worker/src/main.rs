@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "voxbridge-worker", version, about = "One voxbridge training rank: joins a coordinator, trains its subjects' shard, all-reduces shared gradients.")]
+#[command(
+    name = "voxbridge-worker",
+    version,
+    about = "One voxbridge training rank: joins a coordinator, trains its subjects' shard, all-reduces shared gradients."
+)]
 struct Args {
     /// Coordinator address (host:port).
     #[arg(long)]

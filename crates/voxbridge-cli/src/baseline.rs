@@ -46,17 +46,15 @@ pub fn run(args: &crate::args::RidgeArgs) -> anyhow::Result<()> {
     let dataset = Dataset::open(&args.data)?;
     let r = ridge_baseline(&dataset, args.subject, sessions, args.seed)?;
     println!(
-        "subject {} sessions {:?}: {} training trials, {} test images, alpha {}: {}-way top-1 image {:.3} ± {:.3}, brain {:.3} ± {:.3} (chance {:.4})",
+        "subject {} sessions {:?}: {} training trials, {} test images, alpha {}: {}-way top-1 image {}, brain {} (chance {:.4})",
         r.subject,
         r.sessions,
         r.train_trials,
         r.test_images,
         r.alpha,
         r.retrieval.ways,
-        r.image_top1,
-        r.retrieval.image_top1.ci95,
-        r.brain_top1,
-        r.retrieval.brain_top1.ci95,
+        crate::accuracy(&r.retrieval.image_top1, r.retrieval.loops),
+        crate::accuracy(&r.retrieval.brain_top1, r.retrieval.loops),
         r.retrieval.chance
     );
     Ok(())

@@ -77,8 +77,10 @@ pub fn simulate(args: &SimulateArgs) -> anyhow::Result<Simulated> {
         );
         for s in &o.subjects {
             println!(
-                "    subject {}: image {:.3} ± {:.3}, brain {:.3} ± {:.3}",
-                s.subject, s.image_top1, s.retrieval.image_top1.ci95, s.brain_top1, s.retrieval.brain_top1.ci95
+                "    subject {}: image {}, brain {}",
+                s.subject,
+                crate::accuracy(&s.retrieval.image_top1, s.retrieval.loops),
+                crate::accuracy(&s.retrieval.brain_top1, s.retrieval.loops)
             );
         }
     }

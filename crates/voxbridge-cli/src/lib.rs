@@ -39,6 +39,7 @@ fn init_logging(default: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }
@@ -52,4 +53,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(a) => demo::run(&a),
         Command::Ridge(a) => baseline::run(&a),
     }
+}
+
+/// "0.812 ± 0.013", or just "0.812" when the protocol ran a single loop (no spread to report).
+pub(crate) fn accuracy(a: &voxbridge_eval::Accuracy, loops: usize) -> String {
+    if loops > 1 { format!("{:.3} ± {:.3}", a.mean, a.ci95) } else { format!("{:.3}", a.mean) }
 }

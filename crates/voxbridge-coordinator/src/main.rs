@@ -34,5 +34,5 @@ fn main() -> ExitCode {
         args.listen,
         args.workers
     );
-    ExitCode::from(2)
+    ExitCode::FAILURE
 }

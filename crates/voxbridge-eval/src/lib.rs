@@ -91,12 +91,13 @@ pub struct Retrieval {
     pub chance: f64,
 }
 
-/// Runs `loops` draws of `ways` candidates (fewer if the matrix is smaller) seeded by `seed`.
+/// Runs `loops` draws of `ways` candidates seeded by `seed`. With no more test images than
+/// `ways`, every draw would be the whole set, so one loop is run and the CI is 0.
 /// Ties count as failures, so a constant predictor scores 0, not 1.
 pub fn top1_retrieval(scores: &ScoreMatrix, ways: usize, loops: usize, seed: u64) -> Retrieval {
     let n = scores.len();
     let ways = ways.min(n).max(1);
-    let loops = loops.max(1);
+    let loops = if ways >= n { 1 } else { loops.max(1) };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut image_acc = Vec::with_capacity(loops);
     let mut brain_acc = Vec::with_capacity(loops);

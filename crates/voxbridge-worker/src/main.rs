@@ -28,5 +28,5 @@ fn main() -> ExitCode {
         "voxbridge-worker: distributed training is not implemented yet (coordinator {}, device {:?})",
         args.coordinator, args.device
     );
-    ExitCode::from(2)
+    ExitCode::FAILURE
 }

@@ -86,12 +86,12 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let o = report.oracle.subjects.iter().find(|s| s.subject == 1).context("no oracle for subject 1")?;
     println!();
     println!("subject 1, {}-way top-1 retrieval (chance {:.4})", report.ridge_1session.retrieval.ways, report.chance);
-    println!("  {:<28} {:>8} {:>8}", "decoder", "image", "brain");
+    println!("  {:<36} {:>8} {:>8}", "decoder", "image", "brain");
     for (name, r) in [("ridge, 1 session", &report.ridge_1session), ("ridge, all sessions", &report.ridge_all_sessions)]
     {
-        println!("  {:<28} {:>8.3} {:>8.3}", format!("{name} ({} trials)", r.train_trials), r.image_top1, r.brain_top1);
+        println!("  {:<36} {:>8.3} {:>8.3}", format!("{name} ({} trials)", r.train_trials), r.image_top1, r.brain_top1);
     }
-    println!("  {:<28} {:>8.3} {:>8.3}", "ideal decoder (oracle)", o.image_top1, o.brain_top1);
+    println!("  {:<36} {:>8.3} {:>8.3}", "ideal decoder (oracle)", o.image_top1, o.brain_top1);
     println!("report: {} ({:.0} s)", path.display(), report.seconds);
     Ok(())
 }

@@ -25,4 +25,9 @@ cargo clippy --release --workspace --all-targets --locked -- -D warnings
 echo "== cargo build (binaries used by the end-to-end tests)"
 cargo build --release --workspace --bins --locked
 echo "== cargo test"
-cargo test --release --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --release --workspace --locked 2>&1 | tee "$log"
+# One closing line for the whole workspace (cargo prints one summary per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "voxbridge: %d passed, %d failed\n", p, f }' "$log"

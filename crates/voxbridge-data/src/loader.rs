@@ -289,6 +289,12 @@ impl SubjectTrials {
         Ok(DecodingArrays { inputs: v, outputs, train_x, train_y, test_x, test_y, test_images: averaged.image_id })
     }
 
+    /// The order of the training trials in `epoch`: a pure function of (seed, epoch, subject), so
+    /// a resumed or repeated run sees the same batches.
+    pub fn train_order(&self, seed: u64, epoch: u64) -> Vec<usize> {
+        crate::sampler::epoch_order(self.train.len(), seed, epoch, self.subject as u64)
+    }
+
     /// Image ids this subject's trials refer to.
     pub fn image_ids(&self) -> HashSet<u32> {
         self.train.image_id.iter().chain(&self.test.image_id).copied().collect()

@@ -102,6 +102,14 @@ fn file_urls_and_registered_manifests_load_the_same_data() {
         assert_eq!(t.clip(t.row(12).unwrap()), &[72.0, 73.0, 74.0, 75.0, 76.0, 77.0]);
     }
     assert!(verify(by_registered.opened(), |_, _| {}).is_ok());
+
+    // Shuffles are a pure function of (seed, epoch, subject).
+    let s = by_url.load_subject(1, Sessions::All).unwrap();
+    assert_eq!(s.train_order(3, 1), by_path.load_subject(1, Sessions::All).unwrap().train_order(3, 1));
+    let mut order = s.train_order(3, 1);
+    order.sort();
+    assert_eq!(order, (0..s.train.len()).collect::<Vec<_>>());
+    assert!((0..20).any(|epoch| s.train_order(3, epoch) != s.train_order(3, 1)), "epochs reshuffle");
 }
 
 #[test]

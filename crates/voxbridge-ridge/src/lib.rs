@@ -44,30 +44,49 @@ fn centre(m: &mut DMatrix<f64>) -> DVector<f64> {
     mean
 }
 
-impl Ridge {
-    /// Fits on `x` `[n, inputs]` and `y` `[n, outputs]` (row-major).
-    pub fn fit(x: &[f32], y: &[f32], n: usize, inputs: usize, outputs: usize, alpha: f64) -> Result<Ridge, RidgeError> {
+/// The centred data of one fit with its Gram (primal) or kernel (dual) matrix computed once, so
+/// that several alphas cost one Cholesky each instead of a full pass over the data.
+#[derive(Debug)]
+struct Prepared {
+    n: usize,
+    x: DMatrix<f64>,
+    x_mean: DVector<f64>,
+    y_mean: DVector<f64>,
+    /// Primal: XᵀX `[inputs, inputs]` and XᵀY; dual: XXᵀ `[n, n]` and Y.
+    system: DMatrix<f64>,
+    rhs: DMatrix<f64>,
+    primal: bool,
+}
+
+impl Prepared {
+    fn new(x: &[f32], y: &[f32], n: usize, inputs: usize, outputs: usize) -> Result<Prepared, RidgeError> {
         let mut xm = matrix(x, n, inputs, "x")?;
         let mut ym = matrix(y, n, outputs, "y")?;
         let x_mean = centre(&mut xm);
         let y_mean = centre(&mut ym);
-        let lambda = alpha * n as f64;
-        let weights = if n >= inputs {
-            let mut gram = xm.transpose() * &xm;
-            for i in 0..inputs {
-                gram[(i, i)] += lambda;
-            }
-            let chol = gram.cholesky().ok_or(RidgeError::NotPositiveDefinite(alpha))?;
-            chol.solve(&(xm.transpose() * &ym))
-        } else {
-            let mut kernel = &xm * xm.transpose();
-            for i in 0..n {
-                kernel[(i, i)] += lambda;
-            }
-            let chol = kernel.cholesky().ok_or(RidgeError::NotPositiveDefinite(alpha))?;
-            xm.transpose() * chol.solve(&ym)
-        };
-        Ok(Ridge { weights, x_mean, y_mean, alpha })
+        let primal = n >= inputs;
+        let xt = xm.transpose();
+        let (system, rhs) = if primal { (&xt * &xm, &xt * &ym) } else { (&xm * &xt, ym) };
+        Ok(Prepared { n, x: xm, x_mean, y_mean, system, rhs, primal })
+    }
+
+    fn solve(&self, alpha: f64) -> Result<Ridge, RidgeError> {
+        let mut system = self.system.clone();
+        let lambda = alpha * self.n as f64;
+        for i in 0..system.nrows() {
+            system[(i, i)] += lambda;
+        }
+        let chol = system.cholesky().ok_or(RidgeError::NotPositiveDefinite(alpha))?;
+        let solution = chol.solve(&self.rhs);
+        let weights = if self.primal { solution } else { self.x.transpose() * solution };
+        Ok(Ridge { weights, x_mean: self.x_mean.clone(), y_mean: self.y_mean.clone(), alpha })
+    }
+}
+
+impl Ridge {
+    /// Fits on `x` `[n, inputs]` and `y` `[n, outputs]` (row-major).
+    pub fn fit(x: &[f32], y: &[f32], n: usize, inputs: usize, outputs: usize, alpha: f64) -> Result<Ridge, RidgeError> {
+        Prepared::new(x, y, n, inputs, outputs)?.solve(alpha)
     }
 
     pub fn inputs(&self) -> usize {
@@ -113,8 +132,9 @@ impl Ridge {
         let n_val = ((n as f64 * holdout).round() as usize).clamp(1, n.saturating_sub(2).max(1));
         let n_fit = n - n_val;
         let mut scores = Vec::with_capacity(alphas.len());
+        let prepared = Prepared::new(&x[..n_fit * inputs], &y[..n_fit * outputs], n_fit, inputs, outputs)?;
         for &alpha in alphas {
-            let model = Ridge::fit(&x[..n_fit * inputs], &y[..n_fit * outputs], n_fit, inputs, outputs, alpha)?;
+            let model = prepared.solve(alpha)?;
             let pred = model.predict(&x[n_fit * inputs..])?;
             let truth = &y[n_fit * outputs..];
             let mse = pred.iter().zip(truth).map(|(p, t)| ((p - t) as f64).powi(2)).sum::<f64>() / truth.len() as f64;

@@ -324,3 +324,20 @@ fn distributed_binaries_have_a_command_line() {
         assert!(out.contains(&format!("Usage: {name}")), "{name} --help:\n{out}");
     }
 }
+
+#[test]
+fn simulate_rejects_malformed_noise_and_session_options() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("data");
+    let out = out.to_str().expect("utf-8 path");
+    for bad in ["0.1,x", "0.1", "0.1,0.2,0.3", "0.1,,0.2"] {
+        let output = voxbridge(&["data", "simulate", "--preset", "tiny", "--out", out, "--ncsnr", bad]);
+        let err = assert_exit(&output, 1);
+        assert!(err.contains("--ncsnr takes two numbers LO,HI"), "{bad}: {err}");
+    }
+    // A subject must keep two sessions (one to train on, the test repeats spread over more).
+    let output = voxbridge(&["data", "simulate", "--preset", "tiny", "--out", out, "--max-sessions", "1"]);
+    let err = assert_exit(&output, 2);
+    assert!(err.contains("--max-sessions"), "{err}");
+    assert!(!dir.path().join("data").exists(), "a rejected command wrote output");
+}

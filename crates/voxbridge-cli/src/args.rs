@@ -80,16 +80,16 @@ pub struct SimulateArgs {
     /// Only these subjects (1-based, comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub subjects: Option<Vec<u8>>,
-    /// At most this many sessions per subject (shrinks the shared test set to fit).
-    #[arg(long)]
+    /// At most this many sessions per subject, at least 2 (shrinks the shared test set to fit).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(2..))]
     pub max_sessions: Option<u16>,
     /// Per-voxel noise-ceiling SNR range LO,HI (sd of signal / sd of single-trial noise),
     /// overriding the preset's.
     #[arg(long, value_name = "LO,HI")]
     pub ncsnr: Option<String>,
-    /// Fraction of the single-trial noise that is representational (correlated along the
-    /// signal directions), overriding the preset's.
-    #[arg(long, value_name = "RHO")]
+    /// Representational noise κ: sd of the trial-to-trial variability of the shared features,
+    /// relative to their spread across images (it limits every decoder), overriding the preset's.
+    #[arg(long, value_name = "KAPPA")]
     pub representational_noise: Option<f64>,
 }
 

@@ -26,11 +26,11 @@ pub fn simulate(args: &SimulateArgs) -> anyhow::Result<Simulated> {
         .restrict(args.subjects.as_deref(), args.max_sessions);
     let mut spec = spec;
     if let Some(range) = &args.ncsnr {
-        let parsed: Vec<f64> = range.split(',').filter_map(|x| x.trim().parse().ok()).collect();
-        let [lo, hi] = parsed[..] else {
-            bail!("--ncsnr takes two numbers LO,HI, got `{range}`");
-        };
-        spec.ncsnr_range = [lo, hi];
+        let parsed = range.split(',').map(|x| x.trim().parse::<f64>()).collect::<Result<Vec<_>, _>>();
+        match parsed.as_deref() {
+            Ok(&[lo, hi]) => spec.ncsnr_range = [lo, hi],
+            _ => bail!("--ncsnr takes two numbers LO,HI, got `{range}`"),
+        }
     }
     if let Some(rho) = args.representational_noise {
         spec.representational_noise = rho;

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use serde::Serialize;
 use voxbridge_data::{Dataset, MANIFEST_FILE, Sessions};
-use voxbridge_sim::OracleReport;
+use voxbridge_sim::{OracleReport, SimSpec};
 
 use crate::args::{DemoArgs, SimulateArgs};
 use crate::baseline::{BaselineResult, ridge_baseline};
@@ -33,9 +33,13 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         // A re-run reuses the dataset once it is verified and was made with the same settings.
         let dataset = Dataset::open(&manifest_path)?;
         let g = &dataset.manifest().generator;
-        if g.preset.as_deref() != Some(args.preset.as_str()) || g.seed != Some(args.seed) {
+        let wanted = SimSpec::preset(&args.preset)
+            .with_context(|| format!("unknown preset `{}` (choose one of {:?})", args.preset, SimSpec::PRESETS))?;
+        let wanted_params = toml::Table::try_from(&wanted).context("serialising the preset")?;
+        if g.preset.as_deref() != Some(args.preset.as_str()) || g.seed != Some(args.seed) || g.params != wanted_params {
             bail!(
-                "{} holds a dataset made with preset {:?} seed {:?}, not {} seed {}; pass another --out",
+                "{} holds a dataset made with other settings (preset {:?} seed {:?}, or other generator \
+                 parameters) than --preset {} --seed {}; pass another --out",
                 data_dir.display(),
                 g.preset,
                 g.seed,

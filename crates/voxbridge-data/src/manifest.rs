@@ -130,13 +130,66 @@ impl Manifest {
                 ));
             }
             if f.kind == FileKind::Trials {
-                let (Some(s), Some(_)) = (f.subject, f.session) else {
+                let (Some(s), Some(session)) = (f.subject, f.session) else {
                     return fail(format!("files[{i}] `{}`: a trials file needs subject and session", f.path));
                 };
-                if self.subject(s).is_none() {
+                let Some(info) = self.subject(s) else {
                     return fail(format!("files[{i}] `{}`: subject {s} is not in [[subjects]]", f.path));
+                };
+                if session == 0 || session > info.sessions {
+                    return fail(format!(
+                        "files[{i}] `{}`: session {session} is outside 1..={} for subject {s}",
+                        f.path, info.sessions
+                    ));
                 }
             }
+        }
+        self.check_coverage(origin)
+    }
+
+    /// Every subject has exactly one trials file per session and the row counts add up, so a
+    /// loader can trust `sessions`/`trials` without opening the shards.
+    fn check_coverage(&self, origin: &str) -> Result<()> {
+        let fail = |message: String| Err(DataError::Manifest { file: origin.to_string(), message });
+        let mut subjects_seen = std::collections::HashSet::new();
+        for info in &self.subjects {
+            let s = info.subject;
+            if !subjects_seen.insert(s) {
+                return fail(format!("subject {s} is listed twice in [[subjects]]"));
+            }
+            if info.voxels == 0 || info.sessions == 0 {
+                return fail(format!("subject {s}: voxels and sessions must be positive"));
+            }
+            let mut per_session = vec![0usize; info.sessions as usize];
+            let mut rows = 0u64;
+            for f in self.files.iter().filter(|f| f.kind == FileKind::Trials && f.subject == Some(s)) {
+                let session = f.session.unwrap_or(0) as usize;
+                per_session[session - 1] += 1;
+                rows += f.rows;
+            }
+            if let Some(k) = per_session.iter().position(|&n| n != 1) {
+                return fail(format!(
+                    "subject {s} session {}: {} trials files listed, expected exactly 1",
+                    k + 1,
+                    per_session[k]
+                ));
+            }
+            if rows != info.trials as u64 {
+                return fail(format!("subject {s}: trials files hold {rows} rows, [[subjects]] says {}", info.trials));
+            }
+        }
+        let target_rows: u64 = self.files.iter().filter(|f| f.kind == FileKind::Targets).map(|f| f.rows).sum();
+        if target_rows != self.targets.images as u64 {
+            return fail(format!(
+                "targets files hold {target_rows} rows, [targets] says images = {}",
+                self.targets.images
+            ));
+        }
+        if self.targets.test_images > self.targets.images {
+            return fail(format!(
+                "[targets] test_images = {} exceeds images = {}",
+                self.targets.test_images, self.targets.images
+            ));
         }
         Ok(())
     }

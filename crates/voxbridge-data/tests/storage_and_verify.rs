@@ -143,6 +143,9 @@ fn a_valid_parquet_file_with_the_wrong_schema_is_named() {
     entry.bytes = targets_entry.bytes;
     entry.rows = targets_entry.rows;
     entry.row_groups = targets_entry.row_groups;
+    // Keep the manifest self-consistent so only the shard's schema is wrong.
+    manifest.subjects[0].trials =
+        manifest.files.iter().filter(|f| f.kind == FileKind::Trials).map(|f| f.rows as usize).sum();
     std::fs::write(dir.path().join("manifest.toml"), manifest.to_toml()).unwrap();
 
     let opened = open_manifest(&format!("{root}/manifest.toml")).unwrap();
@@ -164,4 +167,37 @@ fn manifest_errors_name_the_manifest() {
     std::fs::write(dir.path().join("manifest.toml"), text).unwrap();
     let err = Dataset::open(&format!("{root}/manifest.toml")).unwrap_err().to_string();
     assert!(err.contains("manifest.toml") && err.contains("schema_version 99 is not supported"), "{err}");
+}
+
+#[test]
+fn manifest_must_cover_every_session_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let manifest = write_dataset(root);
+
+    // A session's shard dropped from the list: the manifest no longer describes the dataset.
+    let mut missing = manifest.clone();
+    let at = missing.files.iter().position(|f| f.subject == Some(1) && f.session == Some(2)).unwrap();
+    missing.files.remove(at);
+    let err = voxbridge_data::Manifest::parse(&missing.to_toml(), "m.toml").unwrap_err().to_string();
+    assert!(err.contains("subject 1 session 2: 0 trials files listed, expected exactly 1"), "{err}");
+
+    // Row counts that do not add up to the subject's trials.
+    let mut short = manifest.clone();
+    short.subjects[0].trials += 1;
+    let err = voxbridge_data::Manifest::parse(&short.to_toml(), "m.toml").unwrap_err().to_string();
+    assert!(err.contains("subject 1: trials files hold"), "{err}");
+
+    // A session number the subject does not have.
+    let mut beyond = manifest.clone();
+    let f = beyond.files.iter_mut().find(|f| f.subject == Some(1) && f.session == Some(1)).unwrap();
+    f.session = Some(99);
+    let err = voxbridge_data::Manifest::parse(&beyond.to_toml(), "m.toml").unwrap_err().to_string();
+    assert!(err.contains("session 99 is outside"), "{err}");
+
+    // Targets rows must match the image count.
+    let mut images = manifest;
+    images.targets.images += 5;
+    let err = voxbridge_data::Manifest::parse(&images.to_toml(), "m.toml").unwrap_err().to_string();
+    assert!(err.contains("targets files hold"), "{err}");
 }

@@ -169,7 +169,7 @@ impl SimSpec {
         }
         if let Some(max) = max_sessions {
             for s in &mut self.subjects {
-                s.sessions = s.sessions.min(max.max(1));
+                s.sessions = s.sessions.min(max.max(2)); // every subject keeps ≥ 2 sessions
             }
         }
         let min_trials = self.subjects.iter().map(|s| s.sessions as usize).min().unwrap_or(0) * self.trials_per_session;

@@ -1,0 +1,231 @@
+//! Host-side named tensors read from checkpoint bytes (PyTorch `.pth` or `.safetensors`), and
+//! the conversions that turn them into burn parameters.
+//!
+//! The model crate does no IO: callers read the bytes (file or object store) and hand them here.
+//! Every tensor is kept as row-major `f32` with its PyTorch shape; layout changes (the
+//! `nn.Linear` transpose) happen in [`linear_weight`] where the parameter is built.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+
+use burn::module::Param;
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+
+/// Why a checkpoint could not be read or did not fit the model.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{source_name}: not a readable {format} file: {message}")]
+    Format { source_name: String, format: &'static str, message: String },
+    #[error("{source_name}: missing tensor `{key}`")]
+    Missing { source_name: String, key: String },
+    #[error("{source_name}: tensor `{key}` has shape {found:?}, expected {expected:?}")]
+    Shape { source_name: String, key: String, found: Vec<usize>, expected: Vec<usize> },
+    #[error("{source_name}: tensor `{key}`: {message}")]
+    Tensor { source_name: String, key: String, message: String },
+    #[error("{source_name}: {message}")]
+    Architecture { source_name: String, message: String },
+}
+
+/// One tensor on the host: PyTorch shape, row-major `f32` values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Self { shape, data }
+    }
+
+    /// Into a burn tensor of rank `D` with the same shape.
+    pub fn to_tensor<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D> {
+        assert_eq!(self.shape.len(), D, "rank mismatch building a tensor");
+        Tensor::from_data(TensorData::new(self.data.clone(), self.shape.clone()), device)
+    }
+
+    /// From a burn tensor (any float dtype), read back to the host.
+    pub fn from_tensor<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Self {
+        let shape = tensor.dims().to_vec();
+        let data = tensor.into_data().convert::<f32>().to_vec::<f32>().expect("f32 after convert");
+        Self { shape, data }
+    }
+}
+
+/// Named tensors from one checkpoint, with the name of where they came from for error messages.
+#[derive(Debug, Clone, Default)]
+pub struct TensorMap {
+    source_name: String,
+    tensors: BTreeMap<String, HostTensor>,
+}
+
+impl TensorMap {
+    pub fn new(source_name: impl Into<String>) -> Self {
+        Self { source_name: source_name.into(), tensors: BTreeMap::new() }
+    }
+
+    /// Parse a `.safetensors` file's bytes. Float and integer dtypes are converted to `f32`.
+    pub fn from_safetensors(bytes: &[u8], source_name: &str) -> Result<Self, LoadError> {
+        let format_err = |message: String| LoadError::Format {
+            source_name: source_name.to_string(),
+            format: "safetensors",
+            message,
+        };
+        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format_err(e.to_string()))?;
+        let mut map = Self::new(source_name);
+        for (name, view) in st.tensors() {
+            let data = safetensors_to_f32(view.dtype(), view.data()).map_err(|message| LoadError::Tensor {
+                source_name: source_name.to_string(),
+                key: name.clone(),
+                message,
+            })?;
+            map.insert(name, HostTensor::new(view.shape().to_vec(), data));
+        }
+        Ok(map)
+    }
+
+    /// Parse a PyTorch `torch.save` file's bytes (zip or legacy pickle) through burn-store's
+    /// reader. `top_level_key` selects a nested dict, e.g. `model_state_dict` in MindEye2's
+    /// `last.pth`.
+    pub fn from_pytorch(bytes: &[u8], top_level_key: Option<&str>, source_name: &str) -> Result<Self, LoadError> {
+        let reader =
+            burn_store::pytorch::PytorchReader::from_reader(Cursor::new(bytes), top_level_key).map_err(|e| {
+                LoadError::Format { source_name: source_name.to_string(), format: "PyTorch", message: e.to_string() }
+            })?;
+        let mut map = Self::new(source_name);
+        for (name, snapshot) in reader.into_tensors() {
+            let tensor_err = |message: String| LoadError::Tensor {
+                source_name: source_name.to_string(),
+                key: name.clone(),
+                message,
+            };
+            let data = snapshot.to_data().map_err(|e| tensor_err(format!("{e:?}")))?;
+            let shape = data.shape.to_vec();
+            let values = data.convert::<f32>().to_vec::<f32>().map_err(|e| tensor_err(format!("{e:?}")))?;
+            map.insert(name, HostTensor::new(shape, values));
+        }
+        Ok(map)
+    }
+
+    pub fn source_name(&self) -> &str {
+        &self.source_name
+    }
+
+    pub fn insert(&mut self, key: impl Into<String>, tensor: HostTensor) {
+        self.tensors.insert(key.into(), tensor);
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.tensors.contains_key(key)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &HostTensor)> {
+        self.tensors.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// The tensor named `key`, or an error naming the key and the source.
+    pub fn get(&self, key: &str) -> Result<&HostTensor, LoadError> {
+        self.tensors
+            .get(key)
+            .ok_or_else(|| LoadError::Missing { source_name: self.source_name.clone(), key: key.to_string() })
+    }
+
+    /// The tensor named `key`, checked to have exactly `expected` shape.
+    pub fn get_shaped(&self, key: &str, expected: &[usize]) -> Result<&HostTensor, LoadError> {
+        let t = self.get(key)?;
+        if t.shape != expected {
+            return Err(LoadError::Shape {
+                source_name: self.source_name.clone(),
+                key: key.to_string(),
+                found: t.shape.clone(),
+                expected: expected.to_vec(),
+            });
+        }
+        Ok(t)
+    }
+
+    /// A float parameter of rank `D` from `key`, checked against `expected` (PyTorch layout).
+    pub fn param<B: Backend, const D: usize>(
+        &self,
+        key: &str,
+        expected: [usize; D],
+        device: &B::Device,
+    ) -> Result<Param<Tensor<B, D>>, LoadError> {
+        Ok(Param::from_tensor(self.get_shaped(key, &expected)?.to_tensor(device)))
+    }
+
+    /// An `nn.Linear` weight stored `[out, in]` in PyTorch, as burn's `[in, out]`.
+    pub fn linear_weight<B: Backend>(
+        &self,
+        key: &str,
+        d_in: usize,
+        d_out: usize,
+        device: &B::Device,
+    ) -> Result<Param<Tensor<B, 2>>, LoadError> {
+        let t = self.get_shaped(key, &[d_out, d_in])?;
+        Ok(Param::from_tensor(t.to_tensor::<B, 2>(device).transpose()))
+    }
+}
+
+fn safetensors_to_f32(dtype: safetensors::Dtype, bytes: &[u8]) -> Result<Vec<f32>, String> {
+    use safetensors::Dtype;
+    fn chunks<const N: usize>(bytes: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
+        bytes.chunks_exact(N).map(|c| c.try_into().expect("exact chunk"))
+    }
+    Ok(match dtype {
+        Dtype::F32 => chunks::<4>(bytes).map(f32::from_le_bytes).collect(),
+        Dtype::F64 => chunks::<8>(bytes).map(|b| f64::from_le_bytes(b) as f32).collect(),
+        Dtype::F16 => chunks::<2>(bytes).map(|b| half_to_f32(u16::from_le_bytes(b))).collect(),
+        Dtype::BF16 => chunks::<2>(bytes).map(|b| f32::from_bits((u16::from_le_bytes(b) as u32) << 16)).collect(),
+        Dtype::I64 => chunks::<8>(bytes).map(|b| i64::from_le_bytes(b) as f32).collect(),
+        Dtype::I32 => chunks::<4>(bytes).map(|b| i32::from_le_bytes(b) as f32).collect(),
+        Dtype::U8 => bytes.iter().map(|&b| b as f32).collect(),
+        Dtype::BOOL => bytes.iter().map(|&b| if b != 0 { 1.0 } else { 0.0 }).collect(),
+        other => return Err(format!("unsupported dtype {other:?}")),
+    })
+}
+
+/// IEEE half → f32 (no `half` dependency needed for this one conversion).
+fn half_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as i32;
+    let frac = (h & 0x3ff) as u32;
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        (0, f) => {
+            // subnormal: value = f * 2^-24
+            let v = f as f32 * f32::powi(2.0, -24);
+            return if sign != 0 { -v } else { v };
+        }
+        (31, 0) => sign | 0x7f80_0000,
+        (31, f) => sign | 0x7f80_0000 | (f << 13),
+        (e, f) => sign | (((e - 15 + 127) as u32) << 23) | (f << 13),
+    };
+    f32::from_bits(bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_conversion_matches_known_values() {
+        assert_eq!(half_to_f32(0x3c00), 1.0);
+        assert_eq!(half_to_f32(0xc000), -2.0);
+        assert_eq!(half_to_f32(0x3555), 0.333_251_95);
+        assert_eq!(half_to_f32(0x0001), 5.960_464_5e-8);
+    }
+}

@@ -6,7 +6,8 @@
 //! `nn.Linear` transpose) happen in [`linear_weight`] where the parameter is built.
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
+use std::io::{Cursor, Write};
+use std::path::{Path, PathBuf};
 
 use burn::module::Param;
 use burn::tensor::{Tensor, TensorData, backend::Backend};
@@ -85,14 +86,44 @@ impl TensorMap {
         Ok(map)
     }
 
-    /// Parse a PyTorch `torch.save` file's bytes (zip or legacy pickle) through burn-store's
-    /// reader. `top_level_key` selects a nested dict, e.g. `model_state_dict` in MindEye2's
-    /// `last.pth`.
+    /// Read a PyTorch `torch.save` file (zip or legacy pickle) through burn-store's reader.
+    /// `top_level_key` selects a nested dict, e.g. `model_state_dict` in MindEye2's `last.pth`.
+    pub fn from_pytorch_file(path: &Path, top_level_key: Option<&str>) -> Result<Self, LoadError> {
+        let source_name = path.display().to_string();
+        let reader = match top_level_key {
+            Some(key) => burn_store::pytorch::PytorchReader::with_top_level_key(path, key),
+            None => burn_store::pytorch::PytorchReader::new(path),
+        }
+        .map_err(|e| LoadError::Format {
+            source_name: source_name.clone(),
+            format: "PyTorch",
+            message: e.to_string(),
+        })?;
+        Self::from_pytorch_reader(reader, &source_name)
+    }
+
+    /// The same from bytes (e.g. fetched from object storage). burn-store opens the zip
+    /// container only from a path, so zip bytes are spilled to a private temporary file first.
     pub fn from_pytorch(bytes: &[u8], top_level_key: Option<&str>, source_name: &str) -> Result<Self, LoadError> {
-        let reader =
-            burn_store::pytorch::PytorchReader::from_reader(Cursor::new(bytes), top_level_key).map_err(|e| {
-                LoadError::Format { source_name: source_name.to_string(), format: "PyTorch", message: e.to_string() }
-            })?;
+        let format_err =
+            |message: String| LoadError::Format { source_name: source_name.to_string(), format: "PyTorch", message };
+        if !bytes.starts_with(b"PK\x03\x04") {
+            let reader = burn_store::pytorch::PytorchReader::from_reader(Cursor::new(bytes), top_level_key)
+                .map_err(|e| format_err(e.to_string()))?;
+            return Self::from_pytorch_reader(reader, source_name);
+        }
+        let spill = SpillFile::write(bytes).map_err(|e| format_err(format!("spilling to a temporary file: {e}")))?;
+        let mut map = Self::from_pytorch_file(&spill.path, top_level_key).map_err(|e| match e {
+            LoadError::Format { format, message, .. } => {
+                LoadError::Format { source_name: source_name.to_string(), format, message }
+            }
+            other => other,
+        })?;
+        map.source_name = source_name.to_string();
+        Ok(map)
+    }
+
+    fn from_pytorch_reader(reader: burn_store::pytorch::PytorchReader, source_name: &str) -> Result<Self, LoadError> {
         let mut map = Self::new(source_name);
         for (name, snapshot) in reader.into_tensors() {
             let tensor_err = |message: String| LoadError::Tensor {
@@ -177,6 +208,31 @@ impl TensorMap {
     ) -> Result<Param<Tensor<B, 2>>, LoadError> {
         let t = self.get_shaped(key, &[d_out, d_in])?;
         Ok(Param::from_tensor(t.to_tensor::<B, 2>(device).transpose()))
+    }
+}
+
+/// A temporary file removed on drop (bytes → path for readers that need a path).
+struct SpillFile {
+    path: PathBuf,
+}
+
+impl SpillFile {
+    fn write(bytes: &[u8]) -> std::io::Result<Self> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let unique = format!("voxbridge-{}-{}.pth", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let path = std::env::temp_dir().join(unique);
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let spill = SpillFile { path };
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        Ok(spill)
+    }
+}
+
+impl Drop for SpillFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

@@ -2,6 +2,8 @@
 //! original PyTorch code). Tolerance convention: `max|a − b| ≤ rtol · max(max|b|, floor)`.
 #![allow(dead_code)]
 
+pub mod tiny;
+
 use std::path::PathBuf;
 
 use voxbridge_model::tensors::{HostTensor, TensorMap};
@@ -59,4 +61,78 @@ pub fn assert_close_scalar(what: &str, actual: f64, expected: f64, rtol: f64) {
         (actual - expected).abs() <= rtol * expected.abs().max(1e-12),
         "{what}: got {actual}, want {expected} (rtol {rtol:e})"
     );
+}
+
+/// PyTorch's CPU `torch.randn(n, generator=torch.Generator().manual_seed(seed))` for float32,
+/// `n ≥ 16` (mt19937 → 24-bit uniforms → Box–Muller in blocks of 16, the last 16 redrawn when
+/// `n` is not a multiple of 16, as ATen's `normal_fill` does). Used for reference inputs the reference folder describes but does not
+/// store. Transcendentals may differ from PyTorch's by an ulp; that is far inside 1e-5.
+pub fn torch_randn(seed: u64, n: usize) -> Vec<f32> {
+    assert!(n >= 16, "PyTorch takes another path below 16 values");
+    let mut mt = [0u32; 624];
+    mt[0] = seed as u32;
+    for i in 1..624 {
+        mt[i] = 1_812_433_253u32.wrapping_mul(mt[i - 1] ^ (mt[i - 1] >> 30)).wrapping_add(i as u32);
+    }
+    let mut index = 624;
+    let mut next = move || {
+        if index >= 624 {
+            for i in 0..624 {
+                let y = (mt[i] & 0x8000_0000) | (mt[(i + 1) % 624] & 0x7fff_ffff);
+                mt[i] = mt[(i + 397) % 624] ^ (y >> 1) ^ if y & 1 == 1 { 0x9908_b0df } else { 0 };
+            }
+            index = 0;
+        }
+        let mut y = mt[index];
+        index += 1;
+        y ^= y >> 11;
+        y ^= (y << 7) & 0x9d2c_5680;
+        y ^= (y << 15) & 0xefc6_0000;
+        y ^ (y >> 18)
+    };
+    let mut uniform = move || ((next() & 0x00ff_ffff) as f64 / (1u64 << 24) as f64) as f32;
+    let box_muller = |block: &mut [f32]| {
+        for j in 0..8 {
+            let u1 = 1.0f32 - block[j];
+            let u2 = block[j + 8];
+            let radius = (-2.0f32 * u1.ln()).sqrt();
+            let theta = (2.0 * std::f64::consts::PI * u2 as f64) as f32;
+            block[j] = radius * theta.cos();
+            block[j + 8] = radius * theta.sin();
+        }
+    };
+    let mut data: Vec<f32> = (0..n).map(|_| uniform()).collect();
+    for block in data.chunks_exact_mut(16) {
+        box_muller(block);
+    }
+    if !n.is_multiple_of(16) {
+        let tail = &mut data[n - 16..];
+        tail.iter_mut().for_each(|x| *x = uniform());
+        box_muller(tail);
+    }
+    data
+}
+
+/// A little-endian float32/float64 C-order `.npy` file (format 1.0–3.0), as float32.
+pub fn read_npy_f32(path: &std::path::Path) -> HostTensor {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(bytes.starts_with(b"\x93NUMPY"), "{}: not an .npy file", path.display());
+    let (header_len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        _ => (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12),
+    };
+    let header = std::str::from_utf8(&bytes[start..start + header_len]).unwrap();
+    assert!(header.contains("'fortran_order': False"), "{header}");
+    let shape_text = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let shape: Vec<usize> =
+        shape_text.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
+    let body = &bytes[start + header_len..];
+    let data: Vec<f32> = if header.contains("'<f4'") {
+        body.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    } else if header.contains("'<f8'") {
+        body.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect()
+    } else {
+        panic!("{}: unsupported dtype in {header}", path.display())
+    };
+    HostTensor::new(shape, data)
 }

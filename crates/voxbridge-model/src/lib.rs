@@ -1,0 +1,17 @@
+//! MindEye2 in burn: the modules, their losses and checkpoint import, numerically equal to the
+//! original PyTorch code (see `../shared/spec/mindeye2.md` §1–2 and the parity tests).
+//!
+//! This crate does no IO, storage or distribution: it turns bytes and tensors into tensors.
+
+pub mod backbone;
+pub mod config;
+pub mod losses;
+pub mod lowlevel;
+pub mod prior;
+pub mod ridge;
+pub mod tensors;
+
+pub use backbone::{Backbone, BackboneOutput};
+pub use config::{BackboneMode, MindEye2Config, NSD_VOXELS};
+pub use ridge::SubjectRidge;
+pub use tensors::{HostTensor, LoadError, TensorMap};

@@ -1,0 +1,29 @@
+//! SoftCLIP gradients computed in float64 against `grads_softclip_f64.safetensors`: the
+//! mathematically clean reference (PyTorch's float32 LayerNorm(1) backward is noisy, and float32
+//! accumulation limits agreement on gradients that are sums of cancelling terms). This file is its
+//! own test process because it switches the device's default float type to float64.
+
+mod common;
+
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::{DType, IntDType};
+use common::tiny::{DIR, compare_grads, softclip_grads};
+use common::{assert_close_scalar, load_json, load_safetensors};
+
+#[test]
+fn softclip_gradients_match_the_float64_reference_in_float64() {
+    let (loss, grads) = {
+        burn::tensor::set_default_dtypes::<Autodiff<Flex>>(&Default::default(), DType::F64, IntDType::I64).unwrap();
+        softclip_grads::<Autodiff<Flex>>()
+    };
+    let losses = load_json(DIR, "losses.json");
+    assert_close_scalar(
+        "grad_check loss",
+        loss,
+        losses["grad_check"]["soft_clip_loss_temp0.006"].as_f64().unwrap(),
+        1e-5,
+    );
+    let reference = load_safetensors(DIR, "grads_softclip_f64.safetensors");
+    let checked = compare_grads("f64", grads, &reference, |_| false);
+    assert_eq!(checked, reference.len(), "every reference gradient was compared");
+}

@@ -32,6 +32,43 @@ pub enum Command {
     /// Closed-form ridge regression from one subject's voxels to CLIP tokens, scored with
     /// MindEye2's retrieval protocol.
     Ridge(RidgeArgs),
+    /// Parameters of a MindEye2 architecture per submodule and in total (nothing is allocated).
+    Params(ParamsArgs),
+    /// Run a MindEye2 checkpoint (evaluation mode) on one subject's voxels.
+    Predict(PredictArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ParamsArgs {
+    /// Model file (TOML), e.g. experiments/models/mindeye2-released.toml.
+    #[arg(long)]
+    pub model: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// MindEye2 checkpoint: `last.pth` (PyTorch) or `.safetensors`, path or object-store URL.
+    #[arg(long)]
+    pub checkpoint: String,
+    /// Model file (TOML); without it the architecture is inferred from the checkpoint.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Subject index in the checkpoint (0-based position in its `subj_list`).
+    #[arg(long)]
+    pub subject: usize,
+    /// `[batch, voxels]` float32 (or float64) `.npy`.
+    #[arg(long)]
+    pub voxels: PathBuf,
+    /// Output `.safetensors`: backbone, clip_voxels [batch, tokens, dim], blurry_latent,
+    /// blurry_features (when the branch exists) and prior_samples (with --prior-steps).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also sample the diffusion prior with DDIM over this many steps (MindEye2 uses 20).
+    #[arg(long)]
+    pub prior_steps: Option<usize>,
+    /// Seed of the prior's Gaussian draws.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 #[derive(Debug, Args)]

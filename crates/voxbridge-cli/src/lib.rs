@@ -6,6 +6,7 @@ mod baseline;
 mod config_cmd;
 mod data_cmd;
 mod demo;
+mod model_cmd;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -52,6 +53,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(ConfigCommand::Check { file }) => config_cmd::check(&file),
         Command::Demo(a) => demo::run(&a),
         Command::Ridge(a) => baseline::run(&a),
+        Command::Params(a) => model_cmd::params(&a),
+        Command::Predict(a) => model_cmd::predict(&a),
     }
 }
 

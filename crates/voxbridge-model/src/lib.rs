@@ -7,11 +7,13 @@ pub mod backbone;
 pub mod config;
 pub mod losses;
 pub mod lowlevel;
+pub mod mindeye2;
 pub mod prior;
 pub mod ridge;
 pub mod tensors;
 
 pub use backbone::{Backbone, BackboneOutput};
 pub use config::{BackboneMode, MindEye2Config, NSD_VOXELS};
+pub use mindeye2::{MindEye2, MindEye2Output, ParamCounts};
 pub use ridge::SubjectRidge;
 pub use tensors::{HostTensor, LoadError, TensorMap};

@@ -42,9 +42,9 @@ pub fn voxels<B: Backend>(inputs: &TensorMap, subject: usize, device: &B::Device
 }
 
 /// Collects every parameter's gradient by its MindEye2 key, in visit order.
-struct GradCollector<'a, B: burn::tensor::backend::AutodiffBackend> {
-    grads: &'a B::Gradients,
-    out: Vec<Option<HostTensor>>,
+pub struct GradCollector<'a, B: burn::tensor::backend::AutodiffBackend> {
+    pub grads: &'a B::Gradients,
+    pub out: Vec<Option<HostTensor>>,
 }
 
 impl<B: burn::tensor::backend::AutodiffBackend> ModuleVisitor<B> for GradCollector<'_, B> {
@@ -162,4 +162,9 @@ pub fn compare_grads(
 
 fn g_transpose(g: HostTensor) -> Tensor<Flex, 2> {
     g.to_tensor::<Flex, 2>(&Default::default()).transpose()
+}
+
+/// A host matrix transposed (burn's `[in, out]` Linear weight to PyTorch's `[out, in]`).
+pub fn transpose(g: HostTensor) -> HostTensor {
+    HostTensor::from_tensor(g_transpose(g))
 }

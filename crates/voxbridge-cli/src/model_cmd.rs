@@ -1,0 +1,279 @@
+//! `voxbridge params` and `voxbridge predict`: MindEye2 architectures and checkpoints.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use burn::backend::Flex;
+use burn::tensor::Tensor;
+use voxbridge_model::prior::DiffusionPrior;
+use voxbridge_model::tensors::{HostTensor, TensorMap};
+use voxbridge_model::{MindEye2, MindEye2Config};
+
+use crate::args::{ParamsArgs, PredictArgs};
+
+type B = Flex;
+
+/// A model file: a `MindEye2Config` in TOML, unknown keys rejected with line and column.
+pub fn load_model_config(path: &Path) -> anyhow::Result<MindEye2Config> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let config: MindEye2Config =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+    let problems = config.problems();
+    if !problems.is_empty() {
+        bail!("{}: {}", path.display(), problems.join("; "));
+    }
+    Ok(config)
+}
+
+fn group(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn params(args: &ParamsArgs) -> anyhow::Result<()> {
+    let config = load_model_config(&args.model)?;
+    print!("{}", params_report(&config));
+    Ok(())
+}
+
+/// The parameter table of `params`, from the config alone (no weights are allocated).
+pub fn params_report(config: &MindEye2Config) -> String {
+    use std::fmt::Write;
+    let counts = config.param_counts();
+    let mut out = String::new();
+    let mut line = |name: &str, n: u64| writeln!(out, "{name:<44} {:>15}", group(n)).expect("string write");
+    for (s, &n) in counts.ridge.iter().enumerate() {
+        line(&format!("ridge.linears.{s} ({} voxels)", config.voxels[s]), n);
+    }
+    for (name, n) in &counts.backbone {
+        line(name, *n);
+    }
+    line("backbone (total)", counts.backbone_total());
+    if let Some(prior) = &config.prior {
+        for (name, n) in prior.param_counts() {
+            if name.starts_with("layer.") {
+                line(&format!("diffusion_prior.{name} (each layer)"), n);
+            } else if !name.starts_with("total") {
+                line(&format!("diffusion_prior.{name}"), n);
+            }
+        }
+        line("diffusion_prior (total)", prior.num_params());
+    }
+    let mut totals = String::new();
+    let mut total = |label: String, (all, trainable): (u64, u64)| {
+        writeln!(totals, "{label:<44} {:>15}  ({} trainable)", group(all), group(trainable)).expect("string write")
+    };
+    total(format!("TOTAL, all {} subjects", counts.ridge.len()), counts.total());
+    for s in 0..counts.ridge.len() {
+        total(format!("one-subject model, subject index {s}"), counts.total_for([s]));
+    }
+    if counts.ridge.len() > 2 {
+        for s in 0..counts.ridge.len() {
+            let others = (0..counts.ridge.len()).filter(|&o| o != s);
+            total(format!("pretraining model without subject index {s}"), counts.total_for(others));
+        }
+    }
+    out + &totals
+}
+
+/// Reads a checkpoint from a path or object-store URL: `.safetensors`, or PyTorch (`last.pth`
+/// with `model_state_dict`, or a bare state dict).
+pub fn read_checkpoint(location: &str) -> anyhow::Result<TensorMap> {
+    let is_safetensors = location.ends_with(".safetensors");
+    let local = match location.strip_prefix("file://") {
+        Some(p) => Some(p.to_string()),
+        None if !location.contains("://") => Some(location.to_string()),
+        None => None,
+    };
+    if let (Some(path), false) = (&local, is_safetensors) {
+        let path = Path::new(path);
+        if !path.exists() {
+            bail!("{}: no such checkpoint", path.display());
+        }
+        return TensorMap::from_pytorch_file(path, Some("model_state_dict"))
+            .or_else(|_| TensorMap::from_pytorch_file(path, None))
+            .map_err(Into::into);
+    }
+    let bytes = match &local {
+        Some(path) => std::fs::read(path).with_context(|| format!("reading {path}"))?,
+        None => {
+            let (parent, name) = location.rsplit_once('/').context("a checkpoint URL needs a file name")?;
+            voxbridge_data::Storage::open(parent)?.get(name)?.to_vec()
+        }
+    };
+    if is_safetensors {
+        return Ok(TensorMap::from_safetensors(&bytes, location)?);
+    }
+    TensorMap::from_pytorch(&bytes, Some("model_state_dict"), location)
+        .or_else(|_| TensorMap::from_pytorch(&bytes, None, location))
+        .map_err(Into::into)
+}
+
+/// A little-endian float32/float64, C-order `.npy` file of rank 2.
+pub fn read_npy_2d(path: &Path) -> anyhow::Result<HostTensor> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bad = |why: &str| anyhow::anyhow!("{}: {why}", path.display());
+    if !bytes.starts_with(b"\x93NUMPY") || bytes.len() < 10 {
+        return Err(bad("not an .npy file"));
+    }
+    let (header_len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        v => return Err(bad(&format!("unsupported .npy version {v}"))),
+    };
+    let header = bytes
+        .get(start..start + header_len)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .ok_or_else(|| bad("bad header"))?;
+    if header.contains("'fortran_order': True") {
+        return Err(bad("Fortran-ordered arrays are not supported; save with np.ascontiguousarray"));
+    }
+    let shape_text = header
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| bad("header has no shape"))?;
+    let shape = shape_text
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse::<usize>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| bad("header shape is not a tuple of integers"))?;
+    if shape.len() != 2 {
+        return Err(bad(&format!("expected a [batch, voxels] array, got shape {shape:?}")));
+    }
+    let body = &bytes[start + header_len..];
+    let n = shape[0] * shape[1];
+    let data: Vec<f32> = if header.contains("'<f4'") {
+        body.chunks_exact(4).take(n).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    } else if header.contains("'<f8'") {
+        body.chunks_exact(8)
+            .take(n)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+            .collect()
+    } else {
+        return Err(bad("dtype must be little-endian float32 ('<f4') or float64 ('<f8')"));
+    };
+    if data.len() != n {
+        return Err(bad(&format!("file holds {} values, shape {shape:?} needs {n}", data.len())));
+    }
+    Ok(HostTensor::new(shape, data))
+}
+
+pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
+    let weights = read_checkpoint(&args.checkpoint)?;
+    let config = match &args.model {
+        Some(path) => load_model_config(path)?,
+        None => {
+            let config = MindEye2Config::infer(&weights)?;
+            eprintln!("inferred from {}:\n{}", args.checkpoint, describe(&config));
+            config
+        }
+    };
+    let subjects = config.voxels.len();
+    if args.subject >= subjects {
+        bail!("--subject {}: the model has subject indices 0..{} only", args.subject, subjects);
+    }
+    let voxels = read_npy_2d(&args.voxels)?;
+    let want = config.voxels[args.subject];
+    if voxels.shape[1] != want {
+        bail!(
+            "{}: {} voxels per row, but subject index {} has {want}",
+            args.voxels.display(),
+            voxels.shape[1],
+            args.subject
+        );
+    }
+    let device = Default::default();
+    let model = MindEye2::<B>::from_tensors(&weights, &config, &device)?;
+    let out = model.forward(args.subject, voxels.to_tensor::<B, 2>(&device));
+    let mut tensors: Vec<(String, HostTensor)> = vec![
+        ("backbone".into(), HostTensor::from_tensor(out.backbone.clone())),
+        ("clip_voxels".into(), HostTensor::from_tensor(out.clip_voxels)),
+    ];
+    if let Some(low) = out.low_level {
+        tensors.push(("blurry_latent".into(), HostTensor::from_tensor(low.blurry_latent)));
+        tensors.push(("blurry_features".into(), HostTensor::from_tensor(low.blurry_features)));
+    }
+    match (args.prior_steps, &model.prior) {
+        (Some(steps), Some(prior)) => {
+            let samples = sample_prior(prior, out.backbone, steps, args.seed);
+            tensors.push(("prior_samples".into(), HostTensor::from_tensor(samples)));
+        }
+        (Some(_), None) => bail!("--prior-steps: this model has no diffusion prior"),
+        (None, _) => {}
+    }
+    let bytes = write_safetensors(&tensors)?;
+    std::fs::write(&args.out, bytes).with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!(
+        "wrote {} ({})",
+        args.out.display(),
+        tensors.iter().map(|(k, t)| format!("{k} {:?}", t.shape)).collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
+}
+
+/// DDIM (eta 1, no guidance) from the backbone tokens, with Gaussian draws from `seed`.
+fn sample_prior(prior: &DiffusionPrior<B>, brain: Tensor<B, 3>, steps: usize, seed: u64) -> Tensor<B, 3> {
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, StandardNormal};
+    let device = brain.device();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut draw = |shape: [usize; 3]| {
+        let n = shape.iter().product();
+        let values: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
+        HostTensor::new(shape.to_vec(), values).to_tensor::<B, 3>(&device)
+    };
+    prior.sample_ddim(brain, steps, 1.0, 1.0, &mut draw)
+}
+
+fn write_safetensors(tensors: &[(String, HostTensor)]) -> anyhow::Result<Vec<u8>> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(k, shape, data)| {
+            Ok((k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)?))
+        })
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    Ok(safetensors::tensor::serialize(views, None)?)
+}
+
+/// One paragraph describing an architecture (printed when it was inferred).
+pub fn describe(config: &MindEye2Config) -> String {
+    let mut s = format!(
+        "  subjects {} with voxels {:?}\n  hidden {}, {} mixer blocks ({:?})\n  CLIP tokens {} × {}\n",
+        config.voxels.len(),
+        config.voxels,
+        config.hidden,
+        config.blocks,
+        config.backbone_mode,
+        config.clip_tokens,
+        config.clip_dim
+    );
+    match &config.low_level {
+        Some(l) => {
+            s += &format!("  low-level branch: on ({}×{}×{} latent)\n", l.latent_channels, l.latent_size, l.latent_size)
+        }
+        None => s += "  low-level branch: off\n",
+    }
+    match &config.prior {
+        Some(p) => {
+            s += &format!(
+                "  diffusion prior: depth {}, {} heads of size {}, T = {}\n",
+                p.depth, p.heads, p.dim_head, p.timesteps
+            )
+        }
+        None => s += "  diffusion prior: off\n",
+    }
+    s
+}

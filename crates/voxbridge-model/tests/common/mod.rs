@@ -8,13 +8,15 @@ use std::path::PathBuf;
 
 use voxbridge_model::tensors::{HostTensor, TensorMap};
 
-/// `shared/reference/<name>`, found from the workspace root (`VOXBRIDGE_REFERENCE` overrides).
+/// `shared/reference/<name>`: `$VOXBRIDGE_REFERENCE/<name>`, else `shared/reference` next to the
+/// workspace or any of its ancestors (the project keeps it at `../shared`), else `/work/shared`.
 pub fn reference_dir(name: &str) -> PathBuf {
     if let Ok(dir) = std::env::var("VOXBRIDGE_REFERENCE") {
         return PathBuf::from(dir).join(name);
     }
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [manifest.join("../../../shared/reference"), manifest.join("../../shared/reference")];
+    let mut candidates: Vec<PathBuf> = manifest.ancestors().map(|a| a.join("shared/reference")).collect();
+    candidates.push(PathBuf::from("/work/shared/reference"));
     for c in &candidates {
         if c.join(name).is_dir() {
             return c.join(name);

@@ -99,12 +99,18 @@ impl MindEye2Config {
         if !(0.0..1.0).contains(&self.dropout) {
             problems.push(format!("dropout {} must be in [0, 1)", self.dropout));
         }
-        if let Some(low) = &self.low_level
-            && low.hidden != self.hidden
-        {
-            problems.push(format!("low_level.hidden {} must equal hidden {}", low.hidden, self.hidden));
+        if let Some(low) = &self.low_level {
+            if low.hidden != self.hidden {
+                problems.push(format!("low_level.hidden {} must equal hidden {}", low.hidden, self.hidden));
+            }
+            if let Err(e) = low.validate() {
+                problems.push(format!("low_level: {e}"));
+            }
         }
         if let Some(prior) = &self.prior {
+            if let Err(e) = prior.validate() {
+                problems.push(format!("prior: {e}"));
+            }
             if prior.dim != self.clip_dim {
                 problems.push(format!("prior.dim {} must equal clip_dim {}", prior.dim, self.clip_dim));
             }

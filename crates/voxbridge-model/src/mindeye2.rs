@@ -67,6 +67,16 @@ impl<B: Backend> MindEye2<B> {
         })
     }
 
+    /// The same model with dropout off: PyTorch `eval()` semantics for gradients (burn applies
+    /// dropout whenever autodiff is on). Conditioning dropout of the prior is chosen per call.
+    pub fn without_dropout(mut self) -> Self {
+        self.backbone = self.backbone.without_dropout();
+        if let Some(low) = self.low_level.as_mut() {
+            low.bdropout = burn::nn::DropoutConfig::new(0.0).init();
+        }
+        self
+    }
+
     /// Voxels `[B, V_s]` of subject index `subject` → backbone, CLIP embedding, low-level outputs.
     pub fn forward(&self, subject: usize, voxels: Tensor<B, 2>) -> MindEye2Output<B> {
         let ridge_out = self.ridge.forward(subject, voxels); // [B, hidden]

@@ -119,7 +119,7 @@ fn total_objective_and_its_ridge_and_backbone_gradients_match() {
     let weights = load_safetensors(DIR, "model.safetensors");
     let config = MindEye2Config::infer(&weights).unwrap();
     let mut model = MindEye2::<B>::from_tensors(&weights, &config, &device).unwrap();
-    model.backbone = model.backbone.without_dropout();
+    model = model.without_dropout();
     let reference = load_safetensors(DIR, "total_loss.safetensors");
     let prior_ref = load_safetensors(DIR, "prior.safetensors");
     let json = load_json(DIR, "total_loss.json");
@@ -159,4 +159,15 @@ fn total_objective_and_its_ridge_and_backbone_gradients_match() {
         checked += 1;
     }
     assert!(checked >= 14, "compared only {checked} gradients");
+}
+
+#[test]
+fn invalid_branch_configs_are_reported_not_panicked_on() {
+    let mut config = MindEye2Config::released(vec![100]);
+    config.prior.as_mut().unwrap().dim_head = 0;
+    config.low_level.as_mut().unwrap().norm_num_groups = 7;
+    let problems = config.problems();
+    assert!(problems.iter().any(|p| p.starts_with("prior:")), "{problems:?}");
+    assert!(problems.iter().any(|p| p.starts_with("low_level:")), "{problems:?}");
+    assert!(MindEye2Config::released(vec![100]).problems().is_empty());
 }

@@ -6,7 +6,7 @@ mod common;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::Tensor;
 use common::tiny::{DIR, compare_grads, load, noisy_in_float32, softclip_grads, tiny_config, voxels};
-use common::{assert_close, assert_close_scalar, load_json, load_safetensors};
+use common::{assert_close, load_safetensors};
 use voxbridge_model::tensors::{HostTensor, TensorMap};
 use voxbridge_model::{Backbone, BackboneMode};
 
@@ -95,14 +95,7 @@ fn corrected_residual_backbone_uses_the_mlps() {
 
 #[test]
 fn softclip_gradients_match_the_float32_reference_in_float32() {
-    let (loss, grads) = softclip_grads::<Autodiff<Flex>>();
-    let losses = load_json(DIR, "losses.json");
-    assert_close_scalar(
-        "grad_check loss",
-        loss,
-        losses["grad_check"]["soft_clip_loss_temp0.006"].as_f64().unwrap(),
-        1e-5,
-    );
+    let grads = softclip_grads::<Autodiff<Flex>>();
     let reference = load_safetensors(DIR, "grads_softclip.safetensors");
     let checked = compare_grads("f32", grads.clone(), &reference, noisy_in_float32);
     assert!(checked >= 14, "only {checked} gradients compared");

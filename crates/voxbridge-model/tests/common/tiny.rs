@@ -95,8 +95,8 @@ pub fn backbone_keys(config: &MindEye2Config) -> Vec<(String, bool)> {
 
 /// The grad-check of the reference README: subject-0 voxels → ridge → backbone (eval mode) →
 /// `clip_voxels`, SoftCLIP at τ = 0.006 against l2-normalised `torch.randn(5, 4, 16)` (seed 99).
-/// Returns the loss and every parameter's gradient by MindEye2 key (PyTorch layout).
-pub fn softclip_grads<B: burn::tensor::backend::AutodiffBackend>() -> (f64, Vec<(String, Option<HostTensor>)>) {
+/// Checks the loss value and returns every parameter's gradient by MindEye2 key (PyTorch layout).
+pub fn softclip_grads<B: burn::tensor::backend::AutodiffBackend>() -> Vec<(String, Option<HostTensor>)> {
     let device = Default::default();
     let config = tiny_config();
     let (ridge, backbone) = load::<B>(&load_safetensors(DIR, "model.safetensors"), &device);
@@ -110,21 +110,21 @@ pub fn softclip_grads<B: burn::tensor::backend::AutodiffBackend>() -> (f64, Vec<
     let targets = l2_normalize(targets.to_tensor::<B, 2>(&device));
     let loss = soft_clip_loss(preds, targets, 0.006);
     let value = HostTensor::from_tensor(loss.clone()).data[0] as f64;
+    let want = load_json(DIR, "losses.json")["grad_check"]["soft_clip_loss_temp0.006"].as_f64().unwrap();
+    super::assert_close_scalar("grad_check loss", value, want, 1e-5);
     let grads = loss.backward();
     let mut collect = GradCollector::<B> { grads: &grads, out: Vec::new() };
     ridge.visit(&mut collect);
     backbone.visit(&mut collect);
     let keys = backbone_keys(&config);
     assert_eq!(keys.len(), collect.out.len(), "parameter count");
-    let named = keys
-        .into_iter()
+    keys.into_iter()
         .zip(collect.out)
         .map(|((key, transposed), grad)| {
             let grad = grad.map(|g| if transposed { HostTensor::from_tensor(g_transpose(g)) } else { g });
             (key, grad)
         })
-        .collect();
-    (value, named)
+        .collect()
 }
 
 /// Parameters whose true gradient is zero (or carries PyTorch's float32 LayerNorm(1) noise):

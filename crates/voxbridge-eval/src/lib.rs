@@ -123,6 +123,60 @@ pub fn top1_retrieval(scores: &ScoreMatrix, ways: usize, loops: usize, seed: u64
     }
 }
 
+/// Mind Reader's retrieval (spec §4.4; `fmri_clip_utils.sim_eval`): one random batch of `batch`
+/// single-trial test samples, scores `w·cos(target_i, pred_j) − (1 − w)·MSE(target_i, pred_j)`, and
+/// top-1 (first argmax) correct when the chosen sample shows the **same image** — so repeats of an
+/// image inside the batch count as hits. Returns (brain → image, image → brain) accuracies.
+/// `preds`, `targets`: `[n, dim]` row-major, row k belonging to `image_ids[k]`.
+pub fn mind_reader_batch_retrieval(
+    preds: &[f32],
+    targets: &[f32],
+    image_ids: &[u32],
+    dim: usize,
+    batch: usize,
+    cos_weight: f32,
+    seed: u64,
+) -> (f64, f64) {
+    let n = image_ids.len();
+    assert_eq!(preds.len(), n * dim, "preds must be [n, dim]");
+    assert_eq!(targets.len(), n * dim, "targets must be [n, dim]");
+    if n == 0 {
+        return (0.0, 0.0);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut chosen = sample(&mut rng, n, batch.clamp(1, n)).into_vec();
+    chosen.sort_unstable();
+    let score = |i: usize, j: usize| {
+        let (t, p) = (&targets[i * dim..(i + 1) * dim], &preds[j * dim..(j + 1) * dim]);
+        let dot: f32 = t.iter().zip(p).map(|(a, b)| a * b).sum();
+        let norms = t.iter().map(|a| a * a).sum::<f32>().sqrt() * p.iter().map(|a| a * a).sum::<f32>().sqrt();
+        let cos = if norms > 0.0 { dot / norms } else { 0.0 };
+        let mse = t.iter().zip(p).map(|(a, b)| (a - b) * (a - b)).sum::<f32>() / dim.max(1) as f32;
+        cos_weight * cos - (1.0 - cos_weight) * mse
+    };
+    // First index of the maximum, as torch.argmax.
+    let argmax = |values: &mut dyn Iterator<Item = f32>| {
+        let mut best = (0usize, f32::NEG_INFINITY);
+        for (k, v) in values.enumerate() {
+            if v > best.1 {
+                best = (k, v);
+            }
+        }
+        best.0
+    };
+    let (mut brain_to_image, mut image_to_brain) = (0usize, 0usize);
+    for &k in &chosen {
+        // prediction k against every target in the batch
+        let i = argmax(&mut chosen.iter().map(|&t| score(t, k)));
+        brain_to_image += (image_ids[chosen[i]] == image_ids[k]) as usize;
+        // target k against every prediction in the batch
+        let j = argmax(&mut chosen.iter().map(|&p| score(k, p)));
+        image_to_brain += (image_ids[chosen[j]] == image_ids[k]) as usize;
+    }
+    let b = chosen.len() as f64;
+    (brain_to_image as f64 / b, image_to_brain as f64 / b)
+}
+
 fn summarize(values: &[f64]) -> Accuracy {
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
@@ -189,6 +243,25 @@ mod tests {
         assert!((a.mean - 0.5).abs() < 1e-12);
         // sample SD = sqrt(0.5); CI = 1.96 * sqrt(0.5) / sqrt(2) = 0.98
         assert!((a.ci95 - 0.98).abs() < 1e-12);
+    }
+
+    #[test]
+    fn mind_reader_counts_repeats_of_the_same_image_as_hits() {
+        // 4 samples, 2-d. Samples 0 and 1 show image 7, sample 2 image 8, sample 3 image 9.
+        // Prediction 1 points at target 0 (same image 7: a hit under Mind Reader's rule, a miss
+        // under MindEye2's); prediction 3 points at target 2 (image 8 ≠ 9: a miss).
+        let targets = [1.0, 0.0, 1.0, 0.1, 0.0, 1.0, -1.0, -1.0];
+        let preds = [1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0];
+        let ids = [7, 7, 8, 9];
+        let (b2i, i2b) = mind_reader_batch_retrieval(&preds, &targets, &ids, 2, 4, 1.0, 0);
+        // brain→image: pred0→t0 ✓, pred1→t0 ✓ (same image), pred2→t2 ✓, pred3→t2 ✗ = 3/4.
+        assert_eq!(b2i, 0.75);
+        // image→brain: t0→p0 ✓, t1→p0 ✓ (same image), t2→p2 ✓, t3 = (−1,−1): every cosine is
+        // −0.707, the first (p0) wins → image 7 ≠ 9 ✗ = 3/4.
+        assert_eq!(i2b, 0.75);
+        // With MSE weight only, pred 3 (0,1) is nearest target 2 (0,1): still a miss.
+        let (b2i, _) = mind_reader_batch_retrieval(&preds, &targets, &ids, 2, 4, 0.0, 0);
+        assert_eq!(b2i, 0.75);
     }
 
     #[test]

@@ -14,3 +14,14 @@ fn shipped_experiments_validate() {
     }
     assert!(checked >= 2, "expected the shipped experiments in {}", dir.display());
 }
+
+#[test]
+fn shipped_sweeps_expand() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/sweeps");
+    let path = dir.join("finetune-sessions-x-seed.toml");
+    let runs = voxbridge_config::load_sweep(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(runs.len(), 9);
+    assert_eq!(runs[0].name, "finetune-sessions-sessions1-seed0");
+    assert_eq!(runs[8].name, "finetune-sessions-sessions4-seed2");
+    assert_eq!(runs[8].config.train.seed, 2);
+}

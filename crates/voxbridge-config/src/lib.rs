@@ -33,6 +33,7 @@ mod error;
 mod location;
 mod raw;
 mod rules;
+mod sweep;
 mod validated;
 
 #[cfg(test)]
@@ -41,6 +42,7 @@ mod tests;
 pub use error::{ConfigError, Problem};
 pub use location::line_col;
 pub use raw::{RawCheckpoint, RawData, RawExperiment, RawModel, RawOptim, RawSessions, RawTrain, parse_experiment};
+pub use sweep::{SweepRun, expand as expand_sweep, load_sweep};
 pub use validated::{
     CheckpointConfig, DataConfig, ExperimentConfig, ModelConfig, ModelFamily, OptimConfig, SessionSelection,
     TrainConfig, load_experiment,

@@ -123,31 +123,14 @@ fn predict_samples_the_prior_reproducibly_and_rejects_bad_input() {
 
     // Subject 1 has 29 voxels, not 37: a clear error, no output file.
     let out = dir.path().join("bad.safetensors");
-    let output = voxbridge(&[
-        "predict",
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--subject",
-        "1",
-        "--voxels",
-        npy.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    let err = assert_exit(&output, 1);
+    let for_subject = |subject: &str| {
+        let (ckpt, npy, out) = (ckpt.to_str().unwrap(), npy.to_str().unwrap(), out.to_str().unwrap());
+        voxbridge(&["predict", "--checkpoint", ckpt, "--subject", subject, "--voxels", npy, "--out", out])
+    };
+    let err = assert_exit(&for_subject("1"), 1);
     assert!(err.contains("37 voxels per row, but subject index 1 has 29"), "{err}");
     assert!(!out.exists());
-    let output = voxbridge(&[
-        "predict",
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--subject",
-        "5",
-        "--voxels",
-        npy.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let output = for_subject("5");
     assert!(assert_exit(&output, 1).contains("subject indices 0..3 only"));
 }
 

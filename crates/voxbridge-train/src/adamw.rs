@@ -1,0 +1,183 @@
+//! AdamW as PyTorch computes it, with the learning rate **and β1** given at every step (OneCycle
+//! cycles β1 as "momentum"; burn's AdamW fixes β1 at construction) and a weight decay chosen per
+//! parameter from its module path (MindEye2's groups).
+//!
+//! Per parameter, with t its step count:
+//! `p ← p·(1 − lr·wd)`, `m ← β1·m + (1 − β1)·g`, `v ← β2·v + (1 − β2)·g²`,
+//! `p ← p − lr/(1 − β1ᵗ) · m / (√v/√(1 − β2ᵗ) + ε)` — the current β1 in the bias correction.
+
+use std::collections::HashMap;
+
+use burn::module::{AutodiffModule, ModuleMapper, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+
+/// First and second moments of one parameter, flattened, and its step count.
+struct Moments<B: Backend> {
+    m: Tensor<B, 1>,
+    v: Tensor<B, 1>,
+    steps: i32,
+}
+
+/// AdamW state for one model.
+pub struct AdamW<B: AutodiffBackend> {
+    pub beta2: f64,
+    pub eps: f64,
+    moments: HashMap<ParamId, Moments<B::InnerBackend>>,
+}
+
+impl<B: AutodiffBackend> std::fmt::Debug for AdamW<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdamW")
+            .field("beta2", &self.beta2)
+            .field("eps", &self.eps)
+            .field("params", &self.moments.len())
+            .finish()
+    }
+}
+
+impl<B: AutodiffBackend> Default for AdamW<B> {
+    /// torch's defaults: β2 0.999, ε 1e-8.
+    fn default() -> Self {
+        AdamW { beta2: 0.999, eps: 1e-8, moments: HashMap::new() }
+    }
+}
+
+impl<B: AutodiffBackend> AdamW<B> {
+    /// One update of every parameter that has a gradient in `grads`. `weight_decay(path)` gives
+    /// the decay of the parameter at burn module path `path` (e.g. `ridge.linears.0.bias`).
+    pub fn step<M: AutodiffModule<B>>(
+        &mut self,
+        model: M,
+        mut grads: GradientsParams,
+        lr: f64,
+        beta1: f64,
+        weight_decay: &dyn Fn(&str) -> f64,
+    ) -> M {
+        let mut mapper = Mapper { optim: self, grads: &mut grads, lr, beta1, weight_decay, path: Vec::new() };
+        model.map(&mut mapper)
+    }
+
+    /// Number of parameters with optimizer state.
+    pub fn tracked(&self) -> usize {
+        self.moments.len()
+    }
+}
+
+struct Mapper<'a, B: AutodiffBackend> {
+    optim: &'a mut AdamW<B>,
+    grads: &'a mut GradientsParams,
+    lr: f64,
+    beta1: f64,
+    weight_decay: &'a dyn Fn(&str) -> f64,
+    path: Vec<String>,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for Mapper<'_, B> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let Some(grad) = self.grads.remove::<B::InnerBackend, D>(id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let require_grad = tensor.is_require_grad();
+        let p = tensor.inner();
+        let shape = p.dims();
+        let n: usize = shape.iter().product();
+        let device = p.device();
+        let (g, p) = (grad.reshape([n]), p.reshape([n])); // flatten: state is rank-agnostic
+        let (b1, b2) = (self.beta1, self.optim.beta2);
+        let state = self.optim.moments.remove(&id).unwrap_or_else(|| Moments {
+            m: Tensor::zeros([n], &device),
+            v: Tensor::zeros([n], &device),
+            steps: 0,
+        });
+        let steps = state.steps + 1;
+        let wd = (self.weight_decay)(&self.path.join("."));
+        let p = p * (1.0 - self.lr * wd);
+        let m = state.m * b1 + g.clone() * (1.0 - b1);
+        let v = state.v * b2 + g.powi_scalar(2) * (1.0 - b2);
+        let bias1 = 1.0 - b1.powi(steps);
+        let bias2 = 1.0 - b2.powi(steps);
+        let denom = v.clone().sqrt() / bias2.sqrt() + self.optim.eps;
+        let p = p - m.clone() / denom * (self.lr / bias1);
+        self.optim.moments.insert(id, Moments { m, v, steps });
+        let mut updated = Tensor::<B, D>::from_inner(p.reshape(shape));
+        if require_grad {
+            updated = updated.require_grad();
+        }
+        Param::from_mapped_value(id, updated, mapper)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::module::Module;
+    use burn::tensor::TensorData;
+
+    type B = Autodiff<Flex>;
+
+    #[derive(Module, Debug)]
+    struct Two<B: Backend> {
+        w: Param<Tensor<B, 1>>,
+        bias: Param<Tensor<B, 1>>,
+    }
+
+    fn tensor(values: [f32; 2]) -> Tensor<B, 1> {
+        Tensor::from_data(TensorData::new(values.to_vec(), [2]), &Default::default())
+    }
+
+    /// Gradients equal to `g` for `w` and `gb` for `bias` (loss = Σ w·g + Σ bias·gb).
+    fn grads(model: &Two<B>, g: [f32; 2], gb: [f32; 2]) -> GradientsParams {
+        let loss = (model.w.val() * tensor(g)).sum() + (model.bias.val() * tensor(gb)).sum();
+        GradientsParams::from_grads(loss.backward(), model)
+    }
+
+    fn values(t: Tensor<B, 1>) -> Vec<f32> {
+        t.into_data().convert::<f32>().to_vec().unwrap()
+    }
+
+    #[test]
+    fn two_steps_match_hand_computed_torch_adamw_with_a_changing_beta1() {
+        let mut model =
+            Two::<B> { w: Param::from_tensor(tensor([1.0, -2.0])), bias: Param::from_tensor(tensor([0.0, 0.0])) };
+        let mut optim = AdamW::<B>::default();
+        let seen = std::cell::RefCell::new(Vec::new());
+        let decay = |path: &str| if path.contains("bias") { 0.0 } else { 0.01 };
+        // Step 1: lr 0.1, β1 0.9, wd 0.01 on w. p·(1 − 0.001) = [0.999, −1.998]; m = 0.1·g,
+        // v = 0.001·g², bias corrections 0.1 and 0.001 → the step is lr·sign(g) = 0.1.
+        let g = grads(&model, [0.5, 0.1], [1.0, 1.0]);
+        model = optim.step(model, g, 0.1, 0.9, &decay);
+        let w = values(model.w.val());
+        assert!((w[0] - 0.899).abs() < 1e-6 && (w[1] + 2.098).abs() < 1e-6, "{w:?}");
+        // Step 2: lr 0.1, β1 now 0.8, g = [0.5, −0.1]. m = [0.14, −0.012],
+        // v = [0.00049975, 0.00001999]; √(v/(1 − 0.999²)) = [0.5, 0.1]; lr/(1 − 0.8²) = 0.1/0.36;
+        // update = [0.0777…, −0.0333…] → w = [0.821222, −2.064667] (wd term: ×(1 − 0.001)).
+        let g = grads(&model, [0.5, -0.1], [0.0, 0.0]);
+        model = optim.step(model, g, 0.1, 0.8, &|p: &str| {
+            seen.borrow_mut().push(p.to_string());
+            decay(p)
+        });
+        let w = values(model.w.val());
+        let want = [0.899 * 0.999 - 0.1 / 0.36 * 0.28, -2.098 * 0.999 + 0.1 / 0.36 * 0.12];
+        assert!((w[0] - want[0] as f32).abs() < 1e-5 && (w[1] - want[1] as f32).abs() < 1e-5, "{w:?} vs {want:?}");
+        // `bias` is not decayed: step 1 moves it by −lr·sign(g) = −0.1; step 2 (g = 0) by the
+        // momentum alone: m = 0.8·0.1 = 0.08, √v/√bc2 = √(0.999·0.001/0.001999) ≈ 0.70693.
+        let b = values(model.bias.val());
+        let want_b = -0.1 - 0.1 / 0.36 * 0.08 / (0.999f64 * 0.001 / 0.001999).sqrt();
+        assert!((b[0] as f64 - want_b).abs() < 1e-5, "{b:?} vs {want_b}");
+        assert_eq!(optim.tracked(), 2);
+        assert_eq!(*seen.borrow(), ["w", "bias"], "decay sees each parameter's module path");
+        assert!(model.w.val().is_require_grad());
+    }
+}

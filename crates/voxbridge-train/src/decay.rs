@@ -40,6 +40,18 @@ pub fn decay_group(name: &str) -> Option<DecayGroup> {
     }
 }
 
+/// The same rule for voxbridge's burn module paths (`ridge.linears.0.bias`,
+/// `backbone.mixer_blocks1.0.norm.beta`, `prior.net.transformer.rel_pos_bias.weight`, …): ridge
+/// parameters decay; elsewhere a parameter is exempt when its original name contains "bias" —
+/// burn's `bias` fields, and LayerNorm/GroupNorm `beta` (PyTorch's `.bias`).
+pub fn mindeye2_weight_decay(burn_path: &str) -> f64 {
+    if burn_path.starts_with("ridge.") {
+        return DecayGroup::Ridge.weight_decay();
+    }
+    let exempt = burn_path.contains("bias") || burn_path.rsplit('.').next() == Some("beta");
+    if exempt { 0.0 } else { 1e-2 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::DecayGroup::*;

@@ -9,5 +9,5 @@ pub mod decay;
 pub mod schedule;
 
 pub use adamw::AdamW;
-pub use decay::{DecayGroup, decay_group};
+pub use decay::{DecayGroup, decay_group, mindeye2_weight_decay};
 pub use schedule::{OneCycle, OneCyclePoint};

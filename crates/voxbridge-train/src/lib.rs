@@ -7,7 +7,9 @@
 pub mod adamw;
 pub mod decay;
 pub mod schedule;
+pub mod step;
 
 pub use adamw::AdamW;
 pub use decay::{DecayGroup, decay_group, mindeye2_weight_decay};
 pub use schedule::{OneCycle, OneCyclePoint};
+pub use step::{Batch, ContrastivePhase, NonFiniteLoss, StepReport, SubjectBatch, mixco_draw, train_step};

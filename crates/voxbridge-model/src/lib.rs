@@ -14,6 +14,6 @@ pub mod tensors;
 
 pub use backbone::{Backbone, BackboneOutput};
 pub use config::{BackboneMode, MindEye2Config, NSD_VOXELS};
-pub use mindeye2::{MindEye2, MindEye2Output, ParamCounts};
+pub use mindeye2::{MindEye2, MindEye2Output, ParamCounts, RidgeBiasInit};
 pub use ridge::SubjectRidge;
 pub use tensors::{HostTensor, LoadError, TensorMap};

@@ -26,6 +26,19 @@ pub struct MindEye2<B: Backend> {
     pub prior: Option<DiffusionPrior<B>>,
 }
 
+/// How [`MindEye2::for_new_subject`] initialises the new ridge's bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RidgeBiasInit {
+    /// Train.ipynb pops only `ridge.linears.0.weight` before loading, so the new subject's bias
+    /// starts as the first pretraining subject's (spec §2.4 [QUIRK]). The default, for parity
+    /// with the paper's fine-tunes.
+    #[default]
+    CopyFirstPretrainedSubject,
+    /// PyTorch's default `nn.Linear` bias init, U(±1/√voxels).
+    Fresh,
+}
+
 /// One forward pass of the brain side (the prior is run separately: training needs its loss,
 /// inference its samples).
 #[derive(Debug, Clone)]
@@ -75,6 +88,25 @@ impl<B: Backend> MindEye2<B> {
             low.bdropout = burn::nn::DropoutConfig::new(0.0).init();
         }
         self
+    }
+
+    /// The model to fine-tune a new subject from a pretrained one (spec §2.4): every pretrained
+    /// ridge is dropped and one fresh `Linear(voxels → hidden)` takes their place; backbone,
+    /// low-level branch and prior are kept. `bias` chooses the new ridge's bias: the released
+    /// code's accident (subject 0's pretrained bias survives `load_ckpt`) or PyTorch's fresh init.
+    pub fn for_new_subject(self, voxels: usize, bias: RidgeBiasInit, device: &B::Device) -> Self {
+        let hidden = self
+            .backbone
+            .mixer_blocks1
+            .first()
+            .map_or_else(|| self.ridge.linears[0].weight.dims()[1], |b| b.fc1.weight.dims()[0]);
+        let mut ridge = SubjectRidge::init(&[voxels], hidden, device);
+        if bias == RidgeBiasInit::CopyFirstPretrainedSubject
+            && let Some(old) = self.ridge.linears.first().and_then(|l| l.bias.clone())
+        {
+            ridge.linears[0].bias = Some(burn::module::Param::from_tensor(old.val().detach()));
+        }
+        MindEye2 { ridge, ..self }
     }
 
     /// Voxels `[B, V_s]` of subject index `subject` → backbone, CLIP embedding, low-level outputs.

@@ -171,3 +171,31 @@ fn invalid_branch_configs_are_reported_not_panicked_on() {
     assert!(problems.iter().any(|p| p.starts_with("low_level:")), "{problems:?}");
     assert!(MindEye2Config::released(vec![100]).problems().is_empty());
 }
+
+#[test]
+fn fine_tuning_replaces_every_ridge_and_keeps_the_rest() {
+    use voxbridge_model::RidgeBiasInit;
+    let weights = load_safetensors(DIR, "model.safetensors");
+    let config = MindEye2Config::infer(&weights).unwrap();
+    let device = Default::default();
+    let pretrained = || MindEye2::<Flex>::from_tensors(&weights, &config, &device).unwrap();
+    let subject0_bias = weights.get("ridge.linears.0.bias").unwrap().clone();
+
+    let copied = pretrained().for_new_subject(50, RidgeBiasInit::CopyFirstPretrainedSubject, &device);
+    assert_eq!(copied.ridge.subjects(), 1);
+    assert_eq!(copied.ridge.linears[0].weight.dims(), [50, 32]);
+    let bias = HostTensor::from_tensor(copied.ridge.linears[0].bias.as_ref().unwrap().val());
+    assert_eq!(bias, subject0_bias, "the released code keeps subject 0's bias");
+
+    let fresh = pretrained().for_new_subject(50, RidgeBiasInit::Fresh, &device);
+    let bias = HostTensor::from_tensor(fresh.ridge.linears[0].bias.as_ref().unwrap().val());
+    assert_ne!(bias, subject0_bias);
+    assert!(bias.data.iter().all(|b| b.abs() <= 1.0 / 50f32.sqrt()), "PyTorch's U(±1/√fan_in)");
+
+    // Backbone untouched: the same ridge output gives the same CLIP embedding.
+    let x = burn::tensor::Tensor::<Flex, 2>::random([2, 32], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let a = HostTensor::from_tensor(pretrained().backbone.forward(x.clone()).clip_voxels);
+    let b = HostTensor::from_tensor(fresh.backbone.forward(x).clip_voxels);
+    assert_eq!(a, b);
+    assert!(fresh.prior.is_some());
+}

@@ -26,6 +26,23 @@ pub fn workspace_root() -> PathBuf {
     here.parent().expect("the e2e package lives inside the workspace").to_path_buf()
 }
 
+/// The PyTorch reference data `shared/reference/<name>`: `$VOXBRIDGE_REFERENCE/<name>`, else
+/// `shared/reference` next to the workspace or one of its ancestors (the project keeps it at
+/// `../shared`), else under `/work/shared`. Shared by every crate's parity tests.
+pub fn reference_dir(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("VOXBRIDGE_REFERENCE") {
+        return PathBuf::from(dir).join(name);
+    }
+    let root = workspace_root();
+    let mut candidates: Vec<PathBuf> = root.ancestors().map(|a| a.join("shared/reference")).collect();
+    candidates.push(PathBuf::from("/work/shared/reference"));
+    candidates
+        .iter()
+        .map(|c| c.join(name))
+        .find(|p| p.is_dir())
+        .unwrap_or_else(|| panic!("reference {name} not found in {candidates:?}; set VOXBRIDGE_REFERENCE"))
+}
+
 /// The cargo target directory the binaries are built into.
 pub fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {

@@ -2,26 +2,10 @@
 //! (`../shared/reference/mindeye2-tiny*`): checkpoints load with no model file, the architecture
 //! is inferred and printed, and the outputs equal the reference outputs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use voxbridge_e2e::{assert_exit, assert_success, stderr, voxbridge, workspace_root};
+use voxbridge_e2e::{assert_exit, assert_success, reference_dir as reference, stderr, voxbridge, workspace_root};
 use voxbridge_model::tensors::{HostTensor, TensorMap};
-
-/// `$VOXBRIDGE_REFERENCE/<name>`, else `shared/reference/<name>` next to the workspace or one of
-/// its ancestors (the project keeps it at `../shared`), else under `/work/shared`.
-fn reference(name: &str) -> PathBuf {
-    if let Ok(dir) = std::env::var("VOXBRIDGE_REFERENCE") {
-        return PathBuf::from(dir).join(name);
-    }
-    let root = workspace_root();
-    let mut candidates: Vec<PathBuf> = root.ancestors().map(|a| a.join("shared/reference")).collect();
-    candidates.push(PathBuf::from("/work/shared/reference"));
-    candidates
-        .iter()
-        .map(|c| c.join(name))
-        .find(|p| p.is_dir())
-        .unwrap_or_else(|| panic!("reference {name} not found in {candidates:?}; set VOXBRIDGE_REFERENCE"))
-}
 
 fn load(path: &Path) -> TensorMap {
     TensorMap::from_safetensors(&std::fs::read(path).expect("read safetensors"), &path.display().to_string())

@@ -116,55 +116,14 @@ pub fn read_checkpoint(location: &str) -> anyhow::Result<TensorMap> {
         .map_err(Into::into)
 }
 
-/// A little-endian float32/float64, C-order `.npy` file of rank 2.
+/// A `[batch, voxels]` float32/float64 `.npy` file.
 pub fn read_npy_2d(path: &Path) -> anyhow::Result<HostTensor> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let bad = |why: &str| anyhow::anyhow!("{}: {why}", path.display());
-    if !bytes.starts_with(b"\x93NUMPY") || bytes.len() < 10 {
-        return Err(bad("not an .npy file"));
+    let tensor = HostTensor::from_npy(&bytes, &path.display().to_string())?;
+    if tensor.shape.len() != 2 {
+        bail!("{}: expected a [batch, voxels] array, got shape {:?}", path.display(), tensor.shape);
     }
-    let (header_len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
-        v => return Err(bad(&format!("unsupported .npy version {v}"))),
-    };
-    let header = bytes
-        .get(start..start + header_len)
-        .and_then(|h| std::str::from_utf8(h).ok())
-        .ok_or_else(|| bad("bad header"))?;
-    if header.contains("'fortran_order': True") {
-        return Err(bad("Fortran-ordered arrays are not supported; save with np.ascontiguousarray"));
-    }
-    let shape_text = header
-        .split("'shape': (")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .ok_or_else(|| bad("header has no shape"))?;
-    let shape = shape_text
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse::<usize>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| bad("header shape is not a tuple of integers"))?;
-    if shape.len() != 2 {
-        return Err(bad(&format!("expected a [batch, voxels] array, got shape {shape:?}")));
-    }
-    let body = &bytes[start + header_len..];
-    let n = shape[0] * shape[1];
-    let data: Vec<f32> = if header.contains("'<f4'") {
-        body.chunks_exact(4).take(n).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-    } else if header.contains("'<f8'") {
-        body.chunks_exact(8)
-            .take(n)
-            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
-            .collect()
-    } else {
-        return Err(bad("dtype must be little-endian float32 ('<f4') or float64 ('<f8')"));
-    };
-    if data.len() != n {
-        return Err(bad(&format!("file holds {} values, shape {shape:?} needs {n}", data.len())));
-    }
-    Ok(HostTensor::new(shape, data))
+    Ok(tensor)
 }
 
 pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {

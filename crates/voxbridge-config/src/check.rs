@@ -63,16 +63,11 @@ impl<'a> Checker<'a> {
         why: &str,
         rule: impl FnOnce(R) -> Result<T, String>,
     ) -> Option<T> {
-        match value {
-            Some(v) => {
-                let result = rule(v);
-                self.check(field, result)
-            }
-            None => {
-                self.push(field, None, format!("is missing; it is required: {why}"));
-                None
-            }
-        }
+        let Some(v) = value else {
+            self.push(field, None, format!("is missing; it is required: {why}"));
+            return None;
+        };
+        self.check(field, rule(v))
     }
 
     pub(crate) fn optional<R, T>(
@@ -83,10 +78,7 @@ impl<'a> Checker<'a> {
         rule: impl FnOnce(R) -> Result<T, String>,
     ) -> Option<T> {
         match value {
-            Some(v) => {
-                let result = rule(v);
-                self.check(field, result)
-            }
+            Some(v) => self.check(field, rule(v)),
             None => Some(default),
         }
     }

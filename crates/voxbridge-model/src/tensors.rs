@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Cursor, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::module::Param;
 use burn::tensor::{Tensor, TensorData, backend::Backend};
@@ -44,6 +44,56 @@ impl HostTensor {
     pub fn to_tensor<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D> {
         assert_eq!(self.shape.len(), D, "rank mismatch building a tensor");
         Tensor::from_data(TensorData::new(self.data.clone(), self.shape.clone()), device)
+    }
+
+    /// A NumPy `.npy` file's bytes (format 1.0–3.0, C order, little-endian float32 or float64).
+    pub fn from_npy(bytes: &[u8], source_name: &str) -> Result<Self, LoadError> {
+        let bad = |message: &str| LoadError::Format {
+            source_name: source_name.to_string(),
+            format: "npy",
+            message: message.to_string(),
+        };
+        if !bytes.starts_with(b"\x93NUMPY") || bytes.len() < 10 {
+            return Err(bad("not an .npy file"));
+        }
+        let (header_len, start) = match bytes[6] {
+            1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+            2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+            _ => return Err(bad("unsupported .npy version")),
+        };
+        let header = bytes
+            .get(start..start + header_len)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .ok_or_else(|| bad("bad header"))?;
+        if header.contains("'fortran_order': True") {
+            return Err(bad("Fortran-ordered arrays are not supported; save with np.ascontiguousarray"));
+        }
+        let shape = header
+            .split("'shape': (")
+            .nth(1)
+            .and_then(|s| s.split(')').next())
+            .ok_or_else(|| bad("header has no shape"))?
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| s.trim().parse::<usize>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| bad("header shape is not a tuple of integers"))?;
+        let n: usize = shape.iter().product();
+        let body = &bytes[start + header_len..];
+        let data: Vec<f32> = if header.contains("'<f4'") {
+            body.chunks_exact(4).take(n).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        } else if header.contains("'<f8'") {
+            body.chunks_exact(8)
+                .take(n)
+                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+                .collect()
+        } else {
+            return Err(bad("dtype must be little-endian float32 ('<f4') or float64 ('<f8')"));
+        };
+        if data.len() != n {
+            return Err(bad(&format!("file holds {} values, shape {shape:?} needs {n}", data.len())));
+        }
+        Ok(HostTensor { shape, data })
     }
 
     /// From a burn tensor (any float dtype), read back to the host.
@@ -112,8 +162,8 @@ impl TensorMap {
                 .map_err(|e| format_err(e.to_string()))?;
             return Self::from_pytorch_reader(reader, source_name);
         }
-        let spill = SpillFile::write(bytes).map_err(|e| format_err(format!("spilling to a temporary file: {e}")))?;
-        let mut map = Self::from_pytorch_file(&spill.path, top_level_key).map_err(|e| match e {
+        let spill = spill(bytes).map_err(|e| format_err(format!("spilling to a temporary file: {e}")))?;
+        let mut map = Self::from_pytorch_file(spill.path(), top_level_key).map_err(|e| match e {
             LoadError::Format { format, message, .. } => {
                 LoadError::Format { source_name: source_name.to_string(), format, message }
             }
@@ -211,29 +261,12 @@ impl TensorMap {
     }
 }
 
-/// A temporary file removed on drop (bytes → path for readers that need a path).
-struct SpillFile {
-    path: PathBuf,
-}
-
-impl SpillFile {
-    fn write(bytes: &[u8]) -> std::io::Result<Self> {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let unique = format!("voxbridge-{}-{}.pth", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
-        let path = std::env::temp_dir().join(unique);
-        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
-        let spill = SpillFile { path };
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        Ok(spill)
-    }
-}
-
-impl Drop for SpillFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
+/// `bytes` in a temporary file, removed when the handle drops (for readers that need a path).
+fn spill(bytes: &[u8]) -> std::io::Result<tempfile::NamedTempFile> {
+    let mut file = tempfile::Builder::new().prefix("voxbridge-").suffix(".pth").tempfile()?;
+    file.write_all(bytes)?;
+    file.flush()?;
+    Ok(file)
 }
 
 fn safetensors_to_f32(dtype: safetensors::Dtype, bytes: &[u8]) -> Result<Vec<f32>, String> {
@@ -254,23 +287,9 @@ fn safetensors_to_f32(dtype: safetensors::Dtype, bytes: &[u8]) -> Result<Vec<f32
     })
 }
 
-/// IEEE half → f32 (no `half` dependency needed for this one conversion).
+/// IEEE half → f32.
 fn half_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as i32;
-    let frac = (h & 0x3ff) as u32;
-    let bits = match (exp, frac) {
-        (0, 0) => sign,
-        (0, f) => {
-            // subnormal: value = f * 2^-24
-            let v = f as f32 * f32::powi(2.0, -24);
-            return if sign != 0 { -v } else { v };
-        }
-        (31, 0) => sign | 0x7f80_0000,
-        (31, f) => sign | 0x7f80_0000 | (f << 13),
-        (e, f) => sign | (((e - 15 + 127) as u32) << 23) | (f << 13),
-    };
-    f32::from_bits(bits)
+    half::f16::from_bits(h).to_f32()
 }
 
 #[cfg(test)]

@@ -222,21 +222,9 @@ fn schedule_matches_every_reference_buffer() {
         }
     }
     // alphas_cumprod.npy: the float32 buffer
-    let npy = read_npy_f32(&std::fs::read(reference_dir(REF).join("alphas_cumprod.npy")).unwrap());
+    let bytes = std::fs::read(reference_dir(REF).join("alphas_cumprod.npy")).unwrap();
+    let npy = HostTensor::from_npy(&bytes, "alphas_cumprod.npy").unwrap().data;
     rel("alphas_cumprod.npy", &s.alphas_cumprod, &npy, 1e-6);
-}
-
-/// A little-endian float32 `.npy` (version 1 or 2 header), values only.
-fn read_npy_f32(bytes: &[u8]) -> Vec<f32> {
-    assert_eq!(&bytes[..6], b"\x93NUMPY");
-    let (header_len, start) = if bytes[6] == 1 {
-        (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
-    } else {
-        (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
-    };
-    let header = std::str::from_utf8(&bytes[start..start + header_len]).unwrap();
-    assert!(header.contains("'<f4'") && header.contains("False"), "{header}");
-    bytes[start + header_len..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 // ---------------------------------------------------------------- network forward

@@ -2,23 +2,12 @@
 //! MindEye2's rule exempts by their PyTorch names: checked element by element on the
 //! `mindeye2-tiny-blurry` reference checkpoint (ridge, backbone, low-level branch and prior).
 
-use std::path::PathBuf;
-
 use burn::backend::Flex;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
+use voxbridge_e2e::reference_dir as reference;
 use voxbridge_model::{MindEye2, MindEye2Config, TensorMap};
 use voxbridge_train::{DecayGroup, decay_group, mindeye2_weight_decay};
-
-fn reference(name: &str) -> PathBuf {
-    if let Ok(dir) = std::env::var("VOXBRIDGE_REFERENCE") {
-        return PathBuf::from(dir).join(name);
-    }
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut candidates: Vec<PathBuf> = here.ancestors().map(|a| a.join("shared/reference")).collect();
-    candidates.push(PathBuf::from("/work/shared/reference"));
-    candidates.iter().map(|c| c.join(name)).find(|p| p.is_dir()).expect("reference data; set VOXBRIDGE_REFERENCE")
-}
 
 /// Elements per weight decay, by module path.
 #[derive(Default)]

@@ -88,26 +88,22 @@ impl PriorConfig {
         if depth == 0 {
             return Err(LoadError::Missing { source_name: src, key: key(&layer_key(0, "0.to_q.weight")) });
         }
+        // `width` read from `key` must be a whole multiple of `unit`.
+        let multiple = |key: String, width: usize, unit: usize, what: String| {
+            if unit == 0 || !width.is_multiple_of(unit) {
+                return Err(LoadError::Tensor { source_name: src.clone(), key, message: what });
+            }
+            Ok(())
+        };
         let null_kv_key = key(&layer_key(0, "0.null_kv"));
         let dim_head = rank(&null_kv_key, 2)?.shape[1];
         let to_q_key = key(&layer_key(0, "0.to_q.weight"));
         let inner = rank(&to_q_key, 2)?.shape[0];
-        if dim_head == 0 || inner % dim_head != 0 {
-            return Err(LoadError::Tensor {
-                source_name: src,
-                key: to_q_key,
-                message: format!("output width {inner} is not a multiple of dim_head {dim_head} (from null_kv)"),
-            });
-        }
+        let why = format!("output width {inner} is not a multiple of dim_head {dim_head} (from null_kv)");
+        multiple(to_q_key, inner, dim_head, why)?;
         let ff_key = key(&layer_key(0, "1.5.weight"));
         let ffi = rank(&ff_key, 2)?.shape[1];
-        if dim == 0 || ffi % dim != 0 {
-            return Err(LoadError::Tensor {
-                source_name: src,
-                key: ff_key,
-                message: format!("inner width {ffi} is not a multiple of dim {dim}"),
-            });
-        }
+        multiple(ff_key, ffi, dim, format!("inner width {ffi} is not a multiple of dim {dim}"))?;
         let rel = rank(&key("causal_transformer.rel_pos_bias.relative_attention_bias.weight"), 2)?;
         let freqs_key = key(&layer_key(0, "0.rotary_emb.freqs"));
         let rotary_dim = match map.get(&freqs_key) {

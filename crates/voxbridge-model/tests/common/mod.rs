@@ -4,26 +4,9 @@
 
 pub mod tiny;
 
-use std::path::PathBuf;
-
 use voxbridge_model::tensors::{HostTensor, TensorMap};
 
-/// `shared/reference/<name>`: `$VOXBRIDGE_REFERENCE/<name>`, else `shared/reference` next to the
-/// workspace or any of its ancestors (the project keeps it at `../shared`), else `/work/shared`.
-pub fn reference_dir(name: &str) -> PathBuf {
-    if let Ok(dir) = std::env::var("VOXBRIDGE_REFERENCE") {
-        return PathBuf::from(dir).join(name);
-    }
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut candidates: Vec<PathBuf> = manifest.ancestors().map(|a| a.join("shared/reference")).collect();
-    candidates.push(PathBuf::from("/work/shared/reference"));
-    for c in &candidates {
-        if c.join(name).is_dir() {
-            return c.join(name);
-        }
-    }
-    panic!("reference folder {name} not found (tried {candidates:?}); set VOXBRIDGE_REFERENCE");
-}
+pub use voxbridge_e2e::reference_dir;
 
 pub fn load_safetensors(dir: &str, file: &str) -> TensorMap {
     let path = reference_dir(dir).join(file);
@@ -113,28 +96,4 @@ pub fn torch_randn(seed: u64, n: usize) -> Vec<f32> {
         box_muller(tail);
     }
     data
-}
-
-/// A little-endian float32/float64 C-order `.npy` file (format 1.0–3.0), as float32.
-pub fn read_npy_f32(path: &std::path::Path) -> HostTensor {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(bytes.starts_with(b"\x93NUMPY"), "{}: not an .npy file", path.display());
-    let (header_len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        _ => (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12),
-    };
-    let header = std::str::from_utf8(&bytes[start..start + header_len]).unwrap();
-    assert!(header.contains("'fortran_order': False"), "{header}");
-    let shape_text = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
-    let shape: Vec<usize> =
-        shape_text.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
-    let body = &bytes[start + header_len..];
-    let data: Vec<f32> = if header.contains("'<f4'") {
-        body.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
-    } else if header.contains("'<f8'") {
-        body.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect()
-    } else {
-        panic!("{}: unsupported dtype in {header}", path.display())
-    };
-    HostTensor::new(shape, data)
 }

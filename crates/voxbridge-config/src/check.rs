@@ -5,10 +5,11 @@
 
 use crate::error::Problem;
 use crate::location::SourceMap;
-use crate::raw::{RawCheckpoint, RawData, RawModel, RawOptim, RawTrain};
+use crate::raw::{RawCheckpoint, RawData, RawEval, RawModel, RawOptim, RawTrain};
 use crate::rules;
 use crate::validated::{
-    CheckpointConfig, DataConfig, ModelConfig, ModelFamily, OptimConfig, SessionSelection, TrainConfig,
+    BackboneKind, CheckpointConfig, DataConfig, EvalConfig, ModelConfig, ModelFamily, NewSubjectBias, OptimConfig,
+    SessionSelection, TrainConfig,
 };
 
 /// MindEye2 trains for 150 epochs.
@@ -134,7 +135,38 @@ pub(crate) fn train(c: &mut Checker<'_>, raw: RawTrain, n_subjects: Option<usize
     });
     let why = " (leave it out to train for all epochs)";
     let max_steps = c.optional("train.max_steps", raw.max_steps, None, |v| rules::at_least_u64(v, 1, why).map(Some));
-    Some(TrainConfig { seed: seed?, epochs: epochs?, batch_size: batch_size?, max_steps: max_steps? })
+    let why = " (leave it out for MindEye2's rule: 750·40 samples pretraining, 750·sessions fine-tuning)";
+    let samples_per_epoch = c
+        .optional("train.samples_per_epoch", raw.samples_per_epoch, None, |v| rules::at_least_u64(v, 1, why).map(Some));
+    let mixup_pct = c.optional("train.mixup_pct", raw.mixup_pct, 0.33, rules::fraction);
+    let prior_scale = c.optional("train.prior_scale", raw.prior_scale, 30.0, rules::weight_decay);
+    let clip_scale = c.optional("train.clip_scale", raw.clip_scale, 1.0, rules::weight_decay);
+    let init_from = c.optional("train.init_from", raw.init_from, None, |u| rules::storage_location(&u).map(Some));
+    let new_subject_bias =
+        c.optional("train.new_subject_bias", raw.new_subject_bias, NewSubjectBias::CopyFirstPretrainedSubject, |v| {
+            rules::one_of(&v, &NewSubjectBias::ALL, |b| b.as_str())
+        });
+    if let (Some(Some(_)), Some(n)) = (&init_from, n_subjects)
+        && n != 1
+    {
+        c.push(
+            "train.init_from",
+            None,
+            format!("fine-tuning from a pretraining run trains one new subject, but data.train_subjects has {n}"),
+        );
+    }
+    Some(TrainConfig {
+        seed: seed?,
+        epochs: epochs?,
+        batch_size: batch_size?,
+        max_steps: max_steps?,
+        samples_per_epoch: samples_per_epoch?,
+        mixup_pct: mixup_pct?,
+        prior_scale: prior_scale?,
+        clip_scale: clip_scale?,
+        init_from: init_from?,
+        new_subject_bias: new_subject_bias?,
+    })
 }
 
 pub(crate) fn optim(c: &mut Checker<'_>, raw: RawOptim) -> Option<OptimConfig> {
@@ -156,5 +188,43 @@ pub(crate) fn checkpoint(c: &mut Checker<'_>, raw: RawCheckpoint) -> Option<Chec
 
 pub(crate) fn model(c: &mut Checker<'_>, raw: RawModel) -> Option<ModelConfig> {
     let family = c.optional("model.family", raw.family, ModelFamily::MindEye2, |f| rules::family(&f));
-    Some(ModelConfig { family: family? })
+    let hidden = c.optional("model.hidden", raw.hidden, 4096, |v| rules::at_least_u32(v, 1, ""));
+    let blocks = c.optional("model.blocks", raw.blocks, 4, |v| rules::at_least_u32(v, 0, ""));
+    let dropout = c.optional("model.dropout", raw.dropout, 0.15, rules::probability_below_one);
+    let backbone = c.optional("model.backbone", raw.backbone, BackboneKind::Released, |v| {
+        rules::one_of(&v, &BackboneKind::ALL, |b| b.as_str())
+    });
+    let prior_depth = c.optional("model.prior_depth", raw.prior_depth, 6, |v| rules::at_least_u32(v, 1, ""));
+    let prior_dim_head = c.optional("model.prior_dim_head", raw.prior_dim_head, 52, |v| rules::at_least_u32(v, 2, ""));
+    let prior_timesteps =
+        c.optional("model.prior_timesteps", raw.prior_timesteps, 100, |v| rules::at_least_u32(v, 2, ""));
+    Some(ModelConfig {
+        family: family?,
+        hidden: hidden?,
+        blocks: blocks?,
+        dropout: dropout?,
+        backbone: backbone?,
+        prior: raw.prior.unwrap_or(true),
+        prior_depth: prior_depth?,
+        prior_dim_head: prior_dim_head?,
+        prior_timesteps: prior_timesteps?,
+    })
+}
+
+pub(crate) fn eval(c: &mut Checker<'_>, raw: RawEval) -> Option<EvalConfig> {
+    let ways = c.optional("eval.ways", raw.ways, 300, |v| rules::at_least_u32(v, 2, ""));
+    let loops = c.optional("eval.loops", raw.loops, 30, |v| rules::at_least_u32(v, 1, ""));
+    let every_epochs =
+        c.optional("eval.every_epochs", raw.every_epochs, 0, |v| rules::at_least_u32(v, 0, " (0 = only at the end)"));
+    let prior_steps =
+        c.optional("eval.prior_steps", raw.prior_steps, 20, |v| rules::at_least_u32(v, 0, " (0 skips prior samples)"));
+    let mind_reader_batch =
+        c.optional("eval.mind_reader_batch", raw.mind_reader_batch, 300, |v| rules::at_least_u32(v, 2, ""));
+    Some(EvalConfig {
+        ways: ways?,
+        loops: loops?,
+        every_epochs: every_epochs?,
+        prior_steps: prior_steps?,
+        mind_reader_batch: mind_reader_batch?,
+    })
 }

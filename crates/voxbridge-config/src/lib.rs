@@ -41,9 +41,11 @@ mod tests;
 
 pub use error::{ConfigError, Problem};
 pub use location::line_col;
-pub use raw::{RawCheckpoint, RawData, RawExperiment, RawModel, RawOptim, RawSessions, RawTrain, parse_experiment};
+pub use raw::{
+    RawCheckpoint, RawData, RawEval, RawExperiment, RawModel, RawOptim, RawSessions, RawTrain, parse_experiment,
+};
 pub use sweep::{SweepRun, expand as expand_sweep, load_sweep};
 pub use validated::{
-    CheckpointConfig, DataConfig, ExperimentConfig, ModelConfig, ModelFamily, OptimConfig, SessionSelection,
-    TrainConfig, load_experiment,
+    BackboneKind, CheckpointConfig, DataConfig, EvalConfig, ExperimentConfig, ModelConfig, ModelFamily, NewSubjectBias,
+    OptimConfig, SessionSelection, TrainConfig, load_experiment,
 };

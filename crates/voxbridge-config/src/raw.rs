@@ -31,6 +31,8 @@ pub struct RawExperiment {
     pub checkpoint: RawCheckpoint,
     #[serde(default)]
     pub model: RawModel,
+    #[serde(default)]
+    pub eval: RawEval,
 }
 
 /// `[data]`: which recordings to train and evaluate on.
@@ -52,6 +54,12 @@ pub struct RawTrain {
     pub epochs: Option<i64>,
     pub batch_size: Option<i64>,
     pub max_steps: Option<i64>,
+    pub samples_per_epoch: Option<i64>,
+    pub mixup_pct: Option<f64>,
+    pub prior_scale: Option<f64>,
+    pub clip_scale: Option<f64>,
+    pub init_from: Option<String>,
+    pub new_subject_bias: Option<String>,
 }
 
 /// `[optim]`: AdamW hyper-parameters.
@@ -71,11 +79,30 @@ pub struct RawCheckpoint {
     pub keep_every: Option<i64>,
 }
 
-/// `[model]`: only the family for now; more keys will be added, unknown ones stay errors.
+/// `[model]`: the family and its sizes.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawModel {
     pub family: Option<String>,
+    pub hidden: Option<i64>,
+    pub blocks: Option<i64>,
+    pub dropout: Option<f64>,
+    pub backbone: Option<String>,
+    pub prior: Option<bool>,
+    pub prior_depth: Option<i64>,
+    pub prior_dim_head: Option<i64>,
+    pub prior_timesteps: Option<i64>,
+}
+
+/// `[eval]`: the retrieval protocol and how often to run it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEval {
+    pub ways: Option<i64>,
+    pub loops: Option<i64>,
+    pub every_epochs: Option<i64>,
+    pub prior_steps: Option<i64>,
+    pub mind_reader_batch: Option<i64>,
 }
 
 /// `data.sessions` as written: an integer, or a word that should be `"all"`.
@@ -263,7 +290,11 @@ mod tests {
     fn model_section_rejects_unknown_keys() {
         let (_, _, key, message) = parse_err("name = \"a\"\n[model]\nhidden_dim = 4096\n");
         assert_eq!(key.as_deref(), Some("model.hidden_dim"));
-        assert_eq!(message, "unknown key `hidden_dim` in [model] (expected `family`)");
+        assert_eq!(
+            message,
+            "unknown key `hidden_dim` in [model] (expected one of `family`, `hidden`, `blocks`, `dropout`, \
+             `backbone`, `prior`, `prior_depth`, `prior_dim_head`, `prior_timesteps`)"
+        );
     }
 
     #[test]

@@ -136,6 +136,32 @@ pub(crate) fn weight_decay(value: f64) -> Result<f64, String> {
     }
 }
 
+/// A fraction in [0, 1].
+pub(crate) fn fraction(value: f64) -> Result<f64, String> {
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{value} is not allowed: it must be a fraction between 0 and 1"))
+    }
+}
+
+/// A probability in [0, 1) (dropout 1 would drop everything).
+pub(crate) fn probability_below_one(value: f64) -> Result<f64, String> {
+    if (0.0..1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{value} is not allowed: it must be at least 0 and below 1"))
+    }
+}
+
+/// One of a fixed set of words.
+pub(crate) fn one_of<T: Copy>(value: &str, all: &[T], word: impl Fn(T) -> &'static str) -> Result<T, String> {
+    all.iter().copied().find(|v| word(*v) == value).ok_or_else(|| {
+        let known: Vec<String> = all.iter().map(|v| format!("`{}`", word(*v))).collect();
+        format!("`{value}` is not allowed; expected one of {}", known.join(", "))
+    })
+}
+
 /// One of the known model families.
 pub(crate) fn family(value: &str) -> Result<ModelFamily, String> {
     ModelFamily::ALL.into_iter().find(|f| f.as_str() == value).ok_or_else(|| {

@@ -17,6 +17,11 @@ seed = 0
 epochs = 10
 batch_size = 42
 max_steps = 100
+samples_per_epoch = 3000
+mixup_pct = 0.5
+prior_scale = 10.0
+clip_scale = 2.0
+new_subject_bias = "fresh"
 [optim]
 lr = 3e-4
 weight_decay = 1e-2
@@ -26,6 +31,20 @@ keep_last = 2
 keep_every = 0
 [model]
 family = "mindeye2"
+hidden = 256
+blocks = 2
+dropout = 0.1
+backbone = "corrected-residual"
+prior = false
+prior_depth = 2
+prior_dim_head = 16
+prior_timesteps = 50
+[eval]
+ways = 100
+loops = 10
+every_epochs = 5
+prior_steps = 0
+mind_reader_batch = 200
 "#;
 
 /// Only the required keys (lines 1-4); tests append sections from line 5 on.
@@ -58,10 +77,32 @@ fn full_example_is_read_exactly() {
             sessions: SessionSelection::First(1),
             average_test_repeats: true,
         },
-        train: TrainConfig { seed: 0, epochs: 10, batch_size: 42, max_steps: Some(100) },
+        train: TrainConfig {
+            seed: 0,
+            epochs: 10,
+            batch_size: 42,
+            max_steps: Some(100),
+            samples_per_epoch: Some(3000),
+            mixup_pct: 0.5,
+            prior_scale: 10.0,
+            clip_scale: 2.0,
+            init_from: None,
+            new_subject_bias: NewSubjectBias::Fresh,
+        },
         optim: OptimConfig { lr: 3e-4, weight_decay: 1e-2 },
         checkpoint: CheckpointConfig { url: Some("runs/pretrain".into()), keep_last: 2, keep_every: 0 },
-        model: ModelConfig { family: ModelFamily::MindEye2 },
+        model: ModelConfig {
+            family: ModelFamily::MindEye2,
+            hidden: 256,
+            blocks: 2,
+            dropout: 0.1,
+            backbone: BackboneKind::CorrectedResidual,
+            prior: false,
+            prior_depth: 2,
+            prior_dim_head: 16,
+            prior_timesteps: 50,
+        },
+        eval: EvalConfig { ways: 100, loops: 10, every_epochs: 5, prior_steps: 0, mind_reader_batch: 200 },
     };
     assert_eq!(config, expected);
 }
@@ -73,7 +114,26 @@ fn defaults_are_filled_in() {
     assert_eq!(config.data.eval_subjects, vec![1], "eval defaults to train subjects");
     assert_eq!(config.data.sessions, SessionSelection::All);
     assert!(config.data.average_test_repeats);
-    assert_eq!(config.train, TrainConfig { seed: 0, epochs: 150, batch_size: 42, max_steps: None });
+    assert_eq!(
+        config.train,
+        TrainConfig {
+            seed: 0,
+            epochs: 150,
+            batch_size: 42,
+            max_steps: None,
+            samples_per_epoch: None,
+            mixup_pct: 0.33,
+            prior_scale: 30.0,
+            clip_scale: 1.0,
+            init_from: None,
+            new_subject_bias: NewSubjectBias::CopyFirstPretrainedSubject,
+        }
+    );
+    assert_eq!((config.model.hidden, config.model.blocks, config.model.prior), (4096, 4, true));
+    assert_eq!(
+        config.eval,
+        EvalConfig { ways: 300, loops: 30, every_epochs: 0, prior_steps: 20, mind_reader_batch: 300 }
+    );
     assert_eq!(config.optim, OptimConfig { lr: 3e-4, weight_decay: 1e-2 });
     assert_eq!(config.checkpoint, CheckpointConfig { url: None, keep_last: 2, keep_every: 0 });
     assert_eq!(config.model.family, ModelFamily::MindEye2);
@@ -267,4 +327,24 @@ fn load_experiment_reads_files_and_names_them() {
     let err = load_experiment(&missing).unwrap_err();
     assert!(matches!(err, ConfigError::Io { .. }), "{err:?}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn word_choices_and_fine_tune_rules_are_checked() {
+    let text = format!(
+        "{}[train]\nnew_subject_bias = \"zero\"\nmixup_pct = 1.5\n[model]\nbackbone = \"fixed\"\ndropout = 1.0\n",
+        MINIMAL
+    );
+    let found = problems(&text);
+    let fields: Vec<&str> = found.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["train.mixup_pct", "train.new_subject_bias", "model.dropout", "model.backbone"]);
+    assert!(found[1].message.contains("`copy-first-pretrained-subject`, `fresh`"), "{}", found[1].message);
+    assert_eq!(found[1].line, Some(6));
+
+    let multi =
+        "name = \"t\"\n[data]\nmanifest = \"m.toml\"\ntrain_subjects = [1, 2]\n[train]\ninit_from = \"runs/p\"\n";
+    let found = problems(multi);
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].field, "train.init_from");
+    assert!(found[0].message.contains("one new subject"), "{}", found[0].message);
 }

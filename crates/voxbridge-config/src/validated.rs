@@ -29,6 +29,7 @@ pub struct ExperimentConfig {
     pub optim: OptimConfig,
     pub checkpoint: CheckpointConfig,
     pub model: ModelConfig,
+    pub eval: EvalConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,7 +63,7 @@ impl From<SessionSelection> for RawSessions {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     pub seed: u64,
@@ -72,6 +73,43 @@ pub struct TrainConfig {
     /// Optional cap on optimizer steps; `None` runs all epochs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_steps: Option<u64>,
+    /// Nominal epoch length in samples; `None` = MindEye2's rule (750·40 when pretraining on
+    /// several subjects, 750·sessions for one subject).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples_per_epoch: Option<u64>,
+    /// Fraction of the epochs trained with BiMixCo before SoftCLIP (0.33).
+    pub mixup_pct: f64,
+    /// Weight of the diffusion-prior loss (30).
+    pub prior_scale: f64,
+    /// Weight of the contrastive loss (1).
+    pub clip_scale: f64,
+    /// A pretraining run directory (path or URL) to fine-tune from; its ridges are dropped and
+    /// one new ridge is made for the single training subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<String>,
+    pub new_subject_bias: NewSubjectBias,
+}
+
+/// How a fine-tune initialises the new subject's ridge bias (spec §2.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NewSubjectBias {
+    /// The released code's accident: the first pretraining subject's bias is kept (default,
+    /// for parity with the paper's fine-tunes).
+    CopyFirstPretrainedSubject,
+    /// PyTorch's default `nn.Linear` bias init.
+    Fresh,
+}
+
+impl NewSubjectBias {
+    pub const ALL: [NewSubjectBias; 2] = [Self::CopyFirstPretrainedSubject, Self::Fresh];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CopyFirstPretrainedSubject => "copy-first-pretrained-subject",
+            Self::Fresh => "fresh",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,10 +132,55 @@ pub struct CheckpointConfig {
     pub keep_every: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     pub family: ModelFamily,
+    /// Ridge output and backbone width (4096 released).
+    pub hidden: u32,
+    /// Residual mixer blocks (4 released).
+    pub blocks: u32,
+    pub dropout: f64,
+    pub backbone: BackboneKind,
+    /// Train the diffusion prior (its loss weighs `train.prior_scale`).
+    pub prior: bool,
+    pub prior_depth: u32,
+    /// Must divide the CLIP token width.
+    pub prior_dim_head: u32,
+    pub prior_timesteps: u32,
+}
+
+/// MindEye2's backbone as released (its MLP outputs are dead) or with the residuals corrected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackboneKind {
+    Released,
+    CorrectedResidual,
+}
+
+impl BackboneKind {
+    pub const ALL: [BackboneKind; 2] = [Self::Released, Self::CorrectedResidual];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Released => "released",
+            Self::CorrectedResidual => "corrected-residual",
+        }
+    }
+}
+
+/// `[eval]`: MindEye2's retrieval protocol (30 loops of 300 images) and its schedule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    pub ways: u32,
+    pub loops: u32,
+    /// Evaluate every N epochs during training (0 = only at the end).
+    pub every_epochs: u32,
+    /// DDIM steps for scoring the prior's samples (0 = skip).
+    pub prior_steps: u32,
+    /// Mind Reader's single-trial batch.
+    pub mind_reader_batch: u32,
 }
 
 /// The decoder architectures voxbridge knows how to build.
@@ -172,10 +255,22 @@ impl RawExperiment {
         let optim = check::optim(&mut c, self.optim);
         let checkpoint = check::checkpoint(&mut c, self.checkpoint);
         let model = check::model(&mut c, self.model);
+        let eval = check::eval(&mut c, self.eval);
 
-        match (name, data, train, optim, checkpoint, model) {
-            (Some(name), Some(data), Some(train), Some(optim), Some(checkpoint), Some(model)) if c.is_clean() => {
-                Ok(ExperimentConfig { name, description: self.description, data, train, optim, checkpoint, model })
+        match (name, data, train, optim, checkpoint, model, eval) {
+            (Some(name), Some(data), Some(train), Some(optim), Some(checkpoint), Some(model), Some(eval))
+                if c.is_clean() =>
+            {
+                Ok(ExperimentConfig {
+                    name,
+                    description: self.description,
+                    data,
+                    train,
+                    optim,
+                    checkpoint,
+                    model,
+                    eval,
+                })
             }
             _ => Err(ConfigError::Invalid { file: origin.to_owned(), problems: c.into_problems() }),
         }

@@ -1,15 +1,18 @@
 //! MindEye2's training recipe (spec §2.2): the OneCycle learning-rate and β1 schedule, the
-//! AdamW weight-decay groups, and an AdamW whose β1 and learning rate change every step. Pure functions of step and parameter name, so they are tested
-//! against hand-computed values and shared by every rank.
-//!
-//! The training loop itself (batch assembly, the written-out step) arrives with issue 5.
+//! AdamW weight-decay groups, an AdamW whose β1 and learning rate change every step, the
+//! written-out step ([`step`]), the loop over epochs ([`trainer`]) and the evaluation of a model
+//! ([`evaluate`]). No IO: data comes in memory, progress goes to an observer.
 
 pub mod adamw;
 pub mod decay;
+pub mod evaluate;
 pub mod schedule;
 pub mod step;
+pub mod trainer;
 
 pub use adamw::AdamW;
 pub use decay::{DecayGroup, decay_group, mindeye2_weight_decay};
+pub use evaluate::{EvalOptions, Evaluation, TestTrials, evaluate};
 pub use schedule::{OneCycle, OneCyclePoint};
 pub use step::{Batch, ContrastivePhase, NonFiniteLoss, StepReport, SubjectBatch, mixco_draw, train_step};
+pub use trainer::{ClipTargets, Quiet, StepRecord, SubjectSamples, TrainData, TrainObserver, TrainPlan, train};

@@ -15,7 +15,6 @@ use voxbridge_model::losses::{
 };
 
 use crate::adamw::AdamW;
-use crate::decay::mindeye2_weight_decay;
 
 /// One subject's share of a batch.
 #[derive(Debug, Clone)]
@@ -64,7 +63,8 @@ pub struct NonFiniteLoss {
 }
 
 /// Forward, backward, `sync_gradients` (identity on one process; the all-reduce in a distributed
-/// run), AdamW with this step's learning rate and β1.
+/// run), AdamW with this step's learning rate and β1 and `weight_decay(burn path)` per parameter
+/// (usually [`mindeye2_weight_decay`](crate::mindeye2_weight_decay)).
 #[allow(clippy::too_many_arguments)]
 pub fn train_step<B: AutodiffBackend>(
     model: MindEye2<B>,
@@ -74,6 +74,7 @@ pub fn train_step<B: AutodiffBackend>(
     weights: &LossWeights,
     (lr, beta1): (f64, f64),
     (seed, step): (u64, u64),
+    weight_decay: &dyn Fn(&str) -> f64,
     sync_gradients: &mut dyn FnMut(GradientsParams) -> GradientsParams,
 ) -> Result<(MindEye2<B>, StepReport), NonFiniteLoss> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -138,7 +139,7 @@ pub fn train_step<B: AutodiffBackend>(
     // 4. Backward, gradient sync, optimizer step.
     let grads = GradientsParams::from_grads(total.backward(), &model);
     let grads = sync_gradients(grads);
-    let model = optim.step(model, grads, lr, beta1, &mindeye2_weight_decay);
+    let model = optim.step(model, grads, lr, beta1, weight_decay);
     Ok((model, report))
 }
 

@@ -7,7 +7,7 @@ use burn::tensor::{Distribution, Tensor};
 use voxbridge_model::losses::LossWeights;
 use voxbridge_model::prior::PriorConfig;
 use voxbridge_model::{BackboneMode, MindEye2, MindEye2Config};
-use voxbridge_train::{AdamW, Batch, ContrastivePhase, StepReport, SubjectBatch, train_step};
+use voxbridge_train::{AdamW, Batch, ContrastivePhase, StepReport, SubjectBatch, mindeye2_weight_decay, train_step};
 
 type B = Autodiff<Flex>;
 
@@ -60,6 +60,7 @@ fn run(steps: u64, phase: ContrastivePhase) -> Vec<StepReport> {
             &LossWeights::default(),
             (3e-3, 0.9),
             (7, step),
+            &mindeye2_weight_decay,
             &mut |g| g,
         )
         .expect("finite losses");
@@ -100,6 +101,7 @@ fn a_non_finite_loss_names_the_step_and_term() {
         &LossWeights::default(),
         (1e-3, 0.9),
         (0, 17),
+        &mindeye2_weight_decay,
         &mut |g| g,
     )
     .unwrap_err();

@@ -36,6 +36,82 @@ pub enum Command {
     Params(ParamsArgs),
     /// Run a MindEye2 checkpoint (evaluation mode) on one subject's voxels.
     Predict(PredictArgs),
+    /// Train and evaluate one experiment file into a run directory.
+    Train(TrainArgs),
+    /// Run every experiment of a sweep file (a grid over an experiment), then plot retrieval
+    /// against the number of sessions.
+    Sweep(SweepArgs),
+    /// Evaluate a trained run's checkpoint with MindEye2's retrieval protocol.
+    Eval(EvalArgs),
+    /// Benchmarks (they print figures; they are not tests).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Experiment TOML file (experiments/*.toml).
+    pub experiment: PathBuf,
+    /// Run directory (default runs/<name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// Sweep TOML file (experiments/sweeps/*.toml).
+    pub sweep: PathBuf,
+    /// Directory of the sweep (default runs/<sweep name>); each run gets a subdirectory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Run directory written by `voxbridge train` (or its checkpoint/ directory).
+    pub run: PathBuf,
+    /// Data manifest (default: the run's own config).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// 1-based subjects to evaluate (default: the run's evaluation subjects).
+    #[arg(long, value_delimiter = ',')]
+    pub subjects: Option<Vec<u8>>,
+    /// Candidates per retrieval loop.
+    #[arg(long, default_value_t = 300)]
+    pub ways: usize,
+    #[arg(long, default_value_t = 30)]
+    pub loops: usize,
+    /// DDIM steps for the prior's samples (0 skips them).
+    #[arg(long, default_value_t = 20)]
+    pub prior_steps: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also write the evaluation as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Milliseconds per training step and samples per second.
+    Train(BenchTrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchTrainArgs {
+    /// `P1` or `P1-big` (notes/perf-anchors.md), or an experiment TOML file whose model and batch
+    /// are timed on random data. Repeat to time several side by side.
+    #[arg(long, default_values_t = ["P1".to_string()])]
+    pub config: Vec<String>,
+    /// Timed steps (median reported).
+    #[arg(long, default_value_t = 30)]
+    pub steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@ mod config_cmd;
 mod data_cmd;
 mod demo;
 mod model_cmd;
+mod train_cmd;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -55,6 +56,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ridge(a) => baseline::run(&a),
         Command::Params(a) => model_cmd::params(&a),
         Command::Predict(a) => model_cmd::predict(&a),
+        Command::Train(a) => train_cmd::train(&a),
+        Command::Sweep(a) => train_cmd::sweep(&a),
+        Command::Eval(a) => train_cmd::eval(&a),
+        Command::Bench(args::BenchCommand::Train(a)) => train_cmd::bench(&a),
     }
 }
 

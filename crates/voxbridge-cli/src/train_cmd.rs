@@ -1,0 +1,172 @@
+//! `voxbridge train`, `sweep`, `eval` and `bench train`: thin wrappers over voxbridge-experiment.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use voxbridge_config::{load_experiment, load_sweep};
+use voxbridge_data::Dataset;
+use voxbridge_experiment::bench::{BenchSetup, bench_train};
+use voxbridge_experiment::run::read_report;
+use voxbridge_experiment::{CpuBackend, RunOptions, checkpoint, inputs, run_experiment, run_sweep};
+use voxbridge_train::{EvalOptions, Evaluation, evaluate};
+
+use crate::args::{BenchTrainArgs, EvalArgs, SweepArgs, TrainArgs};
+
+fn progress() -> bool {
+    std::io::stderr().is_terminal()
+}
+
+pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
+    let config = load_experiment(&args.experiment)?;
+    let dir = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
+    let summary = run_experiment(&config, &RunOptions { dir, progress: progress() })?;
+    let r = &summary.report;
+    println!("run {} in {}{}", r.name, summary.dir.display(), if summary.reused { " (already finished)" } else { "" });
+    println!(
+        "  {} steps in {:.1} s ({:.1} ms/step, {:.0} samples/s), final loss {:.4}",
+        r.steps, r.train_seconds, r.ms_per_step, r.samples_per_second, r.final_loss
+    );
+    for (subject, e) in &r.evaluation {
+        print_evaluation(subject, e);
+    }
+    Ok(())
+}
+
+pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
+    let runs = load_sweep(&args.sweep)?;
+    let prefix = runs.first().map(|r| r.name.clone()).unwrap_or_default();
+    let default_out =
+        args.sweep.file_stem().map_or_else(|| PathBuf::from("runs/sweep"), |s| PathBuf::from("runs").join(s));
+    let out = args.out.clone().unwrap_or(default_out);
+    let report = run_sweep(&runs, &out, progress())?;
+    println!("sweep of {} runs in {} (first: {prefix})", report.runs.len(), out.display());
+    println!("  {:<44} {:>8} {:>8} {:>8}", "run", "sessions", "image", "brain");
+    for r in &report.runs {
+        println!("  {:<44} {:>8} {:>8.3} {:>8.3}", r.name, r.sessions, r.image_top1, r.brain_top1);
+    }
+    for (sessions, (image, brain)) in &report.by_sessions {
+        println!("  mean over runs with {sessions} session(s): image {image:.3}, brain {brain:.3}");
+    }
+    println!("  plot: {}", out.join("retrieval_vs_sessions.png").display());
+    Ok(())
+}
+
+pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
+    let device = Default::default();
+    let (model, card) = checkpoint::load::<CpuBackend>(&args.run, &device)?;
+    let run_dir = if args.run.join(checkpoint::CHECKPOINT_DIR).exists() { args.run.clone() } else { parent(&args.run) };
+    let config = std::fs::read_to_string(run_dir.join("config.toml")).ok();
+    let manifest = match (&args.data, &config) {
+        (Some(m), _) => m.clone(),
+        (None, Some(text)) => {
+            let resolved: voxbridge_config::ExperimentConfig =
+                toml::from_str(text).with_context(|| format!("{}/config.toml", run_dir.display()))?;
+            resolved.data.manifest
+        }
+        (None, None) => anyhow::bail!("{} has no config.toml; pass --data <manifest>", run_dir.display()),
+    };
+    let subjects = match &args.subjects {
+        Some(s) => s.clone(),
+        None => match read_report(&run_dir)? {
+            Some(r) => r.evaluation.keys().filter_map(|k| k.strip_prefix("subject")?.parse().ok()).collect(),
+            None => card.subjects.clone(),
+        },
+    };
+    let dataset = Dataset::open(&manifest)?;
+    let (tests, targets) = inputs::load_tests(&dataset, &card.subjects, &subjects)?;
+    let options = EvalOptions {
+        ways: args.ways,
+        loops: args.loops,
+        seed: args.seed,
+        prior_steps: (args.prior_steps > 0).then_some(args.prior_steps),
+        ..EvalOptions::default()
+    };
+    let mut all = std::collections::BTreeMap::new();
+    for (subject, test) in &tests {
+        let e = evaluate(&model, test, &targets, &options);
+        print_evaluation(&format!("subject{subject}"), &e);
+        all.insert(format!("subject{subject}"), e);
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&all)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn parent(path: &Path) -> PathBuf {
+    path.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn print_evaluation(subject: &str, e: &Evaluation) {
+    let r = &e.retrieval;
+    println!(
+        "  {subject}: {}-way top-1 ({} loops, {} test images): image {}, brain {} (chance {:.4})",
+        r.ways,
+        r.loops,
+        e.test_images,
+        crate::accuracy(&r.image_top1, r.loops),
+        crate::accuracy(&r.brain_top1, r.loops),
+        r.chance
+    );
+    println!(
+        "    Mind Reader batch-{} (single trials): image {:.3}, brain {:.3}",
+        e.mind_reader.batch, e.mind_reader.image_top1, e.mind_reader.brain_top1
+    );
+    if let Some(p) = &e.prior {
+        println!(
+            "    prior samples ({} DDIM steps): cosine to target {:.3}, image {}, brain {}",
+            p.ddim_steps,
+            p.cosine,
+            crate::accuracy(&p.retrieval.image_top1, p.retrieval.loops),
+            crate::accuracy(&p.retrieval.brain_top1, p.retrieval.loops)
+        );
+    }
+}
+
+pub fn bench(args: &BenchTrainArgs) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    println!(
+        "{:<28} {:>12} {:>6} {:>10} {:>10} {:>10} {:>10}",
+        "config", "parameters", "batch", "median ms", "min ms", "max ms", "samples/s"
+    );
+    for name in &args.config {
+        let setup = match BenchSetup::anchor(name) {
+            Some(s) => s,
+            None => experiment_setup(Path::new(name))?,
+        };
+        let r = bench_train(&setup, args.warmup, args.steps);
+        println!(
+            "{:<28} {:>12} {:>6} {:>10.1} {:>10.1} {:>10.1} {:>10.0}",
+            r.name, r.parameters, r.batch, r.median_ms, r.min_ms, r.max_ms, r.samples_per_second
+        );
+        results.push(r);
+    }
+    println!("({} timed steps after {} warm-up; threads: burn's default for this machine)", args.steps, args.warmup);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&results)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// An experiment's model and batch, with the data's sizes read from its manifest.
+fn experiment_setup(path: &Path) -> anyhow::Result<BenchSetup> {
+    if !path.exists() {
+        anyhow::bail!("--config {}: neither P1, P1-big nor an existing experiment file", path.display());
+    }
+    let config = load_experiment(path)?;
+    let dataset = Dataset::open(&config.data.manifest)?;
+    let m = dataset.manifest();
+    let voxels = config
+        .data
+        .train_subjects
+        .iter()
+        .map(|s| m.subject(*s).map(|i| i.voxels).with_context(|| format!("subject {s} is not in the manifest")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let [tokens, dim] = m.targets.shapes.clip_tokens;
+    let model = voxbridge_experiment::run::mindeye2_config(&config.model, voxels, tokens, dim)?;
+    let per_subject = (config.train.batch_size as usize / config.data.train_subjects.len()).max(1);
+    Ok(BenchSetup { name: config.name, model, per_subject })
+}

@@ -1,0 +1,139 @@
+//! From a dataset to the in-memory inputs of training and evaluation: one ridge per training
+//! subject (in `data.train_subjects` order), single training trials of the chosen sessions,
+//! single test trials of every session, and the CLIP targets by row.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, bail};
+use voxbridge_config::{DataConfig, SessionSelection};
+use voxbridge_data::{Dataset, Sessions};
+use voxbridge_train::{ClipTargets, SubjectSamples, TestTrials, TrainData};
+
+/// Everything a run reads.
+#[derive(Debug, Clone)]
+pub struct ExperimentInputs {
+    pub train: TrainData,
+    /// Test trials of each evaluation subject, keyed by NSD subject number.
+    pub tests: BTreeMap<u8, TestTrials>,
+    /// Voxel count of each ridge, in ridge order.
+    pub voxels: Vec<usize>,
+    /// Sessions each training subject's trials come from.
+    pub sessions_used: BTreeMap<u8, Vec<u16>>,
+    /// Trials per session in the dataset (for the nominal epoch length).
+    pub trials_per_session: usize,
+}
+
+impl ExperimentInputs {
+    /// Training trials over all subjects.
+    pub fn train_trials(&self) -> usize {
+        self.train.subjects.iter().map(SubjectSamples::len).sum()
+    }
+}
+
+/// Loads `data` from `dataset`. Evaluation subjects must be training subjects (they need a ridge).
+pub fn load(dataset: &Dataset, data: &DataConfig) -> anyhow::Result<ExperimentInputs> {
+    for s in &data.eval_subjects {
+        if !data.train_subjects.contains(s) {
+            bail!(
+                "data.eval_subjects: subject {s} is not among data.train_subjects {:?}, so the model has no \
+                 ridge for it",
+                data.train_subjects
+            );
+        }
+    }
+    let sessions = match data.sessions {
+        SessionSelection::All => Sessions::All,
+        SessionSelection::First(n) => {
+            Sessions::First(u16::try_from(n).context("data.sessions: more sessions than any dataset has")?)
+        }
+    };
+    let targets = dataset.load_targets(None)?;
+    let shapes = targets.rows.shapes;
+    let [tokens, dim] = shapes.clip_tokens;
+    let clip = ClipTargets { tokens, dim, values: targets.rows.clip_tokens.clone() };
+    let row_of = |image: u32| {
+        targets.row(image).with_context(|| format!("image {image} has no target in {}", dataset.opened().origin))
+    };
+
+    let mut subjects = Vec::new();
+    let mut tests = BTreeMap::new();
+    let mut voxels = Vec::new();
+    let mut sessions_used = BTreeMap::new();
+    for (ridge, &subject) in data.train_subjects.iter().enumerate() {
+        let trials = dataset.load_subject(subject, sessions)?;
+        let target_rows = trials.train.image_id.iter().map(|&i| row_of(i)).collect::<anyhow::Result<Vec<_>>>()?;
+        if data.eval_subjects.contains(&subject) {
+            let test_rows = trials.test.image_id.iter().map(|&i| row_of(i)).collect::<anyhow::Result<Vec<_>>>()?;
+            tests.insert(
+                subject,
+                TestTrials {
+                    ridge,
+                    voxel_count: trials.voxel_count,
+                    voxels: trials.test.voxels.clone(),
+                    image_ids: trials.test.image_id.clone(),
+                    target_rows: test_rows,
+                },
+            );
+        }
+        voxels.push(trials.voxel_count);
+        sessions_used.insert(subject, trials.sessions_used.clone());
+        subjects.push(SubjectSamples {
+            ridge,
+            subject,
+            voxel_count: trials.voxel_count,
+            voxels: trials.train.voxels,
+            target_rows,
+        });
+    }
+    let manifest = dataset.manifest();
+    let trials_per_session = manifest
+        .subjects
+        .first()
+        .map(|s| {
+            let rows: u64 = manifest.trial_files(s.subject).iter().map(|f| f.rows).sum();
+            (rows / u64::from(s.sessions.max(1))) as usize
+        })
+        .unwrap_or(750);
+    Ok(ExperimentInputs {
+        train: TrainData { subjects, targets: clip },
+        tests,
+        voxels,
+        sessions_used,
+        trials_per_session,
+    })
+}
+
+/// Only what evaluation needs: the test trials of `eval` subjects (each must have a ridge in
+/// `ridge_subjects`, the model's subject order) and the CLIP targets.
+pub fn load_tests(
+    dataset: &Dataset,
+    ridge_subjects: &[u8],
+    eval: &[u8],
+) -> anyhow::Result<(BTreeMap<u8, TestTrials>, ClipTargets)> {
+    let targets = dataset.load_targets(None)?;
+    let [tokens, dim] = targets.rows.shapes.clip_tokens;
+    let mut tests = BTreeMap::new();
+    for &subject in eval {
+        let ridge = ridge_subjects.iter().position(|&s| s == subject).with_context(|| {
+            format!("subject {subject} has no ridge in this model (its subjects are {ridge_subjects:?})")
+        })?;
+        let trials = dataset.load_subject(subject, Sessions::First(1))?;
+        let target_rows = trials
+            .test
+            .image_id
+            .iter()
+            .map(|&i| targets.row(i).with_context(|| format!("image {i} has no target")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        tests.insert(
+            subject,
+            TestTrials {
+                ridge,
+                voxel_count: trials.voxel_count,
+                voxels: trials.test.voxels,
+                image_ids: trials.test.image_id,
+                target_rows,
+            },
+        );
+    }
+    Ok((tests, ClipTargets { tokens, dim, values: targets.rows.clip_tokens }))
+}

@@ -1,0 +1,434 @@
+//! One experiment, end to end, into its run directory (layout in the crate docs).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use burn::module::{AutodiffModule, Module};
+use burn::tensor::backend::Backend;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use voxbridge_config::{BackboneKind, ExperimentConfig, ModelConfig, ModelFamily, NewSubjectBias};
+use voxbridge_data::Dataset;
+use voxbridge_model::losses::LossWeights;
+use voxbridge_model::prior::PriorConfig;
+use voxbridge_model::{BackboneMode, MindEye2, MindEye2Config, RidgeBiasInit};
+use voxbridge_train::{EvalOptions, Evaluation, StepRecord, TrainObserver, TrainPlan, evaluate, train};
+
+use crate::checkpoint::{self, ModelCard};
+use crate::inputs::{self, ExperimentInputs};
+use crate::metrics::{EpochRecord, MetricsWriter};
+use crate::{TrainBackend, plots};
+
+pub const CONFIG_FILE: &str = "config.toml";
+pub const REPORT_FILE: &str = "report.json";
+
+/// Where and how to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The run directory.
+    pub dir: PathBuf,
+    /// Draw a progress bar on the terminal.
+    pub progress: bool,
+}
+
+/// `report.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    pub name: String,
+    pub config_hash: String,
+    pub train_subjects: Vec<u8>,
+    /// Sessions each training subject's trials came from, keyed `"subject<N>"`.
+    pub sessions_used: BTreeMap<String, Vec<u16>>,
+    pub train_trials: usize,
+    /// The pretraining run this one was fine-tuned from.
+    pub init_from: Option<String>,
+    /// Trainable parameters of the trained model.
+    pub parameters: u64,
+    pub plan: TrainPlan,
+    pub steps: u64,
+    pub train_seconds: f64,
+    pub ms_per_step: f64,
+    pub samples_per_second: f64,
+    pub final_loss: f64,
+    /// Final evaluation per evaluation subject, keyed `"subject<N>"`.
+    pub evaluation: BTreeMap<String, Evaluation>,
+    pub epochs: Vec<EpochRecord>,
+}
+
+impl RunReport {
+    /// The final evaluation of `subject`.
+    pub fn evaluation_of(&self, subject: u8) -> Option<&Evaluation> {
+        self.evaluation.get(&subject_key(subject))
+    }
+}
+
+fn subject_key(subject: u8) -> String {
+    format!("subject{subject}")
+}
+
+/// What [`run_experiment`] returns.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub dir: PathBuf,
+    pub report: RunReport,
+    /// The directory already held this run's complete result, which was kept.
+    pub reused: bool,
+}
+
+/// Trains and evaluates `config` into `options.dir`. A directory that already holds a finished
+/// run of the same resolved config is reused as it is; one holding another config is an error,
+/// so nothing finished is overwritten.
+pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<RunSummary> {
+    let dir = &options.dir;
+    let hash = config.config_hash();
+    if let Some(existing) = read_report(dir)? {
+        if existing.config_hash == hash {
+            tracing::info!(run = %config.name, dir = %dir.display(), "already finished; reusing its report");
+            return Ok(RunSummary { dir: dir.clone(), report: existing, reused: true });
+        }
+        bail!(
+            "{} already holds the finished run `{}` of another config (hash {}…); pass another output \
+             directory or remove it",
+            dir.display(),
+            existing.name,
+            &existing.config_hash[..12]
+        );
+    }
+    if config.model.family != ModelFamily::MindEye2 {
+        bail!(
+            "model.family = \"{}\": `voxbridge train` runs mindeye2 (ridge baselines: `voxbridge ridge`); \
+             the other families are not trainable yet",
+            config.model.family
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    checkpoint::write_atomically(&dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
+
+    let dataset = Dataset::open(&config.data.manifest)?;
+    let inputs = inputs::load(&dataset, &config.data)?;
+    let device = Default::default();
+    <TrainBackend as Backend>::seed(&device, config.train.seed);
+    let (model, init_from) = initial_model(config, &inputs, &device)?;
+    let architecture = architecture_of(config, &inputs, &model)?;
+
+    let samples_per_epoch = config
+        .train
+        .samples_per_epoch
+        .map_or_else(|| default_samples_per_epoch(&inputs, config.data.train_subjects.len()), |n| n as usize);
+    let mut plan = TrainPlan::mindeye2(
+        config.train.seed,
+        config.train.epochs as usize,
+        config.train.batch_size as usize,
+        config.data.train_subjects.len(),
+        samples_per_epoch,
+        config.optim.lr,
+        config.train.mixup_pct,
+    );
+    plan.weights = LossWeights { prior: config.train.prior_scale, clip: config.train.clip_scale, ..Default::default() };
+    plan.max_steps = config.train.max_steps;
+    tracing::info!(
+        run = %config.name,
+        subjects = ?config.data.train_subjects,
+        trials = inputs.train_trials(),
+        steps = plan.total_steps(),
+        iters_per_epoch = plan.iters_per_epoch,
+        "training"
+    );
+
+    let mut observer = RunObserver::new(config, &inputs, &plan, dir, options.progress)?;
+    let started = Instant::now();
+    let trained = train(model, &inputs.train, &plan, config.optim.weight_decay, &mut observer, &mut |g| g);
+    observer.finish();
+    if let Some(e) = observer.error.take() {
+        return Err(e);
+    }
+    let model = trained.with_context(|| format!("run `{}` stopped", config.name))?;
+    let train_seconds = started.elapsed().as_secs_f64();
+    let steps = observer.steps;
+
+    let model = model.valid();
+    let options_eval = eval_options(config, true);
+    let mut evaluation = BTreeMap::new();
+    for (&subject, test) in &inputs.tests {
+        let result = evaluate(&model, test, &inputs.train.targets, &options_eval);
+        tracing::info!(
+            subject,
+            image_top1 = result.retrieval.image_top1.mean,
+            brain_top1 = result.retrieval.brain_top1.mean,
+            "final {}-way retrieval",
+            result.retrieval.ways
+        );
+        evaluation.insert(subject_key(subject), result);
+    }
+    let card =
+        ModelCard { architecture, subjects: config.data.train_subjects.clone(), run: config.name.clone(), steps };
+    checkpoint::save(dir, &model, &card)?;
+
+    let batch = plan.per_subject * config.data.train_subjects.len();
+    let report = RunReport {
+        name: config.name.clone(),
+        config_hash: hash,
+        train_subjects: config.data.train_subjects.clone(),
+        sessions_used: inputs.sessions_used.iter().map(|(s, v)| (subject_key(*s), v.clone())).collect(),
+        train_trials: inputs.train_trials(),
+        init_from,
+        parameters: model.num_params() as u64,
+        steps,
+        train_seconds,
+        ms_per_step: 1e3 * train_seconds / steps.max(1) as f64,
+        samples_per_second: (steps as usize * batch) as f64 / train_seconds.max(1e-9),
+        final_loss: observer.last_loss,
+        plan,
+        evaluation,
+        epochs: observer.epochs.clone(),
+    };
+    plots::run_plots(&dir.join("plots"), &report, &observer.step_losses)?;
+    checkpoint::write_atomically(&dir.join(REPORT_FILE), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    Ok(RunSummary { dir: dir.clone(), report, reused: false })
+}
+
+/// The report of a finished run in `dir`, if there is one.
+pub fn read_report(dir: &Path) -> anyhow::Result<Option<RunReport>> {
+    let path = dir.join(REPORT_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let report =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a voxbridge run report", path.display()))?;
+    Ok(Some(report))
+}
+
+/// MindEye2's nominal epoch (spec §2.3) with the dataset's trials per session in place of 750:
+/// 40 sessions' worth when pretraining on several subjects, the sessions used for one subject.
+fn default_samples_per_epoch(inputs: &ExperimentInputs, subjects: usize) -> usize {
+    let per_session = inputs.trials_per_session;
+    if subjects > 1 { per_session * 40 } else { per_session * inputs.sessions_used.values().next().map_or(1, Vec::len) }
+}
+
+/// A fresh model, or the pretrained one with a new ridge for the fine-tuned subject.
+fn initial_model(
+    config: &ExperimentConfig,
+    inputs: &ExperimentInputs,
+    device: &burn::tensor::Device<TrainBackend>,
+) -> anyhow::Result<(MindEye2<TrainBackend>, Option<String>)> {
+    let Some(from) = &config.train.init_from else {
+        let [tokens, dim] = [inputs.train.targets.tokens, inputs.train.targets.dim];
+        let architecture = mindeye2_config(&config.model, inputs.voxels.clone(), tokens, dim)?;
+        return Ok((MindEye2::init(&architecture, device), None));
+    };
+    let (pretrained, card) = checkpoint::load::<TrainBackend>(Path::new(from), device)
+        .with_context(|| format!("train.init_from = {from:?}"))?;
+    let arch = &card.architecture;
+    if (arch.clip_tokens, arch.clip_dim) != (inputs.train.targets.tokens, inputs.train.targets.dim) {
+        bail!(
+            "train.init_from = {from:?} predicts {}×{} CLIP tokens but the data has {}×{}",
+            arch.clip_tokens,
+            arch.clip_dim,
+            inputs.train.targets.tokens,
+            inputs.train.targets.dim
+        );
+    }
+    if arch.hidden != config.model.hidden as usize || arch.blocks != config.model.blocks as usize {
+        tracing::warn!(
+            "[model] sizes (hidden {}, blocks {}) are ignored: the pretrained model from {from} has hidden {}, blocks {}",
+            config.model.hidden,
+            config.model.blocks,
+            arch.hidden,
+            arch.blocks
+        );
+    }
+    let bias = match config.train.new_subject_bias {
+        NewSubjectBias::CopyFirstPretrainedSubject => RidgeBiasInit::CopyFirstPretrainedSubject,
+        NewSubjectBias::Fresh => RidgeBiasInit::Fresh,
+    };
+    tracing::info!(from = %from, pretrained_subjects = ?card.subjects, ?bias, "fine-tuning a new subject");
+    Ok((pretrained.for_new_subject(inputs.voxels[0], bias, device), Some(from.clone())))
+}
+
+/// The architecture actually trained (the pretrained one when fine-tuning).
+fn architecture_of(
+    config: &ExperimentConfig,
+    inputs: &ExperimentInputs,
+    model: &MindEye2<TrainBackend>,
+) -> anyhow::Result<MindEye2Config> {
+    let [tokens, dim] = [inputs.train.targets.tokens, inputs.train.targets.dim];
+    if config.train.init_from.is_none() {
+        return mindeye2_config(&config.model, inputs.voxels.clone(), tokens, dim);
+    }
+    let hidden = model.ridge.linears[0].weight.dims()[1];
+    let blocks = model.backbone.mixer_blocks1.len();
+    let mut m = config.model.clone();
+    m.hidden = hidden as u32;
+    m.blocks = blocks as u32;
+    let mut arch = mindeye2_config(&m, inputs.voxels.clone(), tokens, dim)?;
+    arch.prior = model.prior.as_ref().map(|p| p.net.config.clone());
+    Ok(arch)
+}
+
+/// `[model]` + the data's sizes → the model's architecture; sizes that do not fit name their key.
+pub fn mindeye2_config(
+    model: &ModelConfig,
+    voxels: Vec<usize>,
+    tokens: usize,
+    dim: usize,
+) -> anyhow::Result<MindEye2Config> {
+    let prior = if model.prior {
+        let head = model.prior_dim_head as usize;
+        if !dim.is_multiple_of(head) {
+            bail!("model.prior_dim_head = {head} must divide the CLIP token width {dim} of this dataset");
+        }
+        let mut p = PriorConfig::mindeye2(dim, tokens, model.prior_depth as usize, head);
+        p.timesteps = model.prior_timesteps as usize;
+        Some(p)
+    } else {
+        None
+    };
+    let config = MindEye2Config {
+        voxels,
+        hidden: model.hidden as usize,
+        blocks: model.blocks as usize,
+        clip_tokens: tokens,
+        clip_dim: dim,
+        dropout: model.dropout,
+        backbone_mode: match model.backbone {
+            BackboneKind::Released => BackboneMode::Released,
+            BackboneKind::CorrectedResidual => BackboneMode::CorrectedResidual,
+        },
+        low_level: None,
+        prior,
+    };
+    let problems = config.problems();
+    if !problems.is_empty() {
+        bail!("[model]: {}", problems.join("; "));
+    }
+    Ok(config)
+}
+
+fn eval_options(config: &ExperimentConfig, with_prior: bool) -> EvalOptions {
+    EvalOptions {
+        ways: config.eval.ways as usize,
+        loops: config.eval.loops as usize,
+        seed: config.train.seed,
+        mind_reader_batch: config.eval.mind_reader_batch as usize,
+        prior_steps: (with_prior && config.eval.prior_steps > 0).then_some(config.eval.prior_steps as usize),
+        chunk: 256,
+    }
+}
+
+/// Writes metrics, draws the progress bar, evaluates every `eval.every_epochs`.
+struct RunObserver<'a> {
+    config: &'a ExperimentConfig,
+    inputs: &'a ExperimentInputs,
+    metrics: MetricsWriter,
+    bar: ProgressBar,
+    epochs: Vec<EpochRecord>,
+    step_losses: Vec<(u64, f64)>,
+    epoch_sums: (f64, f64, f64, usize, f64),
+    epoch_phase: &'static str,
+    steps: u64,
+    last_loss: f64,
+    error: Option<anyhow::Error>,
+}
+
+impl<'a> RunObserver<'a> {
+    fn new(
+        config: &'a ExperimentConfig,
+        inputs: &'a ExperimentInputs,
+        plan: &TrainPlan,
+        dir: &Path,
+        progress: bool,
+    ) -> anyhow::Result<Self> {
+        let bar = if progress { ProgressBar::new(plan.total_steps()) } else { ProgressBar::hidden() };
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {per_sec} eta {eta} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(config.name.clone());
+        Ok(RunObserver {
+            config,
+            inputs,
+            metrics: MetricsWriter::create(&dir.join("metrics"))?,
+            bar,
+            epochs: Vec::new(),
+            step_losses: Vec::new(),
+            epoch_sums: (0.0, 0.0, 0.0, 0, 0.0),
+            epoch_phase: "",
+            steps: 0,
+            last_loss: f64::NAN,
+            error: None,
+        })
+    }
+
+    fn finish(&mut self) {
+        self.bar.finish_and_clear();
+    }
+
+    fn keep(&mut self, result: anyhow::Result<()>) {
+        if let Err(e) = result
+            && self.error.is_none()
+        {
+            self.error = Some(e);
+        }
+    }
+}
+
+impl TrainObserver<TrainBackend> for RunObserver<'_> {
+    fn on_step(&mut self, r: &StepRecord) {
+        let result = self.metrics.step(r);
+        self.keep(result);
+        self.step_losses.push((r.step, r.loss));
+        let (l, c, p, n, s) = &mut self.epoch_sums;
+        *l += r.loss;
+        *c += r.clip_loss;
+        *p += r.prior_loss;
+        *n += 1;
+        *s += r.seconds;
+        self.epoch_phase = r.phase;
+        self.steps = r.step + 1;
+        self.last_loss = r.loss;
+        self.bar.inc(1);
+        if r.step.is_multiple_of(10) {
+            self.bar.set_message(format!("epoch {} loss {:.4}", r.epoch, r.loss));
+        }
+    }
+
+    fn on_epoch_end(&mut self, epoch: usize, model: &MindEye2<TrainBackend>) {
+        let (l, c, p, n, seconds) = std::mem::take(&mut self.epoch_sums);
+        let n_f = n.max(1) as f64;
+        let every = self.config.eval.every_epochs as usize;
+        let last = epoch + 1 == self.config.train.epochs as usize;
+        let (mut image_top1, mut brain_top1) = (None, None);
+        if every > 0
+            && ((epoch + 1).is_multiple_of(every) || last)
+            && let Some(test) = self.inputs.tests.values().next()
+        {
+            let e = evaluate(&model.valid(), test, &self.inputs.train.targets, &eval_options(self.config, false));
+            image_top1 = Some(e.retrieval.image_top1.mean);
+            brain_top1 = Some(e.retrieval.brain_top1.mean);
+        }
+        let record = EpochRecord {
+            epoch,
+            steps: self.steps,
+            phase: self.epoch_phase.to_string(),
+            mean_loss: l / n_f,
+            mean_clip_loss: c / n_f,
+            mean_prior_loss: p / n_f,
+            seconds,
+            image_top1,
+            brain_top1,
+        };
+        tracing::debug!(?record, "epoch");
+        if let (Some(i), Some(b)) = (image_top1, brain_top1) {
+            self.bar.suspend(|| {
+                tracing::info!(epoch, loss = record.mean_loss, image_top1 = i, brain_top1 = b, "evaluated");
+            });
+        }
+        let result = self.metrics.epoch(&record);
+        self.keep(result);
+        self.epochs.push(record);
+    }
+}

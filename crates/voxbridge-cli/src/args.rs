@@ -26,8 +26,8 @@ pub enum Command {
     /// Experiment configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// The main job on embedded defaults: simulate the `small` NSD, verify it, and decode subject 1
-    /// from 1 session and from all sessions with the ridge baseline, against the ideal decoder.
+    /// The main job on embedded defaults: simulate the `small` NSD, pretrain MindEye2 on subjects
+    /// 2-8, fine-tune subject 1 on one session, compare with training it from scratch on that session.
     Demo(DemoArgs),
     /// Closed-form ridge regression from one subject's voxels to CLIP tokens, scored with
     /// MindEye2's retrieval protocol.

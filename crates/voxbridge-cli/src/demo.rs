@@ -1,26 +1,63 @@
-//! `voxbridge demo`: the main job on embedded defaults. Until training lands (issue 5) it
-//! simulates the `small` NSD with the oracle, verifies it, and decodes subject 1 with the ridge
-//! baseline from 1 session and from all sessions; it writes `report.json` under `--out`.
+//! `voxbridge demo`: the main job on embedded defaults. It simulates the `small` NSD (with the
+//! ideal decoder's score), verifies it, pretrains MindEye2 on subjects 2–8, fine-tunes subject 1
+//! on its first session, trains subject 1 on the same session from scratch with the same budget,
+//! and scores both with MindEye2's 300-way retrieval next to a ridge baseline and the oracle.
+//! Writes `report.json`, `finetune_vs_scratch.png` and the three run directories under `--out`.
 
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use serde::Serialize;
 use voxbridge_data::{Dataset, MANIFEST_FILE, Sessions};
+use voxbridge_experiment::demo::{DemoPlan, run_demo};
 use voxbridge_sim::{OracleReport, SimSpec};
 
 use crate::args::{DemoArgs, SimulateArgs};
 use crate::baseline::{BaselineResult, ridge_baseline};
+
+/// Top-1 retrieval of subject 1 (fractions), with the 95% CI half-widths.
+#[derive(Debug, Serialize)]
+struct Score {
+    image_top1: f64,
+    brain_top1: f64,
+    image_ci95: f64,
+    brain_ci95: f64,
+    run: String,
+}
+
+impl Score {
+    fn of(e: &voxbridge_train::Evaluation, run: &std::path::Path) -> Self {
+        let r = &e.retrieval;
+        Score {
+            image_top1: r.image_top1.mean,
+            brain_top1: r.brain_top1.mean,
+            image_ci95: r.image_top1.ci95,
+            brain_ci95: r.brain_top1.ci95,
+            run: run.display().to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Oracle {
+    image_top1: f64,
+    brain_top1: f64,
+}
 
 #[derive(Debug, Serialize)]
 struct DemoReport {
     dataset: String,
     preset: String,
     seed: u64,
+    ways: usize,
     chance: f64,
-    oracle: OracleReport,
+    pretrained_1session: Score,
+    scratch_1session: Score,
+    /// The ideal decoder of subject 1 (knows the simulator's ground truth).
+    oracle: Oracle,
     ridge_1session: BaselineResult,
-    ridge_all_sessions: BaselineResult,
+    oracle_all_subjects: OracleReport,
+    plan: DemoPlan,
     seconds: f64,
 }
 
@@ -70,32 +107,48 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         (simulated.manifest.name, simulated.oracle.context("the simulator returned no oracle")?)
     };
 
+    let plan = if args.preset == "tiny" { DemoPlan::tiny() } else { DemoPlan::small() };
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let runs = run_demo(&plan, &manifest_path, &args.out, args.seed, progress)?;
     let dataset = Dataset::open(&manifest_path)?;
-    let one = ridge_baseline(&dataset, 1, Sessions::First(1), args.seed)?;
-    let all = ridge_baseline(&dataset, 1, Sessions::All, args.seed)?;
+    let ridge = ridge_baseline(&dataset, 1, Sessions::First(1), args.seed)?;
+    let fine = runs.finetune_eval().context("the fine-tuned run has no evaluation of subject 1")?;
+    let scratch = runs.scratch_eval().context("the scratch run has no evaluation of subject 1")?;
+    let o = oracle.subjects.iter().find(|s| s.subject == 1).context("no oracle for subject 1")?.clone();
     let report = DemoReport {
         dataset: name,
         preset: args.preset.clone(),
         seed: args.seed,
-        chance: one.retrieval.chance,
-        oracle,
-        ridge_1session: one,
-        ridge_all_sessions: all,
+        ways: fine.retrieval.ways,
+        chance: fine.retrieval.chance,
+        pretrained_1session: Score::of(fine, &runs.finetune.dir),
+        scratch_1session: Score::of(scratch, &runs.scratch.dir),
+        oracle: Oracle { image_top1: o.image_top1, brain_top1: o.brain_top1 },
+        ridge_1session: ridge,
+        oracle_all_subjects: oracle,
+        plan,
         seconds: started.elapsed().as_secs_f64(),
     };
     let path = args.out.join("report.json");
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("cannot write {}", path.display()))?;
 
-    let o = report.oracle.subjects.iter().find(|s| s.subject == 1).context("no oracle for subject 1")?;
+    let pre = &runs.pretrain.report;
     println!();
-    println!("subject 1, {}-way top-1 retrieval (chance {:.4})", report.ridge_1session.retrieval.ways, report.chance);
-    println!("  {:<36} {:>8} {:>8}", "decoder", "image", "brain");
-    for (name, r) in [("ridge, 1 session", &report.ridge_1session), ("ridge, all sessions", &report.ridge_all_sessions)]
-    {
-        println!("  {:<36} {:>8.3} {:>8.3}", format!("{name} ({} trials)", r.train_trials), r.image_top1, r.brain_top1);
-    }
-    println!("  {:<36} {:>8.3} {:>8.3}", "ideal decoder (oracle)", o.image_top1, o.brain_top1);
-    println!("report: {} ({:.0} s)", path.display(), report.seconds);
+    println!(
+        "pretrained on subjects 2-8: {} steps, {:.0} s ({:.0} ms/step)",
+        pre.steps, pre.train_seconds, pre.ms_per_step
+    );
+    println!("subject 1, one session ({} trials), {}-way top-1 retrieval (chance {:.4})", runs.finetune.report.train_trials, report.ways, report.chance);
+    println!("  {:<40} {:>16} {:>16}", "decoder", "image", "brain");
+    let row = |name: &str, e: &voxbridge_train::Evaluation| {
+        let r = &e.retrieval;
+        println!("  {:<40} {:>16} {:>16}", name, crate::accuracy(&r.image_top1, r.loops), crate::accuracy(&r.brain_top1, r.loops));
+    };
+    row("MindEye2, pretrained + fine-tuned", fine);
+    row("MindEye2, from scratch (same budget)", scratch);
+    println!("  {:<40} {:>16.3} {:>16.3}", "ridge regression", report.ridge_1session.image_top1, report.ridge_1session.brain_top1);
+    println!("  {:<40} {:>16.3} {:>16.3}", "ideal decoder (oracle)", o.image_top1, o.brain_top1);
+    println!("report: {} ({:.0} s); plot: {}", path.display(), report.seconds, args.out.join("finetune_vs_scratch.png").display());
     Ok(())
 }

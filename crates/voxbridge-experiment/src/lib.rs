@@ -17,6 +17,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod demo;
 pub mod inputs;
 pub mod metrics;
 pub mod plots;

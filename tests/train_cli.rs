@@ -4,11 +4,13 @@ use std::path::Path;
 
 use voxbridge_e2e::{SimDataset, assert_success, describe, voxbridge, workspace_root};
 
-/// A small MindEye2 experiment on `manifest`; `extra` is appended to `[train]`.
+/// A small MindEye2 experiment on `manifest`; `extra` is appended to `[train]` (2 epochs unless it
+/// sets `epochs`).
 fn experiment(name: &str, manifest: &str, subjects: &str, extra: &str) -> String {
+    let extra = if extra.contains("epochs =") { extra.to_string() } else { format!("epochs = 2\n{extra}") };
     format!(
         "name = \"{name}\"\n[data]\nmanifest = {manifest:?}\ntrain_subjects = {subjects}\n\
-         [train]\nseed = 0\nepochs = 2\nbatch_size = 8\n{extra}\n\
+         [train]\nseed = 0\nbatch_size = 8\n{extra}\n\
          [model]\nhidden = 32\nblocks = 1\nprior_depth = 1\nprior_dim_head = 16\n\
          [eval]\nloops = 5\nprior_steps = 4\n"
     )
@@ -33,8 +35,9 @@ fn losses(csv: &str) -> Vec<[f64; 3]> {
         .collect()
 }
 
-/// The first 20 steps of a two-subject run on `tiny` (seed 0) against stored values: guards the
-/// determinism of data order, initialisation, BiMixCo draws, prior noise and the optimizer.
+/// The first 20 steps of a two-subject run on `tiny` (seed 0; 10 BiMixCo steps, then 10 SoftCLIP
+/// steps) against stored values: guards the determinism of data order, initialisation, BiMixCo
+/// draws, dropout, prior noise, the schedules and the optimizer.
 /// Produced by this test with VOXBRIDGE_BLESS=1 (it then writes tests/golden/tiny-first-20-steps.csv
 /// and passes); any change to the numbers must be a deliberate re-bless, explained in its commit.
 #[test]
@@ -42,13 +45,22 @@ fn golden_losses_of_the_first_20_steps_on_tiny() {
     let data = SimDataset::tiny(0);
     let dir = tempfile::tempdir().unwrap();
     let exp = dir.path().join("golden.toml");
-    std::fs::write(&exp, experiment("golden", &data.manifest_str(), "[2, 3]", "max_steps = 20\nsamples_per_epoch = 160"))
-        .unwrap();
+    std::fs::write(
+        &exp,
+        experiment(
+            "golden",
+            &data.manifest_str(),
+            "[2, 3]",
+            "epochs = 4\nmixup_pct = 0.25\nmax_steps = 20\nsamples_per_epoch = 80",
+        ),
+    )
+    .unwrap();
     let run = dir.path().join("run");
     assert_success(&voxbridge(&["train".as_ref(), exp.as_os_str(), "--out".as_ref(), run.as_os_str()]));
     let csv = std::fs::read_to_string(run.join("metrics/steps.csv")).unwrap();
     let got = losses(&csv);
     assert_eq!(got.len(), 20, "{csv}");
+    assert!(csv.contains(",0,") && csv.contains("bimixco") && csv.contains("softclip"), "{csv}");
     let golden = workspace_root().join("tests/golden/tiny-first-20-steps.csv");
     if std::env::var_os("VOXBRIDGE_BLESS").is_some() {
         std::fs::write(&golden, &csv).unwrap();
@@ -153,6 +165,41 @@ fn demo_on_tiny_fine_tunes_evaluates_and_reports() {
         "{}",
         describe(&eval)
     );
+
+    // `voxbridge predict` exports chosen trials of the run for a reconstruction step.
+    let manifest = out.join("data/manifest.toml");
+    let export = dir.path().join("export");
+    let predicted = voxbridge(&[
+        "predict".as_ref(),
+        "--checkpoint".as_ref(),
+        fine.as_os_str(),
+        "--data".as_ref(),
+        manifest.as_os_str(),
+        "--nsd-subject".as_ref(),
+        "1".as_ref(),
+        "--images".as_ref(),
+        first_test_image(&manifest).as_ref(),
+        "--prior-steps".as_ref(),
+        "5".as_ref(),
+        "--out".as_ref(),
+        export.as_os_str(),
+    ]);
+    assert_success(&predicted);
+    let ids = std::fs::read(export.join("image_id.npy")).unwrap();
+    assert_eq!(&ids[..6], b"\x93NUMPY");
+    for name in ["backbone", "clip_voxels", "prior_samples"] {
+        let bytes = std::fs::read(export.join(format!("{name}.npy"))).unwrap();
+        let t = voxbridge_model::tensors::HostTensor::from_npy(&bytes, name).unwrap();
+        assert_eq!(t.shape[1..], [4, 32], "{name}");
+        assert_eq!(t.shape[0], 3, "{name}: one row per trial of the image (3 repeats)");
+    }
+}
+
+/// The image id of subject 1's first test trial, as `--images` takes it.
+fn first_test_image(manifest: &Path) -> String {
+    let dataset = voxbridge_data::Dataset::open(manifest.to_str().unwrap()).unwrap();
+    let trials = dataset.load_subject(1, voxbridge_data::Sessions::First(1)).unwrap();
+    trials.test.image_id[0].to_string()
 }
 
 #[test]

@@ -123,20 +123,36 @@ pub struct ParamsArgs {
 
 #[derive(Debug, Args)]
 pub struct PredictArgs {
-    /// MindEye2 checkpoint: `last.pth` (PyTorch) or `.safetensors`, path or object-store URL.
+    /// MindEye2 checkpoint: `last.pth` (PyTorch) or `.safetensors` with the original key names
+    /// (path or object-store URL), or a run directory written by `voxbridge train`.
     #[arg(long)]
     pub checkpoint: String,
     /// Model file (TOML); without it the architecture is inferred from the checkpoint.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Subject index in the checkpoint (0-based position in its `subj_list`).
-    #[arg(long)]
+    /// Subject index in the checkpoint (0-based ridge position). With --data, the NSD subject
+    /// number picks the ridge instead (run checkpoints know their subjects).
+    #[arg(long, default_value_t = 0)]
     pub subject: usize,
     /// `[batch, voxels]` float32 (or float64) `.npy`.
+    #[arg(long, conflicts_with = "data", required_unless_present = "data")]
+    pub voxels: Option<PathBuf>,
+    /// Read the trials from this data manifest instead of --voxels (run checkpoints only).
+    #[arg(long, requires = "nsd_subject")]
+    pub data: Option<String>,
+    /// 1-based NSD subject whose trials --data reads.
     #[arg(long)]
-    pub voxels: PathBuf,
-    /// Output `.safetensors`: backbone, clip_voxels [batch, tokens, dim], blurry_latent,
-    /// blurry_features (when the branch exists) and prior_samples (with --prior-steps).
+    pub nsd_subject: Option<u8>,
+    /// With --data: which trials — `test` (every shared-test trial) or `train:N` (the training
+    /// trials of the first N sessions).
+    #[arg(long, default_value = "test")]
+    pub trials: String,
+    /// With --data: only trials of these image ids (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub images: Option<Vec<u32>>,
+    /// Output: a `.safetensors` file, or a directory that gets one `.npy` per tensor. Tensors:
+    /// backbone, clip_voxels [batch, tokens, dim], blurry_latent, blurry_features (when the branch
+    /// exists), prior_samples (with --prior-steps), image_id (with --data).
     #[arg(long)]
     pub out: PathBuf,
     /// Also sample the diffusion prior with DDIM over this many steps (MindEye2 uses 20).

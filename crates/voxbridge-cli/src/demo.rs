@@ -139,16 +139,32 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         "pretrained on subjects 2-8: {} steps, {:.0} s ({:.0} ms/step)",
         pre.steps, pre.train_seconds, pre.ms_per_step
     );
-    println!("subject 1, one session ({} trials), {}-way top-1 retrieval (chance {:.4})", runs.finetune.report.train_trials, report.ways, report.chance);
+    println!(
+        "subject 1, one session ({} trials), {}-way top-1 retrieval (chance {:.4})",
+        runs.finetune.report.train_trials, report.ways, report.chance
+    );
     println!("  {:<40} {:>16} {:>16}", "decoder", "image", "brain");
     let row = |name: &str, e: &voxbridge_train::Evaluation| {
         let r = &e.retrieval;
-        println!("  {:<40} {:>16} {:>16}", name, crate::accuracy(&r.image_top1, r.loops), crate::accuracy(&r.brain_top1, r.loops));
+        println!(
+            "  {:<40} {:>16} {:>16}",
+            name,
+            crate::accuracy(&r.image_top1, r.loops),
+            crate::accuracy(&r.brain_top1, r.loops)
+        );
     };
     row("MindEye2, pretrained + fine-tuned", fine);
     row("MindEye2, from scratch (same budget)", scratch);
-    println!("  {:<40} {:>16.3} {:>16.3}", "ridge regression", report.ridge_1session.image_top1, report.ridge_1session.brain_top1);
+    println!(
+        "  {:<40} {:>16.3} {:>16.3}",
+        "ridge regression", report.ridge_1session.image_top1, report.ridge_1session.brain_top1
+    );
     println!("  {:<40} {:>16.3} {:>16.3}", "ideal decoder (oracle)", o.image_top1, o.brain_top1);
-    println!("report: {} ({:.0} s); plot: {}", path.display(), report.seconds, args.out.join("finetune_vs_scratch.png").display());
+    println!(
+        "report: {} ({:.0} s); plot: {}",
+        path.display(),
+        report.seconds,
+        args.out.join("finetune_vs_scratch.png").display()
+    );
     Ok(())
 }

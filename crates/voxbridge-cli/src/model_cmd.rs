@@ -127,32 +127,49 @@ pub fn read_npy_2d(path: &Path) -> anyhow::Result<HostTensor> {
 }
 
 pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
-    let weights = read_checkpoint(&args.checkpoint)?;
-    let config = match &args.model {
-        Some(path) => load_model_config(path)?,
-        None => {
-            let config = MindEye2Config::infer(&weights)?;
-            eprintln!("inferred from {}:\n{}", args.checkpoint, describe(&config));
-            config
-        }
-    };
-    let subjects = config.voxels.len();
-    if args.subject >= subjects {
-        bail!("--subject {}: the model has subject indices 0..{} only", args.subject, subjects);
-    }
-    let voxels = read_npy_2d(&args.voxels)?;
-    let want = config.voxels[args.subject];
-    if voxels.shape[1] != want {
-        bail!(
-            "{}: {} voxels per row, but subject index {} has {want}",
-            args.voxels.display(),
-            voxels.shape[1],
-            args.subject
-        );
-    }
     let device = Default::default();
-    let model = MindEye2::<B>::from_tensors(&weights, &config, &device)?;
-    let out = model.forward(args.subject, voxels.to_tensor::<B, 2>(&device));
+    let run_checkpoint = {
+        let p = Path::new(&args.checkpoint);
+        p.join("model.json").is_file() || p.join(voxbridge_experiment::checkpoint::CHECKPOINT_DIR).is_dir()
+    };
+    let (model, config, subjects) = if run_checkpoint {
+        let (model, card) = voxbridge_experiment::checkpoint::load::<B>(Path::new(&args.checkpoint), &device)?;
+        (model, card.architecture, Some(card.subjects))
+    } else {
+        let weights = read_checkpoint(&args.checkpoint)?;
+        let config = match &args.model {
+            Some(path) => load_model_config(path)?,
+            None => {
+                let config = MindEye2Config::infer(&weights)?;
+                eprintln!("inferred from {}:\n{}", args.checkpoint, describe(&config));
+                config
+            }
+        };
+        (MindEye2::<B>::from_tensors(&weights, &config, &device)?, config, None)
+    };
+    let (subject, voxels, image_ids) = match (&args.voxels, &args.data) {
+        (Some(path), _) => (args.subject, read_npy_2d(path)?, None),
+        (None, Some(manifest)) => {
+            let nsd = args.nsd_subject.context("--data needs --nsd-subject")?;
+            let subjects = subjects.context("--data needs a run checkpoint (it knows which subject each ridge is)")?;
+            let ridge = subjects
+                .iter()
+                .position(|&s| s == nsd)
+                .with_context(|| format!("--nsd-subject {nsd}: the model's subjects are {subjects:?}"))?;
+            let (voxels, ids) = chosen_trials(manifest, nsd, &args.trials, args.images.as_deref())?;
+            (ridge, voxels, Some(ids))
+        }
+        (None, None) => bail!("give --voxels or --data"),
+    };
+    let n_subjects = config.voxels.len();
+    if subject >= n_subjects {
+        bail!("--subject {}: the model has subject indices 0..{} only", subject, n_subjects);
+    }
+    let want = config.voxels[subject];
+    if voxels.shape[1] != want {
+        bail!("{} voxels per row, but subject index {subject} has {want}", voxels.shape[1]);
+    }
+    let out = model.forward(subject, voxels.to_tensor::<B, 2>(&device));
     let mut tensors: Vec<(String, HostTensor)> = vec![
         ("backbone".into(), HostTensor::from_tensor(out.backbone.clone())),
         ("clip_voxels".into(), HostTensor::from_tensor(out.clip_voxels)),
@@ -169,14 +186,80 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
         (Some(_), None) => bail!("--prior-steps: this model has no diffusion prior"),
         (None, _) => {}
     }
-    let bytes = write_safetensors(&tensors)?;
-    std::fs::write(&args.out, bytes).with_context(|| format!("writing {}", args.out.display()))?;
+    let ids: Option<(String, Vec<u32>)> = image_ids.map(|ids| ("image_id".to_string(), ids));
+    if args.out.extension().is_some_and(|e| e == "safetensors") {
+        let bytes = write_safetensors(&tensors, ids.as_ref())?;
+        std::fs::write(&args.out, bytes).with_context(|| format!("writing {}", args.out.display()))?;
+    } else {
+        std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+        for (name, t) in &tensors {
+            let path = args.out.join(format!("{name}.npy"));
+            std::fs::write(&path, npy_bytes("<f4", &t.shape, t.data.iter().flat_map(|v| v.to_le_bytes())))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        if let Some((name, ids)) = &ids {
+            let path = args.out.join(format!("{name}.npy"));
+            std::fs::write(&path, npy_bytes("<u4", &[ids.len()], ids.iter().flat_map(|v| v.to_le_bytes())))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
     eprintln!(
-        "wrote {} ({})",
+        "wrote {} ({}{})",
         args.out.display(),
-        tensors.iter().map(|(k, t)| format!("{k} {:?}", t.shape)).collect::<Vec<_>>().join(", ")
+        tensors.iter().map(|(k, t)| format!("{k} {:?}", t.shape)).collect::<Vec<_>>().join(", "),
+        ids.as_ref().map_or(String::new(), |(_, v)| format!(", image_id [{}]", v.len()))
     );
     Ok(())
+}
+
+/// Single trials of `subject` from a dataset: `test`, or `train:N` (first N sessions), optionally
+/// only of `images`. Returns `[trials, voxels]` and each trial's image id.
+fn chosen_trials(
+    manifest: &str,
+    subject: u8,
+    which: &str,
+    images: Option<&[u32]>,
+) -> anyhow::Result<(HostTensor, Vec<u32>)> {
+    let dataset = voxbridge_data::Dataset::open(manifest)?;
+    let (sessions, test) = match which.split_once(':') {
+        None if which == "test" => (voxbridge_data::Sessions::First(1), true),
+        Some(("train", n)) => {
+            let n: u16 = n.parse().with_context(|| format!("--trials {which}: N must be a number of sessions"))?;
+            (voxbridge_data::Sessions::First(n), false)
+        }
+        _ => bail!("--trials {which}: expected `test` or `train:N`"),
+    };
+    let trials = dataset.load_subject(subject, sessions)?;
+    let rows = if test { &trials.test } else { &trials.train };
+    let v = rows.voxel_count;
+    let mut data = Vec::new();
+    let mut ids = Vec::new();
+    for r in 0..rows.len() {
+        let id = rows.image_id[r];
+        if images.is_none_or(|keep| keep.contains(&id)) {
+            data.extend_from_slice(rows.voxels_of(r));
+            ids.push(id);
+        }
+    }
+    if ids.is_empty() {
+        bail!("no {which} trials of subject {subject} match --images");
+    }
+    Ok((HostTensor::new(vec![ids.len(), v], data), ids))
+}
+
+/// A NumPy `.npy` (format 1.0) of a C-order array.
+fn npy_bytes(descr: &str, shape: &[usize], data: impl Iterator<Item = u8>) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    let unpadded = 10 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend(data);
+    out
 }
 
 /// DDIM (eta 1, no guidance) from the backbone tokens, with Gaussian draws from `seed`.
@@ -193,15 +276,19 @@ fn sample_prior(prior: &DiffusionPrior<B>, brain: Tensor<B, 3>, steps: usize, se
     prior.sample_ddim(brain, steps, 1.0, 1.0, &mut draw)
 }
 
-fn write_safetensors(tensors: &[(String, HostTensor)]) -> anyhow::Result<Vec<u8>> {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+fn write_safetensors(tensors: &[(String, HostTensor)], ids: Option<&(String, Vec<u32>)>) -> anyhow::Result<Vec<u8>> {
+    use safetensors::Dtype;
+    let mut bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
         .iter()
-        .map(|(k, t)| (k.clone(), t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .map(|(k, t)| (k.clone(), Dtype::F32, t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
         .collect();
+    if let Some((name, ids)) = ids {
+        bytes.push((name.clone(), Dtype::U32, vec![ids.len()], ids.iter().flat_map(|v| v.to_le_bytes()).collect()));
+    }
     let views = bytes
         .iter()
-        .map(|(k, shape, data)| {
-            Ok((k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)?))
+        .map(|(k, dtype, shape, data)| {
+            Ok((k.clone(), safetensors::tensor::TensorView::new(*dtype, shape.clone(), data)?))
         })
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
     Ok(safetensors::tensor::serialize(views, None)?)

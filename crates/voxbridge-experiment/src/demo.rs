@@ -94,7 +94,10 @@ impl DemoPlan {
         };
         Ok([
             parse(pretrain, "demo pretraining")?,
-            parse(finetune("demo-finetune-subject1-1session", &format!("init_from = {pretrained:?}\n")), "demo fine-tune")?,
+            parse(
+                finetune("demo-finetune-subject1-1session", &format!("init_from = {pretrained:?}\n")),
+                "demo fine-tune",
+            )?,
             parse(finetune("demo-scratch-subject1-1session", ""), "demo scratch")?,
         ])
     }

@@ -166,7 +166,8 @@ fn experiment_setup(path: &Path) -> anyhow::Result<BenchSetup> {
         .map(|s| m.subject(*s).map(|i| i.voxels).with_context(|| format!("subject {s} is not in the manifest")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let [tokens, dim] = m.targets.shapes.clip_tokens;
-    let model = voxbridge_experiment::run::mindeye2_config(&config.model, voxels, tokens, dim)?;
+    let [c, h, w] = m.targets.shapes.lowlevel;
+    let model = voxbridge_experiment::run::mindeye2_config(&config.model, voxels, tokens, dim, Some([c, h, w]))?;
     let per_subject = (config.train.batch_size as usize / config.data.train_subjects.len()).max(1);
     Ok(BenchSetup { name: config.name, model, per_subject })
 }

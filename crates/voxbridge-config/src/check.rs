@@ -141,6 +141,7 @@ pub(crate) fn train(c: &mut Checker<'_>, raw: RawTrain, n_subjects: Option<usize
     let mixup_pct = c.optional("train.mixup_pct", raw.mixup_pct, 0.33, rules::fraction);
     let prior_scale = c.optional("train.prior_scale", raw.prior_scale, 30.0, rules::weight_decay);
     let clip_scale = c.optional("train.clip_scale", raw.clip_scale, 1.0, rules::weight_decay);
+    let blur_scale = c.optional("train.blur_scale", raw.blur_scale, 0.5, rules::weight_decay);
     let init_from = c.optional("train.init_from", raw.init_from, None, |u| rules::storage_location(&u).map(Some));
     let new_subject_bias =
         c.optional("train.new_subject_bias", raw.new_subject_bias, NewSubjectBias::CopyFirstPretrainedSubject, |v| {
@@ -164,6 +165,7 @@ pub(crate) fn train(c: &mut Checker<'_>, raw: RawTrain, n_subjects: Option<usize
         mixup_pct: mixup_pct?,
         prior_scale: prior_scale?,
         clip_scale: clip_scale?,
+        blur_scale: blur_scale?,
         init_from: init_from?,
         new_subject_bias: new_subject_bias?,
     })
@@ -208,6 +210,7 @@ pub(crate) fn model(c: &mut Checker<'_>, raw: RawModel) -> Option<ModelConfig> {
         prior_depth: prior_depth?,
         prior_dim_head: prior_dim_head?,
         prior_timesteps: prior_timesteps?,
+        low_level: raw.low_level.unwrap_or(false),
     })
 }
 

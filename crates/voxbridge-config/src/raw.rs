@@ -58,6 +58,7 @@ pub struct RawTrain {
     pub mixup_pct: Option<f64>,
     pub prior_scale: Option<f64>,
     pub clip_scale: Option<f64>,
+    pub blur_scale: Option<f64>,
     pub init_from: Option<String>,
     pub new_subject_bias: Option<String>,
 }
@@ -92,6 +93,7 @@ pub struct RawModel {
     pub prior_depth: Option<i64>,
     pub prior_dim_head: Option<i64>,
     pub prior_timesteps: Option<i64>,
+    pub low_level: Option<bool>,
 }
 
 /// `[eval]`: the retrieval protocol and how often to run it.
@@ -293,7 +295,7 @@ mod tests {
         assert_eq!(
             message,
             "unknown key `hidden_dim` in [model] (expected one of `family`, `hidden`, `blocks`, `dropout`, \
-             `backbone`, `prior`, `prior_depth`, `prior_dim_head`, `prior_timesteps`)"
+             `backbone`, `prior`, `prior_depth`, `prior_dim_head`, `prior_timesteps`, `low_level`)"
         );
     }
 

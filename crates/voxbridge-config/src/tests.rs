@@ -86,6 +86,7 @@ fn full_example_is_read_exactly() {
             mixup_pct: 0.5,
             prior_scale: 10.0,
             clip_scale: 2.0,
+            blur_scale: 0.5,
             init_from: None,
             new_subject_bias: NewSubjectBias::Fresh,
         },
@@ -101,6 +102,7 @@ fn full_example_is_read_exactly() {
             prior_depth: 2,
             prior_dim_head: 16,
             prior_timesteps: 50,
+            low_level: false,
         },
         eval: EvalConfig { ways: 100, loops: 10, every_epochs: 5, prior_steps: 0, mind_reader_batch: 200 },
     };
@@ -125,6 +127,7 @@ fn defaults_are_filled_in() {
             mixup_pct: 0.33,
             prior_scale: 30.0,
             clip_scale: 1.0,
+            blur_scale: 0.5,
             init_from: None,
             new_subject_bias: NewSubjectBias::CopyFirstPretrainedSubject,
         }

@@ -83,6 +83,8 @@ pub struct TrainConfig {
     pub prior_scale: f64,
     /// Weight of the contrastive loss (1).
     pub clip_scale: f64,
+    /// Weight of the low-level L1 loss (0.5; used when `model.low_level`).
+    pub blur_scale: f64,
     /// A pretraining run directory (path or URL) to fine-tune from; its ridges are dropped and
     /// one new ridge is made for the single training subject.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -148,6 +150,8 @@ pub struct ModelConfig {
     /// Must divide the CLIP token width.
     pub prior_dim_head: u32,
     pub prior_timesteps: u32,
+    /// Train the low-level branch (L1 to the dataset's VAE latents).
+    pub low_level: bool,
 }
 
 /// MindEye2's backbone as released (its MLP outputs are dead) or with the residuals corrected.

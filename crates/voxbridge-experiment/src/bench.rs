@@ -92,7 +92,7 @@ pub fn bench_train(setup: &BenchSetup, warmup: usize, steps: usize) -> BenchResu
             target_rows: (0..b).collect(),
         })
         .collect();
-    let data = TrainData { subjects, targets: ClipTargets { tokens, dim, values } };
+    let data = TrainData { subjects, targets: ClipTargets { tokens, dim, values, lowlevel: None } };
     let picks: Vec<Vec<usize>> = setup.model.voxels.iter().map(|_| (0..b).collect()).collect();
     let mut optim = AdamW::<TrainBackend>::default();
     let mut model = model;

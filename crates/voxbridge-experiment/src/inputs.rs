@@ -30,8 +30,9 @@ impl ExperimentInputs {
     }
 }
 
-/// Loads `data` from `dataset`. Evaluation subjects must be training subjects (they need a ridge).
-pub fn load(dataset: &Dataset, data: &DataConfig) -> anyhow::Result<ExperimentInputs> {
+/// Loads `data` from `dataset` (with the VAE latents when `lowlevel`). Evaluation subjects must be
+/// training subjects (they need a ridge).
+pub fn load(dataset: &Dataset, data: &DataConfig, lowlevel: bool) -> anyhow::Result<ExperimentInputs> {
     for s in &data.eval_subjects {
         if !data.train_subjects.contains(s) {
             bail!(
@@ -50,7 +51,12 @@ pub fn load(dataset: &Dataset, data: &DataConfig) -> anyhow::Result<ExperimentIn
     let targets = dataset.load_targets(None)?;
     let shapes = targets.rows.shapes;
     let [tokens, dim] = shapes.clip_tokens;
-    let clip = ClipTargets { tokens, dim, values: targets.rows.clip_tokens.clone() };
+    let clip = ClipTargets {
+        tokens,
+        dim,
+        values: targets.rows.clip_tokens.clone(),
+        lowlevel: lowlevel.then(|| (shapes.lowlevel, targets.rows.lowlevel.clone())),
+    };
     let row_of = |image: u32| {
         targets.row(image).with_context(|| format!("image {image} has no target in {}", dataset.opened().origin))
     };
@@ -135,5 +141,5 @@ pub fn load_tests(
             },
         );
     }
-    Ok((tests, ClipTargets { tokens, dim, values: targets.rows.clip_tokens }))
+    Ok((tests, ClipTargets { tokens, dim, values: targets.rows.clip_tokens, lowlevel: None }))
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use voxbridge_config::{BackboneKind, ExperimentConfig, ModelConfig, ModelFamily, NewSubjectBias};
 use voxbridge_data::Dataset;
 use voxbridge_model::losses::LossWeights;
+use voxbridge_model::lowlevel::LowLevelConfig;
 use voxbridge_model::prior::PriorConfig;
 use voxbridge_model::{BackboneMode, MindEye2, MindEye2Config, RidgeBiasInit};
 use voxbridge_train::{EvalOptions, Evaluation, StepRecord, TrainObserver, TrainPlan, evaluate, train};
@@ -107,11 +108,10 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions) -> anyhow
     checkpoint::write_atomically(&dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
 
     let dataset = Dataset::open(&config.data.manifest)?;
-    let inputs = inputs::load(&dataset, &config.data)?;
+    let inputs = inputs::load(&dataset, &config.data, config.model.low_level)?;
     let device = Default::default();
     <TrainBackend as Backend>::seed(&device, config.train.seed);
-    let (model, init_from) = initial_model(config, &inputs, &device)?;
-    let architecture = architecture_of(config, &inputs, &model)?;
+    let (model, init_from, architecture) = initial_model(config, &inputs, &device)?;
 
     let samples_per_epoch = config
         .train
@@ -126,7 +126,12 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions) -> anyhow
         config.optim.lr,
         config.train.mixup_pct,
     );
-    plan.weights = LossWeights { prior: config.train.prior_scale, clip: config.train.clip_scale, ..Default::default() };
+    plan.weights = LossWeights {
+        prior: config.train.prior_scale,
+        clip: config.train.clip_scale,
+        blur: config.train.blur_scale,
+        ..Default::default()
+    };
     plan.max_steps = config.train.max_steps;
     tracing::info!(
         run = %config.name,
@@ -208,16 +213,17 @@ fn default_samples_per_epoch(inputs: &ExperimentInputs, subjects: usize) -> usiz
     if subjects > 1 { per_session * 40 } else { per_session * inputs.sessions_used.values().next().map_or(1, Vec::len) }
 }
 
-/// A fresh model, or the pretrained one with a new ridge for the fine-tuned subject.
+/// A fresh model, or the pretrained one with a new ridge for the fine-tuned subject; with the
+/// architecture actually trained (the pretrained one when fine-tuning).
 fn initial_model(
     config: &ExperimentConfig,
     inputs: &ExperimentInputs,
     device: &burn::tensor::Device<TrainBackend>,
-) -> anyhow::Result<(MindEye2<TrainBackend>, Option<String>)> {
+) -> anyhow::Result<(MindEye2<TrainBackend>, Option<String>, MindEye2Config)> {
     let Some(from) = &config.train.init_from else {
         let [tokens, dim] = [inputs.train.targets.tokens, inputs.train.targets.dim];
-        let architecture = mindeye2_config(&config.model, inputs.voxels.clone(), tokens, dim)?;
-        return Ok((MindEye2::init(&architecture, device), None));
+        let architecture = mindeye2_config(&config.model, inputs.voxels.clone(), tokens, dim, lowlevel_shape(inputs))?;
+        return Ok((MindEye2::init(&architecture, device), None, architecture));
     };
     let (pretrained, card) = checkpoint::load::<TrainBackend>(Path::new(from), device)
         .with_context(|| format!("train.init_from = {from:?}"))?;
@@ -245,36 +251,47 @@ fn initial_model(
         NewSubjectBias::Fresh => RidgeBiasInit::Fresh,
     };
     tracing::info!(from = %from, pretrained_subjects = ?card.subjects, ?bias, "fine-tuning a new subject");
-    Ok((pretrained.for_new_subject(inputs.voxels[0], bias, device), Some(from.clone())))
-}
-
-/// The architecture actually trained (the pretrained one when fine-tuning).
-fn architecture_of(
-    config: &ExperimentConfig,
-    inputs: &ExperimentInputs,
-    model: &MindEye2<TrainBackend>,
-) -> anyhow::Result<MindEye2Config> {
-    let [tokens, dim] = [inputs.train.targets.tokens, inputs.train.targets.dim];
-    if config.train.init_from.is_none() {
-        return mindeye2_config(&config.model, inputs.voxels.clone(), tokens, dim);
+    if card.architecture.low_level.is_some() != config.model.low_level {
+        bail!(
+            "model.low_level = {} but the pretrained model from {from} {} the low-level branch",
+            config.model.low_level,
+            if card.architecture.low_level.is_some() { "has" } else { "lacks" }
+        );
     }
-    let hidden = model.ridge.linears[0].weight.dims()[1];
-    let blocks = model.backbone.mixer_blocks1.len();
-    let mut m = config.model.clone();
-    m.hidden = hidden as u32;
-    m.blocks = blocks as u32;
-    let mut arch = mindeye2_config(&m, inputs.voxels.clone(), tokens, dim)?;
-    arch.prior = model.prior.as_ref().map(|p| p.net.config.clone());
-    Ok(arch)
+    let architecture = MindEye2Config { voxels: inputs.voxels.clone(), ..card.architecture.clone() };
+    Ok((pretrained.for_new_subject(inputs.voxels[0], bias, device), Some(from.clone()), architecture))
 }
 
-/// `[model]` + the data's sizes → the model's architecture; sizes that do not fit name their key.
+fn lowlevel_shape(inputs: &ExperimentInputs) -> Option<[usize; 3]> {
+    inputs.train.targets.lowlevel.as_ref().map(|(shape, _)| *shape)
+}
+
+/// `[model]` + the data's sizes (CLIP tokens × width; the VAE latent `[C, H, W]` when the
+/// low-level branch is on) → the model's architecture; sizes that do not fit name their key.
 pub fn mindeye2_config(
     model: &ModelConfig,
     voxels: Vec<usize>,
     tokens: usize,
     dim: usize,
+    lowlevel: Option<[usize; 3]>,
 ) -> anyhow::Result<MindEye2Config> {
+    let low_level = match (model.low_level, lowlevel) {
+        (false, _) => None,
+        (true, None) => bail!("model.low_level = true needs the dataset's low-level latents"),
+        (true, Some([c, h, w])) => {
+            // MindEye2's decoder upsamples a 7×7 map ×2 per extra block: the latent side must be 7·2^k.
+            let blocks = (0..3).find(|k| 7usize << k == h).filter(|_| h == w).with_context(|| {
+                format!(
+                    "model.low_level: the dataset's latents are {c}×{h}×{w}; the branch makes 7·2^k squares (7, 14, 28)"
+                )
+            })? + 1;
+            let mut l = LowLevelConfig::mindeye2(model.hidden as usize);
+            l.latent_channels = c;
+            l.latent_size = h;
+            l.block_out_channels.truncate(blocks);
+            Some(l)
+        }
+    };
     let prior = if model.prior {
         let head = model.prior_dim_head as usize;
         if !dim.is_multiple_of(head) {
@@ -297,7 +314,7 @@ pub fn mindeye2_config(
             BackboneKind::Released => BackboneMode::Released,
             BackboneKind::CorrectedResidual => BackboneMode::CorrectedResidual,
         },
-        low_level: None,
+        low_level,
         prior,
     };
     let problems = config.problems();

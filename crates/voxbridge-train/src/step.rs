@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Beta, Distribution, StandardNormal};
 use voxbridge_model::MindEye2;
 use voxbridge_model::losses::{
-    LossTerms, LossWeights, MixcoDraw, l2_normalize, mixco_nce, mixco_voxels, soft_clip_loss,
+    LossTerms, LossWeights, MixcoDraw, l1_loss, l2_normalize, mixco_nce, mixco_voxels, soft_clip_loss,
 };
 
 use crate::adamw::AdamW;
@@ -25,6 +25,8 @@ pub struct SubjectBatch<B: AutodiffBackend> {
     pub voxels: Tensor<B, 2>,
     /// CLIP tokens of the images shown, `[b, T, D]`.
     pub clip_target: Tensor<B, 3>,
+    /// Low-level (VAE) latents of the images, `[b, C, H, W]`, when the model has the branch.
+    pub blur_target: Option<Tensor<B, 4>>,
 }
 
 /// A batch: equal shares per subject, in subject order (spec §2.3).
@@ -51,6 +53,8 @@ pub struct StepReport {
     pub total: f64,
     pub clip: f64,
     pub prior: Option<f64>,
+    /// L1 of the low-level latent.
+    pub blur: Option<f64>,
 }
 
 /// Why a step stopped.
@@ -84,6 +88,7 @@ pub fn train_step<B: AutodiffBackend>(
     let mut draws = Vec::new();
     let mut ridge_outs = Vec::new();
     let mut targets = Vec::new();
+    let mut blur_targets = Vec::new();
     for share in batch.subjects {
         let b = share.voxels.dims()[0];
         let voxels = match phase {
@@ -97,8 +102,10 @@ pub fn train_step<B: AutodiffBackend>(
         };
         ridge_outs.push(model.ridge.forward(share.subject, voxels)); // [b, h]
         targets.push(share.clip_target); // [b, T, D]
+        blur_targets.extend(share.blur_target); // [b, C, H, W]
     }
     let clip_target = Tensor::cat(targets, 0); // [B, T, D]
+    let draw = (!draws.is_empty()).then(|| MixcoDraw::concat(&draws, false));
     let batch_size = clip_target.dims()[0];
 
     // 2. Forward through the shared backbone.
@@ -108,10 +115,7 @@ pub fn train_step<B: AutodiffBackend>(
     let preds = l2_normalize(out.clip_voxels.flatten::<2>(1, 2));
     let targs = l2_normalize(clip_target.clone().flatten::<2>(1, 2));
     let clip = match phase {
-        ContrastivePhase::BiMixCo { temperature } => {
-            let draw = MixcoDraw::concat(&draws, false);
-            mixco_nce(preds, targs, temperature, Some(&draw), true)
-        }
+        ContrastivePhase::BiMixCo { temperature } => mixco_nce(preds, targs, temperature, draw.as_ref(), true),
         ContrastivePhase::SoftClip { temperature } => soft_clip_loss(preds, targs, temperature),
     };
     let prior = model.prior.as_ref().map(|prior| {
@@ -122,13 +126,36 @@ pub fn train_step<B: AutodiffBackend>(
         let mut uniform = || rng.random::<f64>();
         prior.p_losses_sampled(clip_target.clone(), &t, out.backbone.clone(), noise, &mut uniform).1
     });
-    let terms = LossTerms { prior, clip, blur_l1: None, blur_cont: None };
+    // Low-level L1 against the VAE latents, mixed like the voxels during BiMixCo — with the
+    // concatenated, un-offset perms, as released (spec §2.1 [QUIRK]). The ConvNeXt soft
+    // contrastive term needs teacher features voxbridge does not have; it is left out.
+    let blur_l1 = match (&model.low_level, blur_targets.is_empty()) {
+        (Some(low), false) => {
+            let target = Tensor::cat(blur_targets, 0); // [B, C, H, W]
+            let target = match &draw {
+                Some(draw) => {
+                    let shape = target.dims();
+                    mixco_voxels(target.flatten::<2>(1, 3), draw).reshape(shape)
+                }
+                None => target,
+            };
+            Some(l1_loss(low.forward(out.mixer_out.clone()).blurry_latent, target))
+        }
+        _ => None,
+    };
+    let terms = LossTerms { prior, clip, blur_l1, blur_cont: None };
     let total = terms.total(weights);
     let scalar =
         |t: &Tensor<B, 1>| t.clone().into_data().convert::<f64>().to_vec::<f64>().map(|v| v[0]).unwrap_or(f64::NAN);
-    let report =
-        StepReport { total: scalar(&total), clip: scalar(&terms.clip), prior: terms.prior.as_ref().map(scalar) };
-    for (term, value) in [("total", Some(report.total)), ("clip", Some(report.clip)), ("prior", report.prior)] {
+    let report = StepReport {
+        total: scalar(&total),
+        clip: scalar(&terms.clip),
+        prior: terms.prior.as_ref().map(scalar),
+        blur: terms.blur_l1.as_ref().map(scalar),
+    };
+    let checked =
+        [("total", Some(report.total)), ("clip", Some(report.clip)), ("prior", report.prior), ("blur", report.blur)];
+    for (term, value) in checked {
         if let Some(value) = value
             && !value.is_finite()
         {

@@ -48,12 +48,15 @@ impl SubjectSamples {
     }
 }
 
-/// CLIP token targets by row, `[images, tokens·dim]`.
+/// Targets by row: CLIP tokens `[images, tokens·dim]` and, when the model has the low-level
+/// branch, VAE latents `[images, C·H·W]`.
 #[derive(Debug, Clone)]
 pub struct ClipTargets {
     pub tokens: usize,
     pub dim: usize,
     pub values: Vec<f32>,
+    /// `([C, H, W], values)`; `None` trains no low-level loss.
+    pub lowlevel: Option<([usize; 3], Vec<f32>)>,
 }
 
 impl ClipTargets {
@@ -143,6 +146,8 @@ pub struct StepRecord {
     pub clip_loss: f64,
     /// `NaN` when the model has no prior.
     pub prior_loss: f64,
+    /// `NaN` without the low-level branch.
+    pub blur_loss: f64,
     pub seconds: f64,
 }
 
@@ -219,6 +224,7 @@ pub fn train<B: AutodiffBackend>(
                 loss: report.total,
                 clip_loss: report.clip,
                 prior_loss: report.prior.unwrap_or(f64::NAN),
+                blur_loss: report.blur.unwrap_or(f64::NAN),
                 seconds: started.elapsed().as_secs_f64(),
             });
             step += 1;
@@ -240,15 +246,24 @@ pub fn assemble<B: AutodiffBackend>(data: &TrainData, picks: &[Vec<usize>], devi
             let v = s.voxel_count;
             let mut voxels = Vec::with_capacity(rows.len() * v);
             let mut targets = Vec::with_capacity(rows.len() * tokens * dim);
+            let mut blur = Vec::new();
             for &r in rows {
                 voxels.extend_from_slice(&s.voxels[r * v..(r + 1) * v]);
                 targets.extend_from_slice(data.targets.row(s.target_rows[r]));
+                if let Some(([c, h, w], values)) = &data.targets.lowlevel {
+                    let n = c * h * w;
+                    blur.extend_from_slice(&values[s.target_rows[r] * n..(s.target_rows[r] + 1) * n]);
+                }
             }
             let b = rows.len();
+            let blur_target = data.targets.lowlevel.as_ref().map(|([c, h, w], _)| {
+                Tensor::from_data(TensorData::new(std::mem::take(&mut blur), [b, *c, *h, *w]), device)
+            });
             SubjectBatch {
                 subject: s.ridge,
                 voxels: Tensor::from_data(TensorData::new(voxels, [b, v]), device),
                 clip_target: Tensor::from_data(TensorData::new(targets, [b, tokens, dim]), device),
+                blur_target,
             }
         })
         .collect();

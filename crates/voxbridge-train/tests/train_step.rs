@@ -37,7 +37,12 @@ fn batch() -> Batch<B> {
         .map(|(subject, v)| {
             let voxels = Tensor::<B, 2>::random([6, v], Distribution::Normal(0.0, 1.0), &device);
             let map = Tensor::<B, 2>::random([v, 16], Distribution::Normal(0.0, 0.3), &device);
-            SubjectBatch { subject, voxels: voxels.clone(), clip_target: voxels.matmul(map).reshape([6, 2, 8]) }
+            SubjectBatch {
+                subject,
+                voxels: voxels.clone(),
+                clip_target: voxels.matmul(map).reshape([6, 2, 8]),
+                blur_target: None,
+            }
         })
         .collect();
     Batch { subjects }
@@ -107,4 +112,47 @@ fn a_non_finite_loss_names_the_step_and_term() {
     .unwrap_err();
     assert_eq!(err.step, 17);
     assert!(err.to_string().starts_with("step 17: loss `total` is NaN"), "{err}");
+}
+
+/// The low-level branch's L1 to fixed latents falls, in both phases (BiMixCo mixes the latents
+/// like the voxels).
+#[test]
+fn low_level_l1_is_trained_in_both_phases() {
+    let _guard = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Default::default();
+    <B as burn::tensor::backend::Backend>::seed(&device, 3);
+    let mut low = voxbridge_model::lowlevel::LowLevelConfig::mindeye2(16);
+    low.latent_size = 7;
+    low.block_out_channels = vec![32];
+    low.projector_width = 32;
+    let config = MindEye2Config { low_level: Some(low), prior: None, ..config() };
+    let mut data = batch();
+    for share in &mut data.subjects {
+        let latent = Tensor::<B, 4>::random([6, 4, 7, 7], Distribution::Normal(0.0, 1.0), &device);
+        share.blur_target = Some(latent);
+    }
+    for phase in [ContrastivePhase::BiMixCo { temperature: 0.05 }, ContrastivePhase::SoftClip { temperature: 0.05 }] {
+        let mut model = MindEye2::<B>::init(&config, &device);
+        let mut optim = AdamW::default();
+        let mut blur = Vec::new();
+        for step in 0..30 {
+            let (next, report) = train_step(
+                model,
+                &mut optim,
+                data.clone(),
+                phase,
+                &LossWeights::default(),
+                (3e-3, 0.9),
+                (1, step),
+                &mindeye2_weight_decay,
+                &mut |g| g,
+            )
+            .expect("finite losses");
+            model = next;
+            assert_eq!(report.prior, None);
+            blur.push(report.blur.expect("the low-level loss is computed"));
+        }
+        let (first, last) = (blur[..3].iter().sum::<f64>() / 3.0, blur[27..].iter().sum::<f64>() / 3.0);
+        assert!(last < 0.9 * first, "{phase:?}: low-level L1 did not fall: {first} → {last}");
+    }
 }

@@ -18,6 +18,43 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+# S3 tests talk to a real S3 server: moto, from a Python virtualenv kept between runs (the first
+# run installs moto[server], safetensors and numpy from PyPI, about a minute).
+echo "== moto S3 server"
+command -v python3 >/dev/null 2>&1 || need_py=1
+if [[ -n "${need_py:-}" ]] || ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
+  echo "installing: python3 python3-venv"
+  if [[ $(id -u) -eq 0 ]]; then apt-get update -qq && apt-get install -y -qq python3 python3-venv
+  else sudo apt-get update -qq && sudo apt-get install -y -qq python3 python3-venv; fi
+fi
+venv="${VOXBRIDGE_TEST_VENV:-${HOME:-/root}/.cache/voxbridge-test-venv}"
+[[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
+if ! "$venv/bin/python" -c "import moto, flask, safetensors.numpy, numpy" >/dev/null 2>&1; then
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check 'moto[server]' safetensors numpy
+fi
+export PATH="$venv/bin:$PATH"
+scratch=$(mktemp -d)
+s3_port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+moto_server -H 127.0.0.1 -p "$s3_port" > "$scratch/moto.log" 2>&1 &
+moto_pid=$!
+trap 'kill "$moto_pid" 2>/dev/null; rm -rf "$scratch"' EXIT
+python - "$s3_port" <<'PY'
+import sys, time, urllib.request
+base = f"http://127.0.0.1:{sys.argv[1]}"
+for _ in range(200):
+    try:
+        urllib.request.urlopen(base + "/moto-api/", timeout=1)
+        break
+    except OSError:
+        time.sleep(0.1)
+else:
+    sys.exit("moto_server did not start (see its log)")
+urllib.request.urlopen(urllib.request.Request(base + "/test-bucket", method="PUT"), timeout=5)
+print(f"moto S3 on {base}, bucket test-bucket")
+PY
+export AWS_ENDPOINT="http://127.0.0.1:$s3_port" AWS_ALLOW_HTTP=true AWS_ACCESS_KEY_ID=testing \
+       AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1 AWS_BUCKET=test-bucket
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
@@ -25,8 +62,7 @@ cargo clippy --release --workspace --all-targets --locked -- -D warnings
 echo "== cargo build (binaries used by the end-to-end tests)"
 cargo build --release --workspace --bins --locked
 echo "== cargo test"
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+log="$scratch/test.log"
 cargo test --release --workspace --locked 2>&1 | tee "$log"
 # One closing line for the whole workspace (cargo prints one summary per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }

@@ -101,6 +101,18 @@ pub fn voxbridge<S: AsRef<OsStr>>(args: &[S]) -> Output {
     run_bin("voxbridge", args)
 }
 
+/// Runs `voxbridge args…` with extra environment variables.
+pub fn voxbridge_env<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &str)]) -> Output {
+    ensure_built();
+    let path = bin_path("voxbridge");
+    Command::new(&path)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()))
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }

@@ -46,6 +46,21 @@ pub enum Command {
     /// Benchmarks (they print figures; they are not tests).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Training checkpoints in object storage or a local directory.
+    #[command(subcommand)]
+    Ckpt(CkptCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CkptCommand {
+    /// List the checkpoints under a root (path or URL): committed or not, step, generation, size.
+    Ls {
+        /// A checkpoint root, e.g. runs/NAME/checkpoints or s3://bucket/prefix.
+        url: String,
+    },
+    /// One checkpoint (or a root's newest committed one): files with sizes and checksums
+    /// verified, training state, config, metrics.
+    Inspect { url: String },
 }
 
 #[derive(Debug, Args)]
@@ -55,6 +70,18 @@ pub struct TrainArgs {
     /// Run directory (default runs/<name>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Continue from a checkpoint: `auto` (the newest committed one at the run's checkpoint.url,
+    /// or step 0 when there is none) or a checkpoint's path/URL.
+    #[arg(long, value_name = "auto|URL")]
+    pub resume: Option<String>,
+    /// Where checkpoints go (path or URL, e.g. s3://bucket/run); overrides checkpoint.url, default
+    /// <run dir>/checkpoints. Not part of the config: the same run may be stored anywhere.
+    #[arg(long, value_name = "URL")]
+    pub checkpoint_url: Option<String>,
+    /// Training-relevant config keys allowed to differ from the resumed checkpoint's
+    /// (comma-separated dotted keys, e.g. train.epochs,train.max_steps).
+    #[arg(long, value_name = "KEYS", value_delimiter = ',')]
+    pub allow_config_change: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 
 mod args;
 mod baseline;
+mod ckpt_cmd;
 mod config_cmd;
 mod data_cmd;
 mod demo;
@@ -29,6 +30,8 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
     init_logging(&cli.log);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // `voxbridge ckpt ls … | head`: the reader left; that is not a failure.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -60,7 +63,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sweep(a) => train_cmd::sweep(&a),
         Command::Eval(a) => train_cmd::eval(&a),
         Command::Bench(args::BenchCommand::Train(a)) => train_cmd::bench(&a),
+        Command::Ckpt(args::CkptCommand::Ls { url }) => ckpt_cmd::ls(&url),
+        Command::Ckpt(args::CkptCommand::Inspect { url }) => ckpt_cmd::inspect(&url),
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 /// "0.812 ± 0.013", or just "0.812" when the protocol ran a single loop (no spread to report).

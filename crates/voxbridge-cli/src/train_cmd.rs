@@ -8,7 +8,7 @@ use voxbridge_config::{load_experiment, load_sweep};
 use voxbridge_data::Dataset;
 use voxbridge_experiment::bench::{BenchSetup, bench_train};
 use voxbridge_experiment::run::read_report;
-use voxbridge_experiment::{CpuBackend, RunOptions, checkpoint, inputs, run_experiment, run_sweep};
+use voxbridge_experiment::{CpuBackend, ResumeFrom, RunOptions, checkpoint, inputs, run_experiment, run_sweep};
 use voxbridge_train::{EvalOptions, Evaluation, evaluate};
 
 use crate::args::{BenchTrainArgs, EvalArgs, SweepArgs, TrainArgs};
@@ -20,7 +20,19 @@ fn progress() -> bool {
 pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let config = load_experiment(&args.experiment)?;
     let dir = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
-    let summary = run_experiment(&config, &RunOptions { dir, progress: progress() })?;
+    let resume = match args.resume.as_deref() {
+        None => ResumeFrom::Never,
+        Some("auto") => ResumeFrom::Auto,
+        Some(location) => ResumeFrom::At(location.to_string()),
+    };
+    let options = RunOptions {
+        progress: progress(),
+        resume,
+        allow_config_change: args.allow_config_change.clone(),
+        checkpoint_url: args.checkpoint_url.clone(),
+        ..RunOptions::new(dir)
+    };
+    let summary = run_experiment(&config, &options)?;
     let r = &summary.report;
     println!("run {} in {}{}", r.name, summary.dir.display(), if summary.reused { " (already finished)" } else { "" });
     println!(

@@ -185,7 +185,10 @@ pub(crate) fn checkpoint(c: &mut Checker<'_>, raw: RawCheckpoint) -> Option<Chec
         c.optional("checkpoint.keep_last", raw.keep_last, DEFAULT_KEEP_LAST, |v| rules::at_least_u32(v, 2, why));
     let keep_every =
         c.optional("checkpoint.keep_every", raw.keep_every, 0, |v| rules::at_least_u32(v, 0, " (0 turns it off)"));
-    Some(CheckpointConfig { url: url?, keep_last: keep_last?, keep_every: keep_every? })
+    let every_steps = c.optional("checkpoint.every_steps", raw.every_steps, 0, |v| {
+        rules::at_least_u32(v, 0, " (0 saves at the end of every epoch)")
+    });
+    Some(CheckpointConfig { url: url?, keep_last: keep_last?, keep_every: keep_every?, every_steps: every_steps? })
 }
 
 pub(crate) fn model(c: &mut Checker<'_>, raw: RawModel) -> Option<ModelConfig> {

@@ -29,6 +29,7 @@
 //! ```
 
 mod check;
+mod diff;
 mod error;
 mod location;
 mod raw;
@@ -39,6 +40,7 @@ mod validated;
 #[cfg(test)]
 mod tests;
 
+pub use diff::{FieldChange, training_changes};
 pub use error::{ConfigError, Problem};
 pub use location::line_col;
 pub use raw::{

@@ -78,6 +78,7 @@ pub struct RawCheckpoint {
     pub url: Option<String>,
     pub keep_last: Option<i64>,
     pub keep_every: Option<i64>,
+    pub every_steps: Option<i64>,
 }
 
 /// `[model]`: the family and its sizes.

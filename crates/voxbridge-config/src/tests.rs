@@ -91,7 +91,7 @@ fn full_example_is_read_exactly() {
             new_subject_bias: NewSubjectBias::Fresh,
         },
         optim: OptimConfig { lr: 3e-4, weight_decay: 1e-2 },
-        checkpoint: CheckpointConfig { url: Some("runs/pretrain".into()), keep_last: 2, keep_every: 0 },
+        checkpoint: CheckpointConfig { url: Some("runs/pretrain".into()), keep_last: 2, keep_every: 0, every_steps: 0 },
         model: ModelConfig {
             family: ModelFamily::MindEye2,
             hidden: 256,
@@ -138,7 +138,7 @@ fn defaults_are_filled_in() {
         EvalConfig { ways: 300, loops: 30, every_epochs: 0, prior_steps: 20, mind_reader_batch: 300 }
     );
     assert_eq!(config.optim, OptimConfig { lr: 3e-4, weight_decay: 1e-2 });
-    assert_eq!(config.checkpoint, CheckpointConfig { url: None, keep_last: 2, keep_every: 0 });
+    assert_eq!(config.checkpoint, CheckpointConfig { url: None, keep_last: 2, keep_every: 0, every_steps: 0 });
     assert_eq!(config.model.family, ModelFamily::MindEye2);
     // Every default is written out in the saved config.
     let saved = config.to_toml();

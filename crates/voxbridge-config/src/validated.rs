@@ -132,6 +132,9 @@ pub struct CheckpointConfig {
     pub keep_last: u32,
     /// Also keep every N-th checkpoint forever; 0 = off.
     pub keep_every: u32,
+    /// Save every N optimizer steps; 0 = at the end of every epoch. The last step is always saved.
+    #[serde(default)]
+    pub every_steps: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

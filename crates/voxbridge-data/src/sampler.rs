@@ -4,6 +4,7 @@
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
 /// SplitMix64 finaliser: spreads nearby inputs over the whole u64 range.
 pub fn mix64(mut x: u64) -> u64 {
@@ -31,13 +32,16 @@ pub struct BalancedStreams {
     seed: u64,
 }
 
-#[derive(Debug, Clone)]
-struct Stream {
-    len: usize,
-    id: u64,
-    epoch: u64,
-    order: Vec<usize>,
-    pos: usize,
+/// One subject's stream position, as a checkpoint stores it: the stream's own epoch, the
+/// permutation of that epoch and how far into it the next batch starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stream {
+    pub id: u64,
+    pub len: usize,
+    pub epoch: u64,
+    pub pos: usize,
+    pub order: Vec<usize>,
 }
 
 impl BalancedStreams {
@@ -51,6 +55,31 @@ impl BalancedStreams {
             .map(|(&len, &id)| Stream { len, id, epoch: 0, order: epoch_order(len, seed, 0, id), pos: 0 })
             .collect();
         BalancedStreams { streams, seed }
+    }
+
+    /// Every stream's position and order (for checkpoints).
+    pub fn state(&self) -> &[Stream] {
+        &self.streams
+    }
+
+    /// Streams continuing from `state`. The streams must be those `new(lens, ids, seed)` would
+    /// make (same subjects, sizes), and each saved order must be the permutation the seed gives
+    /// for its epoch — anything else means the checkpoint belongs to other data.
+    pub fn restore(lens: &[usize], ids: &[u64], seed: u64, state: Vec<Stream>) -> Result<Self, String> {
+        let expected: Vec<(u64, usize)> = ids.iter().copied().zip(lens.iter().copied()).collect();
+        let got: Vec<(u64, usize)> = state.iter().map(|s| (s.id, s.len)).collect();
+        if expected != got {
+            return Err(format!("sampler streams (subject, samples) {got:?} do not match this run's {expected:?}"));
+        }
+        for s in &state {
+            if s.pos > s.order.len() || s.order != epoch_order(s.len, seed, s.epoch, s.id) {
+                return Err(format!(
+                    "sampler stream {} (epoch {}, position {}): the saved order is not this seed's permutation",
+                    s.id, s.epoch, s.pos
+                ));
+            }
+        }
+        Ok(BalancedStreams { streams: state, seed })
     }
 
     /// The next batch: `per_subject` sample indices from each stream, in stream order. A stream
@@ -116,6 +145,23 @@ mod tests {
 
     // Recorded from this implementation (rand 0.9 / rand_chacha 0.9).
     const PINNED: [usize; 10] = [8, 7, 4, 9, 1, 5, 2, 3, 6, 0];
+
+    #[test]
+    fn restored_streams_continue_exactly_and_foreign_state_is_refused() {
+        let mut a = BalancedStreams::new(&[10, 4], &[2, 3], 42);
+        for _ in 0..3 {
+            a.next_batch(3);
+        }
+        let saved = a.state().to_vec();
+        let mut b = BalancedStreams::restore(&[10, 4], &[2, 3], 42, saved.clone()).unwrap();
+        for _ in 0..5 {
+            assert_eq!(a.next_batch(3), b.next_batch(3));
+        }
+        let err = BalancedStreams::restore(&[10, 5], &[2, 3], 42, saved.clone()).unwrap_err();
+        assert!(err.contains("do not match"), "{err}");
+        let err = BalancedStreams::restore(&[10, 4], &[2, 3], 43, saved).unwrap_err();
+        assert!(err.contains("not this seed's permutation"), "{err}");
+    }
 
     #[test]
     fn balanced_batches_take_equal_samples_and_oversample_small_subjects() {

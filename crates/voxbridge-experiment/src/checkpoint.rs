@@ -1,7 +1,8 @@
 //! The trained model in a run directory: `checkpoint/model.safetensors` (burn module paths) and
 //! `checkpoint/model.json` (the architecture and the NSD subject of each ridge). Files are written
 //! under a temporary name and renamed, so a crash never leaves a half-written checkpoint behind.
-//! Object-storage checkpoints with optimizer state and resume build on this (issue 6).
+//! The same two files are part of every training checkpoint in object storage
+//! ([`crate::resume`]); [`load`] reads either.
 
 use std::path::{Path, PathBuf};
 
@@ -31,44 +32,87 @@ pub struct ModelCard {
 pub fn save<B: Backend>(run_dir: &Path, model: &MindEye2<B>, card: &ModelCard) -> anyhow::Result<PathBuf> {
     let dir = run_dir.join(CHECKPOINT_DIR);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut store = SafetensorsStore::from_bytes(None);
-    model.save_into(&mut store).map_err(|e| anyhow::anyhow!("serialising the model: {e}"))?;
-    let bytes = store.get_bytes().map_err(|e| anyhow::anyhow!("serialising the model: {e}"))?;
-    write_atomically(&dir.join(WEIGHTS_FILE), &bytes)?;
+    write_atomically(&dir.join(WEIGHTS_FILE), &model_bytes(model)?)?;
     write_atomically(&dir.join(MODEL_FILE), serde_json::to_string_pretty(card)?.as_bytes())?;
     Ok(dir)
 }
 
-/// Reads a checkpoint saved by [`save`]; `location` is a run directory or its `checkpoint/`.
+/// The model's weights as safetensors bytes, keyed by burn module path
+/// (`ridge.linears.0.weight`, `backbone.backbone_linear.weight`, …), with the metadata
+/// `{"format": "pt"}` that Python loaders expect.
+///
+/// Deterministic: burn's writer orders its header metadata by a `HashMap`, so the same weights
+/// could give different bytes (and checksums) in two processes; the bytes are rewritten with
+/// one metadata entry and the safetensors crate's fixed tensor order.
+pub fn model_bytes<B: Backend>(model: &MindEye2<B>) -> anyhow::Result<Vec<u8>> {
+    let mut store = SafetensorsStore::from_bytes(None);
+    model.save_into(&mut store).map_err(|e| anyhow::anyhow!("serialising the model: {e}"))?;
+    let bytes = store.get_bytes().map_err(|e| anyhow::anyhow!("serialising the model: {e}"))?;
+    let parsed = safetensors::SafeTensors::deserialize(&bytes).context("re-reading burn's safetensors output")?;
+    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize(parsed.tensors(), Some(metadata)).context("serialising the model")
+}
+
+/// Reads a trained model: `location` is a run directory (or its `checkpoint/`), or a training
+/// checkpoint by path or URL — one `…/step-…-gen-…` checkpoint, or a root of them (the newest
+/// committed one is read).
 pub fn load<B: Backend>(location: &Path, device: &B::Device) -> anyhow::Result<(MindEye2<B>, ModelCard)> {
     let dir = if location.join(MODEL_FILE).exists() { location.to_path_buf() } else { location.join(CHECKPOINT_DIR) };
+    if !dir.join(MODEL_FILE).exists() {
+        let text = location.to_string_lossy();
+        if let Some(found) = crate::resume::find_checkpoint(&text)? {
+            let (card, weights) = crate::resume::read_model_files(&found)?;
+            let model = model_from_bytes(&card, weights, &found.location(), device)?;
+            return Ok((model, card));
+        }
+    }
     let card_path = dir.join(MODEL_FILE);
     let text = std::fs::read_to_string(&card_path).with_context(|| {
-        format!("cannot read {} (is {} a run directory with a checkpoint?)", card_path.display(), location.display())
+        format!(
+            "cannot read {} (is {} a run directory with a checkpoint, or a checkpoint location?)",
+            card_path.display(),
+            location.display()
+        )
     })?;
-    let card: ModelCard = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a voxbridge model card", card_path.display()))?;
-    let problems = card.architecture.problems();
-    if !problems.is_empty() {
-        bail!("{}: {}", card_path.display(), problems.join("; "));
-    }
+    let card = parse_card(text.as_bytes(), &card_path.display().to_string())?;
     let weights_path = dir.join(WEIGHTS_FILE);
     let bytes = std::fs::read(&weights_path).with_context(|| format!("cannot read {}", weights_path.display()))?;
+    let model = model_from_bytes(&card, bytes, &weights_path.display().to_string(), device)?;
+    Ok((model, card))
+}
+
+/// A `model.json` whose architecture is valid; errors name `origin`.
+pub fn parse_card(bytes: &[u8], origin: &str) -> anyhow::Result<ModelCard> {
+    let card: ModelCard =
+        serde_json::from_slice(bytes).with_context(|| format!("{origin} is not a voxbridge model card"))?;
+    let problems = card.architecture.problems();
+    if !problems.is_empty() {
+        bail!("{origin}: {}", problems.join("; "));
+    }
+    Ok(card)
+}
+
+/// The model `card` describes, with the weights in `bytes` (safetensors); errors name `origin`.
+pub fn model_from_bytes<B: Backend>(
+    card: &ModelCard,
+    bytes: Vec<u8>,
+    origin: &str,
+    device: &B::Device,
+) -> anyhow::Result<MindEye2<B>> {
     let mut model = MindEye2::<B>::init(&card.architecture, device);
     let result = model
         .load_from(&mut SafetensorsStore::from_bytes(Some(bytes)))
-        .map_err(|e| anyhow::anyhow!("{}: {e}", weights_path.display()))?;
+        .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
     if !result.missing.is_empty() || !result.errors.is_empty() {
         let missing: Vec<&str> = result.missing.iter().map(|(p, _)| p.as_str()).take(5).collect();
         bail!(
-            "{} does not fit its model.json: {} tensors missing (first: {missing:?}), {} errors (first: {:?})",
-            weights_path.display(),
+            "{origin} does not fit its model.json: {} tensors missing (first: {missing:?}), {} errors (first: {:?})",
             result.missing.len(),
             result.errors.len(),
             result.errors.first().map(|e| e.to_string())
         );
     }
-    Ok((model, card))
+    Ok(model)
 }
 
 /// Writes `bytes` to `path` through a sibling temporary file and a rename.
@@ -76,4 +120,40 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension(format!("{}.partial", path.extension().and_then(|e| e.to_str()).unwrap_or("out")));
     std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use voxbridge_model::{BackboneMode, MindEye2Config};
+
+    use super::*;
+    use crate::CpuBackend;
+
+    /// Regression: burn's writer orders header metadata by a `HashMap`, so saving the same
+    /// weights twice gave different bytes, and a checkpoint in S3 and one on disk different
+    /// checksums.
+    #[test]
+    fn the_same_weights_always_serialise_to_the_same_bytes() {
+        let config = MindEye2Config {
+            voxels: vec![12, 9],
+            hidden: 8,
+            blocks: 1,
+            clip_tokens: 2,
+            clip_dim: 4,
+            dropout: 0.0,
+            backbone_mode: BackboneMode::Released,
+            low_level: None,
+            prior: None,
+        };
+        let model = MindEye2::<CpuBackend>::init(&config, &Default::default());
+        let first = model_bytes(&model).unwrap();
+        for _ in 0..8 {
+            assert_eq!(model_bytes(&model).unwrap(), first);
+        }
+        let parsed = safetensors::SafeTensors::read_metadata(&first).unwrap().1;
+        assert_eq!(parsed.metadata().as_ref().map(|m| m.get("format").cloned()), Some(Some("pt".to_string())));
+        let card = ModelCard { architecture: config, subjects: vec![2, 3], run: "t".into(), steps: 0 };
+        let back: MindEye2<CpuBackend> = model_from_bytes(&card, first.clone(), "test", &Default::default()).unwrap();
+        assert_eq!(model_bytes(&back).unwrap(), first, "loading and saving again is lossless");
+    }
 }

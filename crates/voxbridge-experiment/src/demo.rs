@@ -13,7 +13,7 @@ use voxbridge_config::{BackboneKind, ExperimentConfig, parse_experiment};
 use voxbridge_train::Evaluation;
 
 use crate::plots::{LinePlot, Series};
-use crate::run::{RunOptions, RunSummary, run_experiment};
+use crate::run::{ResumeFrom, RunOptions, RunSummary, run_experiment};
 
 /// Sizes of the demo; [`DemoPlan::small`] is what `voxbridge demo` runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -141,7 +141,9 @@ pub fn run_demo(plan: &DemoPlan, manifest: &str, out: &Path, seed: u64, progress
     let dir = |c: &ExperimentConfig| -> PathBuf { runs.join(&c.name) };
     let pretrain_dir = runs.join("demo-pretrain-subjects2-8");
     let [pre, fine, scratch] = plan.experiments(manifest, &pretrain_dir, seed)?;
-    let go = |c: &ExperimentConfig| run_experiment(c, &RunOptions { dir: dir(c), progress });
+    let go = |c: &ExperimentConfig| {
+        run_experiment(c, &RunOptions { progress, resume: ResumeFrom::Auto, ..RunOptions::new(dir(c)) })
+    };
     let pretrain = go(&pre)?;
     let finetune = go(&fine)?;
     let scratch = go(&scratch)?;

@@ -21,6 +21,7 @@ pub mod demo;
 pub mod inputs;
 pub mod metrics;
 pub mod plots;
+pub mod resume;
 pub mod run;
 pub mod sweep;
 
@@ -29,5 +30,5 @@ pub type CpuBackend = burn::backend::Flex;
 /// [`CpuBackend`] with autodiff.
 pub type TrainBackend = burn::backend::Autodiff<CpuBackend>;
 
-pub use run::{RunOptions, RunReport, RunSummary, run_experiment};
+pub use run::{ResumeFrom, RunOptions, RunReport, RunSummary, run_experiment};
 pub use sweep::{SweepReport, run_sweep};

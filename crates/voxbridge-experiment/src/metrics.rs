@@ -1,5 +1,6 @@
 //! Per-step and per-epoch metrics as CSV (`metrics/steps.csv`, `metrics/epochs.csv`), flushed as
-//! they come so a crashed run keeps its history.
+//! they come so a crashed run keeps its history; a resumed run drops the rows written after its
+//! checkpoint and continues the files.
 
 use std::fs::File;
 use std::path::Path;
@@ -23,6 +24,17 @@ pub struct EpochRecord {
     pub brain_top1: Option<f64>,
 }
 
+/// The columns of a `steps.csv` row that a resumed run needs back.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct StepRow {
+    pub step: u64,
+    pub epoch: usize,
+    pub loss: f64,
+    pub clip_loss: f64,
+    pub prior_loss: f64,
+    pub seconds: f64,
+}
+
 /// CSV writers for the two files.
 pub struct MetricsWriter {
     steps: csv::Writer<File>,
@@ -39,8 +51,48 @@ impl MetricsWriter {
         Ok(MetricsWriter { steps: open("steps.csv")?, epochs: open("epochs.csv")? })
     }
 
+    /// Continues the files of a run resumed after `steps_done` steps and `epochs_done` whole
+    /// epochs: keeps the rows before those, drops the rest (written after the checkpoint, before
+    /// a crash), and returns the kept rows. Missing files start empty.
+    pub fn resume(
+        dir: &Path,
+        steps_done: u64,
+        epochs_done: usize,
+    ) -> anyhow::Result<(Self, Vec<StepRow>, Vec<EpochRecord>)> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let steps_path = dir.join("steps.csv");
+        let epochs_path = dir.join("epochs.csv");
+        let step_rows: Vec<StepRow> = read_rows(&steps_path)?;
+        let epoch_rows: Vec<EpochRecord> = read_rows(&epochs_path)?;
+        let (kept_steps, kept_epochs) = (
+            step_rows.iter().take_while(|r| r.step < steps_done).count(),
+            epoch_rows.iter().take_while(|r| r.epoch < epochs_done).count(),
+        );
+        let steps = truncate_rows(&steps_path, kept_steps)?;
+        let epochs = truncate_rows(&epochs_path, kept_epochs)?;
+        if kept_steps as u64 != steps_done {
+            tracing::warn!(
+                "{} has {kept_steps} rows before step {steps_done}: metrics of the missing steps are lost",
+                steps_path.display()
+            );
+        }
+        Ok((
+            MetricsWriter { steps, epochs },
+            step_rows.into_iter().take(kept_steps).collect(),
+            epoch_rows.into_iter().take(kept_epochs).collect(),
+        ))
+    }
+
+    /// Appends a step's row and flushes it (a crash loses at most the row being written).
     pub fn step(&mut self, record: &StepRecord) -> anyhow::Result<()> {
         self.steps.serialize(record)?;
+        self.steps.flush()?;
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> anyhow::Result<()> {
+        self.steps.flush()?;
+        self.epochs.flush()?;
         Ok(())
     }
 
@@ -50,4 +102,50 @@ impl MetricsWriter {
         self.steps.flush()?;
         Ok(())
     }
+}
+
+/// Every row of a CSV file with a header; a missing file has none.
+fn read_rows<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<T>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let mut reader = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut rows = Vec::new();
+    for (i, row) in reader.deserialize().enumerate() {
+        match row {
+            Ok(row) => rows.push(row),
+            // A row cut short by a crash can only be the last one.
+            Err(e) => {
+                tracing::warn!("{}: row {} unreadable ({e}); ignoring it and what follows", path.display(), i + 2);
+                break;
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Rewrites `path` with its header and first `keep` rows (through a temporary file and a rename)
+/// and opens it for appending.
+fn truncate_rows(path: &Path, keep: usize) -> anyhow::Result<csv::Writer<File>> {
+    let mut lines: Vec<String> = if path.exists() {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .lines()
+            .map(str::to_string)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let has_header = !lines.is_empty();
+    lines.truncate(if has_header { keep + 1 } else { 0 });
+    let mut text = lines.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    crate::checkpoint::write_atomically(path, text.as_bytes())?;
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {} for appending", path.display()))?;
+    Ok(csv::WriterBuilder::new().has_headers(!has_header).from_writer(file))
 }

@@ -9,17 +9,21 @@ use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
+use voxbridge_checkpoint::fault::{Fault, fault_from_env, kill_self};
+use voxbridge_checkpoint::retention::{self, RetentionPolicy, Seen};
+use voxbridge_checkpoint::{CheckpointId, CheckpointStore};
 use voxbridge_config::{BackboneKind, ExperimentConfig, ModelConfig, ModelFamily, NewSubjectBias};
 use voxbridge_data::Dataset;
 use voxbridge_model::losses::LossWeights;
 use voxbridge_model::lowlevel::LowLevelConfig;
 use voxbridge_model::prior::PriorConfig;
 use voxbridge_model::{BackboneMode, MindEye2, MindEye2Config, RidgeBiasInit};
-use voxbridge_train::{EvalOptions, Evaluation, StepRecord, TrainObserver, TrainPlan, evaluate, train};
+use voxbridge_train::{EvalOptions, Evaluation, Progress, StepRecord, TrainObserver, TrainPlan, evaluate, train};
 
 use crate::checkpoint::{self, ModelCard};
 use crate::inputs::{self, ExperimentInputs};
 use crate::metrics::{EpochRecord, MetricsWriter};
+use crate::resume::{self, TrainingCheckpoint, TrainingState};
 use crate::{TrainBackend, plots};
 
 pub const CONFIG_FILE: &str = "config.toml";
@@ -32,6 +36,47 @@ pub struct RunOptions {
     pub dir: PathBuf,
     /// Draw a progress bar on the terminal.
     pub progress: bool,
+    pub resume: ResumeFrom,
+    /// Training-relevant config fields (dotted keys) allowed to differ from the checkpoint's.
+    pub allow_config_change: Vec<String>,
+    /// Checkpoint root chosen by the launcher; overrides `checkpoint.url`.
+    pub checkpoint_url: Option<String>,
+}
+
+impl RunOptions {
+    /// A fresh run into `dir`, no progress bar.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        RunOptions {
+            dir: dir.into(),
+            progress: false,
+            resume: ResumeFrom::Never,
+            allow_config_change: Vec::new(),
+            checkpoint_url: None,
+        }
+    }
+}
+
+/// `--resume`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ResumeFrom {
+    /// Start at step 0; committed checkpoints at the run's checkpoint URL are an error.
+    #[default]
+    Never,
+    /// The newest committed checkpoint at the run's checkpoint URL, or step 0 when there is none
+    /// (said in the log).
+    Auto,
+    /// This checkpoint (or the newest committed one under this root).
+    At(String),
+}
+
+/// The checkpoint root of a run: the launcher's choice, else `checkpoint.url`, else
+/// `<run dir>/checkpoints`.
+pub fn checkpoint_url(config: &ExperimentConfig, options: &RunOptions) -> String {
+    options
+        .checkpoint_url
+        .clone()
+        .or_else(|| config.checkpoint.url.clone())
+        .unwrap_or_else(|| options.dir.join("checkpoints").display().to_string())
 }
 
 /// `report.json`.
@@ -110,47 +155,84 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions) -> anyhow
     let dataset = Dataset::open(&config.data.manifest)?;
     let inputs = inputs::load(&dataset, &config.data, config.model.low_level)?;
     let device = Default::default();
-    <TrainBackend as Backend>::seed(&device, config.train.seed);
-    let (model, init_from, architecture) = initial_model(config, &inputs, &device)?;
+    let plan = train_plan(config, &inputs);
+    let ckpt_url = checkpoint_url(config, options);
+    let store = CheckpointStore::open(&ckpt_url)?;
+    let found = find_resume_point(&store, &ckpt_url, &options.resume)?;
 
-    let samples_per_epoch = config
-        .train
-        .samples_per_epoch
-        .map_or_else(|| default_samples_per_epoch(&inputs, config.data.train_subjects.len()), |n| n as usize);
-    let mut plan = TrainPlan::mindeye2(
-        config.train.seed,
-        config.train.epochs as usize,
-        config.train.batch_size as usize,
-        config.data.train_subjects.len(),
-        samples_per_epoch,
-        config.optim.lr,
-        config.train.mixup_pct,
-    );
-    plan.weights = LossWeights {
-        prior: config.train.prior_scale,
-        clip: config.train.clip_scale,
-        blur: config.train.blur_scale,
-        ..Default::default()
+    let (model, init_from, architecture, resume) = match &found {
+        Some(found) => {
+            let restored = resume::restore(found, &inputs.train, &plan, &device)?;
+            refuse_config_changes(config, &restored.config_toml, &found.location(), &options.allow_config_change)?;
+            tracing::info!(
+                from = %found.location(),
+                steps_done = restored.state.steps_done,
+                total = plan.total_steps(),
+                "resuming"
+            );
+            (restored.model, restored.state.parent.clone(), restored.card.architecture, Some(restored.resume))
+        }
+        None => {
+            <TrainBackend as Backend>::seed(&device, config.train.seed);
+            let (model, init_from, architecture) = initial_model(config, &inputs, &device)?;
+            (model, init_from, architecture, None)
+        }
     };
-    plan.max_steps = config.train.max_steps;
+    let steps_done = resume.as_ref().map_or(0, |r| r.steps_done);
     tracing::info!(
         run = %config.name,
         subjects = ?config.data.train_subjects,
         trials = inputs.train_trials(),
         steps = plan.total_steps(),
         iters_per_epoch = plan.iters_per_epoch,
+        checkpoints = %store.url(),
         "training"
     );
 
-    let mut observer = RunObserver::new(config, &inputs, &plan, dir, options.progress)?;
+    let card = ModelCard {
+        architecture: architecture.clone(),
+        subjects: config.data.train_subjects.clone(),
+        run: config.name.clone(),
+        steps: plan.total_steps(),
+    };
+    let checkpointer = Checkpointer {
+        generation: store.next_generation()?,
+        store,
+        every_steps: u64::from(config.checkpoint.every_steps),
+        policy: RetentionPolicy::new(config.checkpoint.keep_last as usize, {
+            let spacing = if config.checkpoint.every_steps > 0 {
+                u64::from(config.checkpoint.every_steps)
+            } else {
+                plan.iters_per_epoch as u64
+            };
+            u64::from(config.checkpoint.keep_every) * spacing
+        })
+        .map_err(|e| anyhow::anyhow!("checkpoint.{e}"))?,
+        base: resume::base_state(
+            &config.name,
+            &hash,
+            &plan,
+            &config.data.train_subjects,
+            &inputs.sessions_used,
+            init_from.clone(),
+        ),
+        card,
+        config_toml: config.to_toml(),
+    };
+    let kill_after = match fault_from_env().map_err(anyhow::Error::msg)? {
+        Some(Fault::KillAfterStep(n)) => Some(n),
+        _ => None,
+    };
+    let mut observer =
+        RunObserver::new(config, &inputs, &plan, dir, options.progress, steps_done, checkpointer, kill_after)?;
     let started = Instant::now();
-    let trained = train(model, &inputs.train, &plan, config.optim.weight_decay, &mut observer, &mut |g| g);
+    let trained = train(model, &inputs.train, &plan, config.optim.weight_decay, resume, &mut observer, &mut |g| g);
     observer.finish();
     if let Some(e) = observer.error.take() {
         return Err(e);
     }
     let model = trained.with_context(|| format!("run `{}` stopped", config.name))?;
-    let train_seconds = started.elapsed().as_secs_f64();
+    let train_seconds = started.elapsed().as_secs_f64() + observer.resumed_seconds;
     let steps = observer.steps;
 
     let model = model.valid();
@@ -204,6 +286,86 @@ pub fn read_report(dir: &Path) -> anyhow::Result<Option<RunReport>> {
     let report =
         serde_json::from_str(&text).with_context(|| format!("{} is not a voxbridge run report", path.display()))?;
     Ok(Some(report))
+}
+
+/// The run's schedule: MindEye2's plan from `[train]`, `[optim]` and the data's sizes.
+fn train_plan(config: &ExperimentConfig, inputs: &ExperimentInputs) -> TrainPlan {
+    let samples_per_epoch = config
+        .train
+        .samples_per_epoch
+        .map_or_else(|| default_samples_per_epoch(inputs, config.data.train_subjects.len()), |n| n as usize);
+    let mut plan = TrainPlan::mindeye2(
+        config.train.seed,
+        config.train.epochs as usize,
+        config.train.batch_size as usize,
+        config.data.train_subjects.len(),
+        samples_per_epoch,
+        config.optim.lr,
+        config.train.mixup_pct,
+    );
+    plan.weights = LossWeights {
+        prior: config.train.prior_scale,
+        clip: config.train.clip_scale,
+        blur: config.train.blur_scale,
+        ..Default::default()
+    };
+    plan.max_steps = config.train.max_steps;
+    plan
+}
+
+/// The checkpoint to continue from, as `--resume` asks. Without `--resume`, committed
+/// checkpoints at the run's URL are an error: a new run must not mix with an old one.
+fn find_resume_point(store: &CheckpointStore, url: &str, resume: &ResumeFrom) -> anyhow::Result<Option<resume::Found>> {
+    match resume {
+        ResumeFrom::Never => {
+            if let Some(id) = store.latest_committed()? {
+                bail!(
+                    "{} already holds committed checkpoints (newest {id}); continue that run with `--resume auto`, \
+                     or give this run another checkpoint.url or --out",
+                    store.url()
+                );
+            }
+            Ok(None)
+        }
+        ResumeFrom::Auto => {
+            let found = resume::find_checkpoint(url)?;
+            if found.is_none() {
+                tracing::info!(url, "resume auto: no committed checkpoint here yet; starting at step 0");
+            }
+            Ok(found)
+        }
+        ResumeFrom::At(location) => Ok(Some(
+            resume::find_checkpoint(location)?
+                .with_context(|| format!("--resume {location}: no committed checkpoint there"))?,
+        )),
+    }
+}
+
+/// Refuses to continue a checkpoint trained with other training-relevant settings, naming each
+/// differing field, unless every one is in `allowed`.
+fn refuse_config_changes(
+    config: &ExperimentConfig,
+    saved_toml: &str,
+    location: &str,
+    allowed: &[String],
+) -> anyhow::Result<()> {
+    let origin = format!("{location}/{}", resume::CONFIG_FILE);
+    let saved = voxbridge_config::parse_experiment(saved_toml, &origin)
+        .and_then(|raw| raw.validate(&origin, Some(saved_toml)))
+        .with_context(|| format!("{origin}: the checkpoint's config no longer validates"))?;
+    let refused: Vec<String> = voxbridge_config::training_changes(&saved, config)
+        .into_iter()
+        .filter(|change| !allowed.contains(&change.key))
+        .map(|change| change.to_string())
+        .collect();
+    if !refused.is_empty() {
+        bail!(
+            "cannot resume {location}: the config differs in training-relevant fields:\n  {}\n\
+             pass --allow-config-change with those keys (comma-separated) to accept them",
+            refused.join("\n  ")
+        );
+    }
+    Ok(())
 }
 
 /// MindEye2's nominal epoch (spec §2.3) with the dataset's trials per session in place of 750:
@@ -335,7 +497,54 @@ fn eval_options(config: &ExperimentConfig, with_prior: bool) -> EvalOptions {
     }
 }
 
-/// Writes metrics, draws the progress bar, evaluates every `eval.every_epochs`.
+/// Saves training checkpoints when due and applies the retention policy after each commit.
+struct Checkpointer {
+    store: CheckpointStore,
+    generation: u32,
+    /// 0: at the end of every epoch.
+    every_steps: u64,
+    policy: RetentionPolicy,
+    base: TrainingState,
+    card: ModelCard,
+    config_toml: String,
+}
+
+/// Whether a checkpoint is due after `steps_done` steps: every `every_steps` steps (0: at each
+/// epoch's end), and always after the run's last step.
+pub fn checkpoint_due(steps_done: u64, epoch_finished: bool, run_finished: bool, every_steps: u64) -> bool {
+    run_finished || if every_steps == 0 { epoch_finished } else { steps_done.is_multiple_of(every_steps) }
+}
+
+impl Checkpointer {
+    fn save(&self, p: &Progress<'_, TrainBackend>, last_loss: f64) -> anyhow::Result<()> {
+        let id = CheckpointId { step: p.steps_done, generation: self.generation };
+        let state =
+            resume::training_state(&self.base, p.steps_done, p.epoch, p.epoch_finished, p.streams, p.optim, last_loss);
+        let parts = TrainingCheckpoint {
+            model: p.model,
+            card: &self.card,
+            optim: p.optim,
+            state: &state,
+            config_toml: &self.config_toml,
+        };
+        let record = resume::save_training(&self.store, id, &parts)
+            .with_context(|| format!("saving checkpoint {}", self.store.location(id)))?;
+        tracing::info!(checkpoint = %self.store.location(id), bytes = record.total_bytes(), "checkpoint committed");
+        // Retention runs only now that a newer commit is durable; a failed delete is not fatal.
+        let seen: Vec<Seen> = self.store.list()?.iter().map(|l| Seen { id: l.id, committed: l.committed }).collect();
+        for decision in retention::decide(&seen, self.generation, self.policy) {
+            if let retention::Decision::Delete { id, reason } = decision {
+                match self.store.delete(id) {
+                    Ok(()) => tracing::debug!(checkpoint = %self.store.location(id), reason, "deleted"),
+                    Err(e) => tracing::warn!("retention could not delete {}: {e}", self.store.location(id)),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes metrics, draws the progress bar, evaluates every `eval.every_epochs`, checkpoints.
 struct RunObserver<'a> {
     config: &'a ExperimentConfig,
     inputs: &'a ExperimentInputs,
@@ -347,16 +556,26 @@ struct RunObserver<'a> {
     epoch_phase: &'static str,
     steps: u64,
     last_loss: f64,
+    /// Training seconds recorded before a resume (from steps.csv).
+    resumed_seconds: f64,
+    checkpointer: Checkpointer,
+    kill_after: Option<u64>,
     error: Option<anyhow::Error>,
 }
 
 impl<'a> RunObserver<'a> {
+    /// Starts the metrics of a fresh run, or continues those of a run resumed after
+    /// `steps_done` steps (rows of later steps, written before a crash, are dropped).
+    #[allow(clippy::too_many_arguments)]
     fn new(
         config: &'a ExperimentConfig,
         inputs: &'a ExperimentInputs,
         plan: &TrainPlan,
         dir: &Path,
         progress: bool,
+        steps_done: u64,
+        checkpointer: Checkpointer,
+        kill_after: Option<u64>,
     ) -> anyhow::Result<Self> {
         let bar = if progress { ProgressBar::new(plan.total_steps()) } else { ProgressBar::hidden() };
         bar.set_style(
@@ -365,19 +584,49 @@ impl<'a> RunObserver<'a> {
                 .progress_chars("=> "),
         );
         bar.set_prefix(config.name.clone());
-        Ok(RunObserver {
+        bar.set_position(steps_done);
+        let metrics_dir = dir.join("metrics");
+        let (metrics, rows, epochs) = if steps_done == 0 {
+            (MetricsWriter::create(&metrics_dir)?, Vec::new(), Vec::new())
+        } else {
+            let epochs_done = (steps_done / plan.iters_per_epoch as u64) as usize;
+            MetricsWriter::resume(&metrics_dir, steps_done, epochs_done)?
+        };
+        let mut observer = RunObserver {
             config,
             inputs,
-            metrics: MetricsWriter::create(&dir.join("metrics"))?,
+            metrics,
             bar,
-            epochs: Vec::new(),
+            epochs,
             step_losses: Vec::new(),
             epoch_sums: (0.0, 0.0, 0.0, 0, 0.0),
             epoch_phase: "",
-            steps: 0,
+            steps: steps_done,
             last_loss: f64::NAN,
+            resumed_seconds: 0.0,
+            checkpointer,
+            kill_after,
             error: None,
-        })
+        };
+        let current_epoch = (steps_done / plan.iters_per_epoch as u64) as usize;
+        for row in rows {
+            observer.resumed_seconds += row.seconds;
+            observer.step_losses.push((row.step, row.loss));
+            observer.last_loss = row.loss;
+            if row.epoch == current_epoch {
+                observer.add_to_epoch(row.loss, row.clip_loss, row.prior_loss, row.seconds);
+            }
+        }
+        Ok(observer)
+    }
+
+    fn add_to_epoch(&mut self, loss: f64, clip: f64, prior: f64, seconds: f64) {
+        let (l, c, p, n, s) = &mut self.epoch_sums;
+        *l += loss;
+        *c += clip;
+        *p += prior;
+        *n += 1;
+        *s += seconds;
     }
 
     fn finish(&mut self) {
@@ -398,12 +647,7 @@ impl TrainObserver<TrainBackend> for RunObserver<'_> {
         let result = self.metrics.step(r);
         self.keep(result);
         self.step_losses.push((r.step, r.loss));
-        let (l, c, p, n, s) = &mut self.epoch_sums;
-        *l += r.loss;
-        *c += r.clip_loss;
-        *p += r.prior_loss;
-        *n += 1;
-        *s += r.seconds;
+        self.add_to_epoch(r.loss, r.clip_loss, r.prior_loss, r.seconds);
         self.epoch_phase = r.phase;
         self.steps = r.step + 1;
         self.last_loss = r.loss;
@@ -447,5 +691,21 @@ impl TrainObserver<TrainBackend> for RunObserver<'_> {
         let result = self.metrics.epoch(&record);
         self.keep(result);
         self.epochs.push(record);
+    }
+
+    fn after_step(&mut self, p: &Progress<'_, TrainBackend>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        if let Some(e) = self.error.take() {
+            return Err(e.into());
+        }
+        let c = &self.checkpointer;
+        if checkpoint_due(p.steps_done, p.epoch_finished, p.run_finished, c.every_steps) {
+            // Metrics up to this step are on disk before the checkpoint that a resume starts from.
+            self.metrics.flush()?;
+            self.bar.suspend(|| c.save(p, self.last_loss))?;
+        }
+        if self.kill_after == Some(p.steps_done) {
+            kill_self(&format!("{} after step {}", voxbridge_checkpoint::fault::FAULT_ENV, p.steps_done));
+        }
+        Ok(())
     }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use voxbridge_config::SweepRun;
 
 use crate::plots::{LinePlot, Series};
-use crate::run::{RunOptions, run_experiment};
+use crate::run::{ResumeFrom, RunOptions, run_experiment};
 
 /// One run's line in `sweep.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,8 +44,11 @@ pub fn run_sweep(runs: &[SweepRun], out: &Path, progress: bool) -> anyhow::Resul
     for (i, run) in runs.iter().enumerate() {
         tracing::info!(run = %run.name, "sweep run {}/{}", i + 1, runs.len());
         let dir = out.join(&run.name);
-        let summary = run_experiment(&run.config, &RunOptions { dir: dir.clone(), progress })
-            .with_context(|| format!("sweep run `{}`", run.name))?;
+        let summary = run_experiment(
+            &run.config,
+            &RunOptions { progress, resume: ResumeFrom::Auto, ..RunOptions::new(dir.clone()) },
+        )
+        .with_context(|| format!("sweep run `{}`", run.name))?;
         let report = &summary.report;
         let eval =
             report.evaluation.values().next().with_context(|| format!("run `{}` has no evaluation", run.name))?;

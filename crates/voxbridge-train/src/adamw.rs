@@ -8,10 +8,10 @@
 
 use std::collections::HashMap;
 
-use burn::module::{AutodiffModule, ModuleMapper, Param, ParamId};
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
 
 /// First and second moments of one parameter, flattened, and its step count.
 struct Moments<B: Backend> {
@@ -62,6 +62,91 @@ impl<B: AutodiffBackend> AdamW<B> {
     /// Number of parameters with optimizer state.
     pub fn tracked(&self) -> usize {
         self.moments.len()
+    }
+
+    /// The state of every parameter of `model` that has any, keyed by burn module path, in the
+    /// model's parameter order (for checkpoints: ids change between processes, paths do not).
+    pub fn export<M: Module<B>>(&self, model: &M) -> Vec<ParamMoments> {
+        params_by_path(model)
+            .into_iter()
+            .filter_map(|(path, id, shape, _)| {
+                let state = self.moments.get(&id)?;
+                let values = |t: &Tensor<B::InnerBackend, 1>| t.clone().into_data().convert::<f32>().to_vec::<f32>();
+                Some(ParamMoments {
+                    path,
+                    shape,
+                    exp_avg: values(&state.m).ok()?,
+                    exp_avg_sq: values(&state.v).ok()?,
+                    steps: state.steps,
+                })
+            })
+            .collect()
+    }
+
+    /// An optimizer holding `moments` for the parameters of `model` with the same paths. A path
+    /// the model lacks or a size that differs is an error naming the path.
+    pub fn import<M: Module<B>>(model: &M, moments: Vec<ParamMoments>) -> Result<Self, String> {
+        let params: HashMap<String, (ParamId, Vec<usize>, _)> =
+            params_by_path(model).into_iter().map(|(path, id, shape, device)| (path, (id, shape, device))).collect();
+        let mut optim = AdamW::default();
+        for p in moments {
+            let Some((id, shape, device)) = params.get(&p.path) else {
+                return Err(format!("optimizer state for `{}`, which the model does not have", p.path));
+            };
+            let n: usize = shape.iter().product();
+            if p.shape != *shape || p.exp_avg.len() != n || p.exp_avg_sq.len() != n {
+                return Err(format!(
+                    "optimizer state for `{}` has shape {:?} ({} and {} values) but the parameter is {shape:?}",
+                    p.path,
+                    p.shape,
+                    p.exp_avg.len(),
+                    p.exp_avg_sq.len()
+                ));
+            }
+            let tensor = |values: Vec<f32>| Tensor::from_data(TensorData::new(values, [n]), device);
+            optim.moments.insert(*id, Moments { m: tensor(p.exp_avg), v: tensor(p.exp_avg_sq), steps: p.steps });
+        }
+        Ok(optim)
+    }
+}
+
+/// One parameter's AdamW state: `exp_avg` (m) and `exp_avg_sq` (v) in the parameter's shape
+/// (row-major), and its step count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamMoments {
+    pub path: String,
+    pub shape: Vec<usize>,
+    pub exp_avg: Vec<f32>,
+    pub exp_avg_sq: Vec<f32>,
+    pub steps: i32,
+}
+
+/// Path, id, shape and (inner-backend) device of every float parameter, in visiting order.
+type ParamSite<B> = (String, ParamId, Vec<usize>, burn::tensor::Device<<B as AutodiffBackend>::InnerBackend>);
+
+fn params_by_path<B: AutodiffBackend, M: Module<B>>(model: &M) -> Vec<ParamSite<B>> {
+    let mut visitor = PathVisitor::<B> { path: Vec::new(), found: Vec::new() };
+    model.visit(&mut visitor);
+    visitor.found
+}
+
+struct PathVisitor<B: AutodiffBackend> {
+    path: Vec<String>,
+    found: Vec<ParamSite<B>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for PathVisitor<B> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let tensor = param.val();
+        self.found.push((self.path.join("."), param.id, tensor.dims().to_vec(), tensor.inner().device()));
     }
 }
 

@@ -10,9 +10,12 @@ pub mod schedule;
 pub mod step;
 pub mod trainer;
 
-pub use adamw::AdamW;
+pub use adamw::{AdamW, ParamMoments};
 pub use decay::{DecayGroup, decay_group, mindeye2_weight_decay};
 pub use evaluate::{EvalOptions, Evaluation, TestTrials, evaluate};
 pub use schedule::{OneCycle, OneCyclePoint};
 pub use step::{Batch, ContrastivePhase, NonFiniteLoss, StepReport, SubjectBatch, mixco_draw, train_step};
-pub use trainer::{ClipTargets, Quiet, StepRecord, SubjectSamples, TrainData, TrainObserver, TrainPlan, train};
+pub use trainer::{
+    ClipTargets, Progress, Quiet, Resume, StepRecord, SubjectSamples, TrainData, TrainError, TrainObserver, TrainPlan,
+    fresh_streams, stream_keys, train,
+};

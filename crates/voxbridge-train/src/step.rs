@@ -9,6 +9,7 @@ use burn::tensor::{Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Beta, Distribution, StandardNormal};
+use voxbridge_data::sampler::mix64;
 use voxbridge_model::MindEye2;
 use voxbridge_model::losses::{
     LossTerms, LossWeights, MixcoDraw, l1_loss, l2_normalize, mixco_nce, mixco_voxels, soft_clip_loss,
@@ -83,6 +84,9 @@ pub fn train_step<B: AutodiffBackend>(
 ) -> Result<(MindEye2<B>, StepReport), NonFiniteLoss> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let device = batch.subjects.first().map(|s| s.voxels.device()).unwrap_or_default();
+    // Dropout draws from the backend's generator: reseeding it every step makes step s's masks
+    // a function of (seed, s) alone, which is what an exact resume needs.
+    B::seed(&device, mix64(seed ^ mix64(step)));
 
     // 1. Inputs: BiMixCo mixes each subject's voxels with a partner from the same subject.
     let mut draws = Vec::new();

@@ -151,11 +151,50 @@ pub struct StepRecord {
     pub seconds: f64,
 }
 
+/// Where a run stands after a step: everything a checkpoint needs besides the plan and data.
+pub struct Progress<'a, B: AutodiffBackend> {
+    /// Steps taken so far (the next step's index).
+    pub steps_done: u64,
+    /// Epoch of the step just taken (0-based).
+    pub epoch: usize,
+    /// The step just taken was the last of its epoch.
+    pub epoch_finished: bool,
+    /// The run's last step was just taken.
+    pub run_finished: bool,
+    pub model: &'a MindEye2<B>,
+    pub optim: &'a AdamW<B>,
+    pub streams: &'a BalancedStreams,
+}
+
+/// A run continued from a checkpoint: the steps already taken, the optimizer and the sampler.
+/// The learning-rate schedule and every random draw are functions of the step, so nothing else
+/// is needed.
+pub struct Resume<B: AutodiffBackend> {
+    pub steps_done: u64,
+    pub optim: AdamW<B>,
+    pub streams: BalancedStreams,
+}
+
+/// Why training stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    NonFinite(#[from] NonFiniteLoss),
+    /// The observer failed (writing metrics, saving a checkpoint).
+    #[error("{0}")]
+    Observer(Box<dyn std::error::Error + Send + Sync>),
+}
+
 /// Receives progress; the loop never writes files or prints itself.
 pub trait TrainObserver<B: AutodiffBackend> {
     fn on_step(&mut self, record: &StepRecord);
-    /// After the last step of `epoch`, with the current weights (for evaluation, checkpoints).
+    /// After the last step of `epoch`, with the current weights (for evaluation).
     fn on_epoch_end(&mut self, epoch: usize, model: &MindEye2<B>);
+    /// After every step, once `on_epoch_end` has run for a finished epoch: the place to save
+    /// checkpoints. An error stops training.
+    fn after_step(&mut self, _progress: &Progress<'_, B>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        Ok(())
+    }
 }
 
 /// An observer that ignores everything.
@@ -167,69 +206,93 @@ impl<B: AutodiffBackend> TrainObserver<B> for Quiet {
     fn on_epoch_end(&mut self, _: usize, _: &MindEye2<B>) {}
 }
 
-/// Runs `plan` on `model` with a fresh AdamW. `weight_decay` scales MindEye2's decay groups (the
-/// groups decide which parameters decay at all). Seeds burn's RNG (dropout) from `plan.seed`, so
-/// the same plan, data and initial weights give the same run.
+/// The sample streams of a fresh run of `plan` on `data`.
+pub fn fresh_streams(data: &TrainData, plan: &TrainPlan) -> BalancedStreams {
+    let (lens, ids) = stream_keys(data);
+    BalancedStreams::new(&lens, &ids, plan.seed)
+}
+
+/// Samples and ids of each subject's stream, in ridge order.
+pub fn stream_keys(data: &TrainData) -> (Vec<usize>, Vec<u64>) {
+    (
+        data.subjects.iter().map(SubjectSamples::len).collect(),
+        data.subjects.iter().map(|s| u64::from(s.subject)).collect(),
+    )
+}
+
+/// Runs `plan` on `model` with a fresh AdamW and fresh streams, or continues `resume`.
+/// `weight_decay` scales MindEye2's decay groups (the groups decide which parameters decay at
+/// all). Every random draw of step `s` is a function of `(plan.seed, s)`, so the same plan, data
+/// and initial weights give the same run, and a resumed run continues it exactly.
 pub fn train<B: AutodiffBackend>(
     mut model: MindEye2<B>,
     data: &TrainData,
     plan: &TrainPlan,
     weight_decay: f64,
+    resume: Option<Resume<B>>,
     observer: &mut dyn TrainObserver<B>,
     sync_gradients: &mut dyn FnMut(GradientsParams) -> GradientsParams,
-) -> Result<MindEye2<B>, NonFiniteLoss> {
+) -> Result<MindEye2<B>, TrainError> {
     let device = model.backbone.backbone_linear.weight.device();
-    B::seed(&device, plan.seed);
-    let mut optim = AdamW::<B>::default();
-    let lens: Vec<usize> = data.subjects.iter().map(SubjectSamples::len).collect();
-    let ids: Vec<u64> = data.subjects.iter().map(|s| u64::from(s.subject)).collect();
-    let mut streams = BalancedStreams::new(&lens, &ids, plan.seed);
+    let Resume { steps_done, mut optim, mut streams } =
+        resume.unwrap_or_else(|| Resume { steps_done: 0, optim: AdamW::default(), streams: fresh_streams(data, plan) });
     let decay = |path: &str| crate::decay::mindeye2_weight_decay(path) / 1e-2 * weight_decay;
     let total = plan.total_steps();
+    let iters = plan.iters_per_epoch as u64;
 
-    let mut step = 0u64;
-    'epochs: for epoch in 0..plan.epochs {
+    let mut step = steps_done;
+    while step < total {
+        // Shapes: each step takes `per_subject` trials of every subject → batch [S·per_subject].
+        let epoch = (step / iters) as usize;
         let phase = plan.phase(epoch);
-        for _ in 0..plan.iters_per_epoch {
-            if step >= total {
-                break 'epochs;
-            }
-            let started = Instant::now();
-            let picks = streams.next_batch(plan.per_subject);
-            let batch = assemble(data, &picks, &device);
-            let point = plan.schedule.at(step as usize);
-            let (next, report) = train_step(
-                model,
-                &mut optim,
-                batch,
-                phase,
-                &plan.weights,
-                (point.lr, point.beta1),
-                (plan.seed, step),
-                &decay,
-                sync_gradients,
-            )?;
-            model = next;
-            let (phase_name, temperature) = match phase {
-                ContrastivePhase::BiMixCo { temperature } => ("bimixco", temperature),
-                ContrastivePhase::SoftClip { temperature } => ("softclip", temperature),
-            };
-            observer.on_step(&StepRecord {
-                step,
-                epoch,
-                lr: point.lr,
-                beta1: point.beta1,
-                phase: phase_name,
-                temperature,
-                loss: report.total,
-                clip_loss: report.clip,
-                prior_loss: report.prior.unwrap_or(f64::NAN),
-                blur_loss: report.blur.unwrap_or(f64::NAN),
-                seconds: started.elapsed().as_secs_f64(),
-            });
-            step += 1;
+        let started = Instant::now();
+        let picks = streams.next_batch(plan.per_subject);
+        let batch = assemble(data, &picks, &device);
+        let point = plan.schedule.at(step as usize);
+        let (next, report) = train_step(
+            model,
+            &mut optim,
+            batch,
+            phase,
+            &plan.weights,
+            (point.lr, point.beta1),
+            (plan.seed, step),
+            &decay,
+            sync_gradients,
+        )?;
+        model = next;
+        let (phase_name, temperature) = match phase {
+            ContrastivePhase::BiMixCo { temperature } => ("bimixco", temperature),
+            ContrastivePhase::SoftClip { temperature } => ("softclip", temperature),
+        };
+        observer.on_step(&StepRecord {
+            step,
+            epoch,
+            lr: point.lr,
+            beta1: point.beta1,
+            phase: phase_name,
+            temperature,
+            loss: report.total,
+            clip_loss: report.clip,
+            prior_loss: report.prior.unwrap_or(f64::NAN),
+            blur_loss: report.blur.unwrap_or(f64::NAN),
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        step += 1;
+        let epoch_finished = step.is_multiple_of(iters);
+        if epoch_finished {
+            observer.on_epoch_end(epoch, &model);
         }
-        observer.on_epoch_end(epoch, &model);
+        let progress = Progress {
+            steps_done: step,
+            epoch,
+            epoch_finished,
+            run_finished: step == total,
+            model: &model,
+            optim: &optim,
+            streams: &streams,
+        };
+        observer.after_step(&progress).map_err(TrainError::Observer)?;
     }
     Ok(model)
 }

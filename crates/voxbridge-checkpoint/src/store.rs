@@ -1,0 +1,423 @@
+//! [`CheckpointStore`]: save (stage, then commit), discover, read with verification, delete.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
+use sha2::{Digest, Sha256};
+use url::Url;
+
+use crate::fault::FaultyStore;
+use crate::layout::{COMMIT_FILE, COMMIT_FORMAT, CheckpointId, CommitRecord, FileRecord};
+use crate::{CheckpointError, Result};
+
+/// Files above this size go out as a multipart upload of fixed-size parts.
+pub const DEFAULT_PART_SIZE: usize = 8 << 20;
+/// Parts in flight at once; with the part being filled, the upload holds at most
+/// `(MAX_PARTS_IN_FLIGHT + 1) × part_size` bytes beyond the caller's copy of the file.
+pub const MAX_PARTS_IN_FLIGHT: usize = 2;
+
+/// One checkpoint as a listing sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointListing {
+    pub id: CheckpointId,
+    pub committed: bool,
+    /// `(file name, bytes)` of every visible object under the checkpoint's prefix.
+    pub objects: Vec<(String, u64)>,
+}
+
+impl CheckpointListing {
+    pub fn bytes(&self) -> u64 {
+        self.objects.iter().map(|(_, b)| b).sum()
+    }
+}
+
+/// A root location holding a run's checkpoints, with blocking calls (the trainer is synchronous;
+/// do not call these from inside an async task).
+#[derive(Clone)]
+pub struct CheckpointStore {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    url: String,
+    runtime: Arc<tokio::runtime::Runtime>,
+    part_size: usize,
+}
+
+impl std::fmt::Debug for CheckpointStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CheckpointStore({})", self.url)
+    }
+}
+
+/// A path or URL → URL; relative paths become absolute `file://` URLs.
+fn to_url(location: &str) -> Result<Url> {
+    let bad = |message: String| CheckpointError::Invalid { location: location.to_string(), message };
+    if location.contains("://") {
+        return Url::parse(location).map_err(|e| bad(format!("not a valid URL: {e}")));
+    }
+    let path = std::path::Path::new(location);
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().map_err(|e| bad(format!("cannot resolve a relative path: {e}")))?.join(path)
+    };
+    Url::from_directory_path(&absolute).map_err(|_| bad("cannot turn this path into a file URL".into()))
+}
+
+impl CheckpointStore {
+    /// Opens a root given as a local path or a URL (`s3://`, `gs://`, `file://`, `memory://`).
+    /// Credentials and endpoints come from the `AWS_*` / `GOOGLE_*` environment variables. Local
+    /// directories are written with fsync (file and directory), so a commit is durable when the
+    /// call returns. `VOXBRIDGE_FAULT` injects a fault (see [`crate::fault`]).
+    pub fn open(location: &str) -> Result<Self> {
+        let url = to_url(location)?;
+        let err = |message: String| CheckpointError::Invalid { location: url.to_string(), message };
+        let options = std::env::vars().filter_map(|(k, v)| {
+            let k = k.to_ascii_lowercase();
+            (k.starts_with("aws_") || k.starts_with("google_")).then_some((k, v))
+        });
+        let (store, root) = object_store::parse_url_opts(&url, options).map_err(|e| err(e.to_string()))?;
+        let store: Arc<dyn ObjectStore> =
+            if url.scheme() == "file" { Arc::new(LocalFileSystem::new().with_fsync(true)) } else { Arc::from(store) };
+        let store = match FaultyStore::from_env(store.clone()).map_err(err)? {
+            Some(faulty) => Arc::new(faulty) as Arc<dyn ObjectStore>,
+            None => store,
+        };
+        Self::with_store(store, root, url.as_str())
+    }
+
+    /// A root on a store built by the caller (tests wrap stores in [`FaultyStore`]).
+    pub fn with_store(store: Arc<dyn ObjectStore>, root: Path, url: &str) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+            CheckpointError::Invalid { location: url.to_string(), message: format!("cannot start IO runtime: {e}") }
+        })?;
+        Ok(CheckpointStore {
+            store,
+            root,
+            url: url.trim_end_matches('/').to_string(),
+            runtime: Arc::new(runtime),
+            part_size: DEFAULT_PART_SIZE,
+        })
+    }
+
+    /// Multipart part size (S3 wants at least 5 MiB for all but the last part).
+    pub fn with_part_size(mut self, bytes: usize) -> Self {
+        self.part_size = bytes.max(1);
+        self
+    }
+
+    /// The root URL without a trailing slash.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// `<root URL>/<checkpoint dir>`, for messages and `--resume <url>`.
+    pub fn location(&self, id: CheckpointId) -> String {
+        format!("{}/{}", self.url, id.dir_name())
+    }
+
+    fn path(&self, id: CheckpointId, file: &str) -> Path {
+        self.root.clone().join(id.dir_name()).join(file)
+    }
+
+    fn store_err(&self, what: String, operation: &'static str) -> impl Fn(object_store::Error) -> CheckpointError {
+        move |source| CheckpointError::Store { location: what.clone(), operation, source }
+    }
+
+    /// Every checkpoint under the root, committed or not, oldest first. Objects that are not
+    /// inside a `step-…-gen-…` prefix are ignored.
+    pub fn list(&self) -> Result<Vec<CheckpointListing>> {
+        let root_parts = self.root.parts().count();
+        let objects: Vec<object_store::ObjectMeta> = self.runtime.block_on(async {
+            match self.store.list(Some(&self.root)).try_collect().await {
+                Ok(objects) => Ok(objects),
+                Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+                Err(e) => Err(self.store_err(self.url.clone(), "list")(e)),
+            }
+        })?;
+        let mut by_id: BTreeMap<CheckpointId, CheckpointListing> = BTreeMap::new();
+        for meta in objects {
+            let parts: Vec<String> = meta.location.parts().skip(root_parts).map(|p| p.as_ref().to_string()).collect();
+            let [dir, file] = parts.as_slice() else { continue };
+            let Some(id) = CheckpointId::parse(dir) else { continue };
+            let entry =
+                by_id.entry(id).or_insert_with(|| CheckpointListing { id, committed: false, objects: Vec::new() });
+            entry.committed |= file == COMMIT_FILE;
+            entry.objects.push((file.clone(), meta.size));
+        }
+        let mut listings: Vec<CheckpointListing> = by_id.into_values().collect();
+        for l in &mut listings {
+            l.objects.sort();
+        }
+        Ok(listings)
+    }
+
+    /// The newest committed checkpoint (largest step, then generation).
+    pub fn latest_committed(&self) -> Result<Option<CheckpointId>> {
+        Ok(self.list()?.into_iter().filter(|l| l.committed).map(|l| l.id).max())
+    }
+
+    /// One more than the largest generation seen under the root (committed or not), so a new
+    /// process never writes into a prefix an earlier process may still be writing.
+    pub fn next_generation(&self) -> Result<u32> {
+        Ok(self.list()?.iter().map(|l| l.id.generation + 1).max().unwrap_or(0))
+    }
+
+    /// Stages `files` under the checkpoint's prefix, then writes the `COMMIT` marker with
+    /// `PutMode::Create`. On any error the marker is not written, so the checkpoint does not
+    /// exist; a marker already present is [`CheckpointError::AlreadyCommitted`].
+    pub fn save(&self, id: CheckpointId, files: &[(&str, Bytes)], metadata: serde_json::Value) -> Result<CommitRecord> {
+        let mut records = Vec::with_capacity(files.len());
+        for (name, content) in files {
+            if *name == COMMIT_FILE || name.contains('/') || name.is_empty() {
+                return Err(CheckpointError::Invalid {
+                    location: self.location(id),
+                    message: format!("`{name}` is not a valid checkpoint file name"),
+                });
+            }
+            self.put_file(id, name, content.clone())?;
+            records.push(FileRecord::of(name, content));
+        }
+        let record = CommitRecord { format: COMMIT_FORMAT, id, files: records, metadata };
+        let marker = serde_json::to_vec_pretty(&record).map_err(|e| CheckpointError::Invalid {
+            location: self.location(id),
+            message: format!("metadata is not serialisable: {e}"),
+        })?;
+        let path = self.path(id, COMMIT_FILE);
+        let what = format!("{}/{COMMIT_FILE}", self.location(id));
+        let options = PutOptions { mode: PutMode::Create, ..Default::default() };
+        self.runtime.block_on(async {
+            match self.store.put_opts(&path, PutPayload::from(marker), options).await {
+                Ok(_) => Ok(record),
+                Err(object_store::Error::AlreadyExists { .. }) => {
+                    Err(CheckpointError::AlreadyCommitted { location: self.location(id) })
+                }
+                Err(e) => Err(self.store_err(what, "commit")(e)),
+            }
+        })
+    }
+
+    /// One staged file: a single put, or fixed-size parts with at most
+    /// [`MAX_PARTS_IN_FLIGHT`] in flight (aborted on error, so no partial object is left).
+    fn put_file(&self, id: CheckpointId, name: &str, content: Bytes) -> Result<()> {
+        let path = self.path(id, name);
+        let err = self.store_err(format!("{}/{name}", self.location(id)), "write");
+        self.runtime.block_on(async {
+            if content.len() <= self.part_size {
+                self.store.put(&path, PutPayload::from(content)).await.map_err(&err)?;
+                return Ok(());
+            }
+            let upload = self.store.put_multipart(&path).await.map_err(&err)?;
+            let mut writer = WriteMultipart::new_with_chunk_size(upload, self.part_size);
+            for start in (0..content.len()).step_by(self.part_size) {
+                if let Err(e) = writer.wait_for_capacity(MAX_PARTS_IN_FLIGHT).await {
+                    let _ = writer.abort().await;
+                    return Err(err(e));
+                }
+                writer.put(content.slice(start..(start + self.part_size).min(content.len())));
+            }
+            writer.finish().await.map_err(&err)?;
+            Ok(())
+        })
+    }
+
+    /// The marker of a committed checkpoint; [`CheckpointError::NotCommitted`] without one.
+    pub fn commit_record(&self, id: CheckpointId) -> Result<CommitRecord> {
+        let what = format!("{}/{COMMIT_FILE}", self.location(id));
+        let bytes = self.runtime.block_on(async {
+            match self.store.get(&self.path(id, COMMIT_FILE)).await {
+                Ok(r) => r.bytes().await.map_err(self.store_err(what.clone(), "read")),
+                Err(object_store::Error::NotFound { .. }) => {
+                    Err(CheckpointError::NotCommitted { location: self.location(id) })
+                }
+                Err(e) => Err(self.store_err(what.clone(), "read")(e)),
+            }
+        })?;
+        let record: CommitRecord = serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Corrupt {
+            location: what.clone(),
+            message: format!("not a commit marker: {e}"),
+        })?;
+        if record.id != id {
+            return Err(CheckpointError::Corrupt {
+                location: what,
+                message: format!("the marker names {} but lies under {}", record.id, id),
+            });
+        }
+        Ok(record)
+    }
+
+    /// A file of a committed checkpoint, checked against the marker's size and sha256.
+    pub fn read(&self, record: &CommitRecord, name: &str) -> Result<Bytes> {
+        let id = record.id;
+        let what = format!("{}/{name}", self.location(id));
+        let Some(expected) = record.file(name) else {
+            return Err(CheckpointError::Corrupt {
+                location: what,
+                message: format!(
+                    "no such file in this checkpoint (it has: {})",
+                    record.files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            });
+        };
+        let bytes = self.runtime.block_on(async {
+            let result = self.store.get(&self.path(id, name)).await.map_err(self.store_err(what.clone(), "read"))?;
+            result.bytes().await.map_err(self.store_err(what.clone(), "read"))
+        })?;
+        let sha = hex::encode(Sha256::digest(&bytes));
+        if bytes.len() as u64 != expected.bytes || sha != expected.sha256 {
+            return Err(CheckpointError::Corrupt {
+                location: what,
+                message: format!(
+                    "{} bytes with sha256 {sha}, but the commit marker records {} bytes with sha256 {}",
+                    bytes.len(),
+                    expected.bytes,
+                    expected.sha256
+                ),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Deletes a checkpoint: the marker first (so a half-deleted checkpoint is not committed),
+    /// then its other objects.
+    pub fn delete(&self, id: CheckpointId) -> Result<()> {
+        let listing = self.list()?.into_iter().find(|l| l.id == id);
+        let Some(listing) = listing else { return Ok(()) };
+        let mut names: Vec<&str> = listing.objects.iter().map(|(n, _)| n.as_str()).collect();
+        names.sort_by_key(|n| *n != COMMIT_FILE);
+        self.runtime.block_on(async {
+            for name in names {
+                match self.store.delete(&self.path(id, name)).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(self.store_err(format!("{}/{name}", self.location(id)), "delete")(e)),
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// What a user's checkpoint location names.
+#[derive(Debug)]
+pub enum Located {
+    /// A root of checkpoints (resume picks the newest committed one).
+    Root(CheckpointStore),
+    /// One checkpoint (`…/step-…-gen-…`) under its root.
+    One(CheckpointStore, CheckpointId),
+}
+
+/// Opens `location` as a checkpoint root, or as one checkpoint when its last segment is a
+/// checkpoint directory name.
+pub fn locate(location: &str) -> Result<Located> {
+    let trimmed = location.trim_end_matches('/');
+    if let Some((parent, last)) = trimmed.rsplit_once('/')
+        && let Some(id) = CheckpointId::parse(last)
+    {
+        return Ok(Located::One(CheckpointStore::open(parent)?, id));
+    }
+    Ok(Located::Root(CheckpointStore::open(trimmed)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use object_store::memory::InMemory;
+
+    use super::*;
+
+    pub(crate) fn memory() -> CheckpointStore {
+        CheckpointStore::with_store(Arc::new(InMemory::new()), Path::from("runs/a/checkpoints"), "memory:///runs/a")
+            .unwrap()
+    }
+
+    fn id(step: u64, generation: u32) -> CheckpointId {
+        CheckpointId { step, generation }
+    }
+
+    #[test]
+    fn save_list_read_round_trip() {
+        let store = memory();
+        let files = [("model.safetensors", Bytes::from_static(b"weights")), ("state.json", Bytes::from_static(b"{}"))];
+        let record = store.save(id(3, 0), &files, serde_json::json!({"loss": 1.5})).unwrap();
+        assert_eq!(record.total_bytes(), 9);
+        let listing = store.list().unwrap();
+        assert_eq!(listing.len(), 1);
+        assert!(listing[0].committed);
+        assert_eq!(
+            listing[0].objects.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["COMMIT", "model.safetensors", "state.json"]
+        );
+        let again = store.commit_record(id(3, 0)).unwrap();
+        assert_eq!(again, record);
+        assert_eq!(store.read(&again, "model.safetensors").unwrap(), Bytes::from_static(b"weights"));
+        assert_eq!(store.latest_committed().unwrap(), Some(id(3, 0)));
+        assert_eq!(store.next_generation().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_second_commit_of_the_same_checkpoint_is_refused() {
+        let store = memory();
+        store.save(id(1, 0), &[("a", Bytes::from_static(b"1"))], serde_json::Value::Null).unwrap();
+        let err = store.save(id(1, 0), &[("a", Bytes::from_static(b"2"))], serde_json::Value::Null).unwrap_err();
+        assert!(matches!(err, CheckpointError::AlreadyCommitted { .. }), "{err}");
+    }
+
+    #[test]
+    fn staged_files_without_a_marker_are_not_a_checkpoint() {
+        let store = memory();
+        store.save(id(1, 0), &[("a", Bytes::from_static(b"1"))], serde_json::Value::Null).unwrap();
+        store.put_file(id(2, 0), "a", Bytes::from_static(b"2")).unwrap();
+        assert_eq!(store.latest_committed().unwrap(), Some(id(1, 0)));
+        assert!(!store.list().unwrap()[1].committed);
+        let err = store.commit_record(id(2, 0)).unwrap_err();
+        assert!(err.to_string().contains("step-000000002-gen-000: not committed"), "{err}");
+    }
+
+    #[test]
+    fn a_changed_file_fails_its_checksum_naming_it() {
+        let store = memory();
+        let record = store.save(id(1, 0), &[("a", Bytes::from_static(b"1234"))], serde_json::Value::Null).unwrap();
+        store.put_file(id(1, 0), "a", Bytes::from_static(b"1235")).unwrap();
+        let err = store.read(&record, "a").unwrap_err().to_string();
+        assert!(err.contains("step-000000001-gen-000/a") && err.contains("sha256"), "{err}");
+        let err = store.read(&record, "b").unwrap_err().to_string();
+        assert!(err.contains("no such file") && err.contains("it has: a"), "{err}");
+    }
+
+    #[test]
+    fn large_files_go_out_in_parts_and_read_back_whole() {
+        let store = memory().with_part_size(1000);
+        let big: Vec<u8> = (0..10_500u32).map(|i| (i % 251) as u8).collect();
+        let record = store.save(id(5, 1), &[("big", Bytes::from(big.clone()))], serde_json::Value::Null).unwrap();
+        assert_eq!(store.read(&record, "big").unwrap().as_ref(), big.as_slice());
+    }
+
+    #[test]
+    fn delete_removes_the_marker_and_every_file() {
+        let store = memory();
+        store.save(id(1, 0), &[("a", Bytes::from_static(b"1"))], serde_json::Value::Null).unwrap();
+        store.save(id(2, 0), &[("a", Bytes::from_static(b"2"))], serde_json::Value::Null).unwrap();
+        store.delete(id(1, 0)).unwrap();
+        assert_eq!(store.list().unwrap().iter().map(|l| l.id).collect::<Vec<_>>(), [id(2, 0)]);
+        store.delete(id(7, 0)).unwrap();
+    }
+
+    #[test]
+    fn local_directories_work_through_the_same_api() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ckpts");
+        let store = CheckpointStore::open(root.to_str().unwrap()).unwrap();
+        assert_eq!(store.list().unwrap(), [], "a missing root has no checkpoints");
+        store.save(id(4, 0), &[("a", Bytes::from_static(b"x"))], serde_json::json!({})).unwrap();
+        assert!(root.join("step-000000004-gen-000/COMMIT").is_file());
+        let Located::One(again, found) = locate(&format!("{}/step-000000004-gen-000/", root.display())).unwrap() else {
+            panic!("a checkpoint directory locates one checkpoint")
+        };
+        assert_eq!(found, id(4, 0));
+        assert_eq!(again.read(&again.commit_record(found).unwrap(), "a").unwrap(), Bytes::from_static(b"x"));
+        assert!(matches!(locate(root.to_str().unwrap()).unwrap(), Located::Root(_)));
+    }
+}

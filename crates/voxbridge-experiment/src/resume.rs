@@ -1,0 +1,308 @@
+//! Training checkpoints: the complete state of a run, saved through
+//! [`voxbridge_checkpoint::CheckpointStore`] (stage every file, then `COMMIT`), and read back to
+//! continue the run exactly.
+//!
+//! ```text
+//! <checkpoint.url>/step-SSSSSSSSS-gen-GGG/
+//!   model.safetensors      weights; keys are burn module paths (`ridge.linears.0.weight`,
+//!                          `backbone.backbone_linear.weight`, …), f32, row-major — Python's
+//!                          `safetensors.numpy.load_file` opens it
+//!   model.json             architecture + NSD subject of each ridge (ModelCard)
+//!   optimizer.safetensors  AdamW moments: `<param path>.exp_avg`, `<param path>.exp_avg_sq`
+//!   state.json             steps done, epoch, sampler streams (epoch, position, order per
+//!                          subject), RNG scheme and seed, AdamW step counts and constants,
+//!                          config hash, subjects and sessions, voxbridge version, parent
+//!   config.toml            the resolved experiment
+//!   COMMIT                 written last: every file's size and sha256, plus a summary
+//! ```
+//!
+//! The learning-rate/β1 schedule is a function of the step, and every random draw of step `s`
+//! (sampler orders, BiMixCo, prior noise, dropout) is a function of `(seed, s)`: the step count
+//! *is* the schedule position and the RNG state, and the checkpoint records how.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use serde::{Deserialize, Serialize};
+use voxbridge_checkpoint::{CheckpointId, CheckpointStore, CommitRecord, Located, locate};
+use voxbridge_data::sampler::{BalancedStreams, Stream};
+use voxbridge_model::MindEye2;
+use voxbridge_train::{AdamW, ParamMoments, Resume, TrainData, TrainPlan, stream_keys};
+
+use crate::TrainBackend;
+use crate::checkpoint::{MODEL_FILE, ModelCard, WEIGHTS_FILE, model_bytes, model_from_bytes, parse_card};
+
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const STATE_FILE: &str = "state.json";
+pub const CONFIG_FILE: &str = "config.toml";
+/// Version of `state.json`'s layout.
+pub const STATE_FORMAT: u32 = 1;
+
+/// How every random draw is derived; stored so a reader knows what "the RNG state" is.
+pub const RNG_SCHEME: &str = "counter-based: step s draws from ChaCha8(seed ^ s·0x9E3779B97F4A7C15) (BiMixCo, \
+                              prior noise) and reseeds the backend with mix64(seed ^ mix64(s)) (dropout); \
+                              sampler orders are ChaCha8 permutations keyed by (seed, stream epoch, subject)";
+
+/// `state.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingState {
+    pub format: u32,
+    pub run: String,
+    pub config_hash: String,
+    /// Optimizer steps taken: the next step's index and the schedule position.
+    pub steps_done: u64,
+    pub total_steps: u64,
+    /// Epoch of the last step taken, and whether it was that epoch's last.
+    pub epoch: usize,
+    pub epoch_finished: bool,
+    pub rng: RngState,
+    pub sampler: Vec<Stream>,
+    pub optimizer: OptimizerState,
+    pub train_subjects: Vec<u8>,
+    /// Sessions each training subject's trials came from, keyed `"subject<N>"`.
+    pub sessions_used: BTreeMap<String, Vec<u16>>,
+    /// Loss of the last step taken.
+    pub last_loss: Option<f64>,
+    pub voxbridge_version: String,
+    /// The checkpoint or run this one was fine-tuned from.
+    pub parent: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RngState {
+    pub seed: u64,
+    pub scheme: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerState {
+    pub kind: String,
+    pub beta2: f64,
+    pub eps: f64,
+    /// AdamW step count of each parameter with state, by burn module path.
+    pub steps: BTreeMap<String, i32>,
+}
+
+/// One committed checkpoint, found.
+#[derive(Debug)]
+pub struct Found {
+    pub store: CheckpointStore,
+    pub record: CommitRecord,
+}
+
+impl Found {
+    pub fn id(&self) -> CheckpointId {
+        self.record.id
+    }
+
+    /// The checkpoint's URL (what `--resume <url>` and `train.init_from` accept).
+    pub fn location(&self) -> String {
+        self.store.location(self.record.id)
+    }
+
+    fn read(&self, name: &str) -> anyhow::Result<Bytes> {
+        Ok(self.store.read(&self.record, name)?)
+    }
+}
+
+/// Resolves `location` to one committed checkpoint: a `…/step-…-gen-…` checkpoint (which must be
+/// committed), or a root of checkpoints (its newest committed one). `None`: a root with no
+/// committed checkpoint.
+pub fn find_checkpoint(location: &str) -> anyhow::Result<Option<Found>> {
+    match locate(location)? {
+        Located::One(store, id) => {
+            let record = store.commit_record(id)?;
+            Ok(Some(Found { store, record }))
+        }
+        Located::Root(store) => match store.latest_committed()? {
+            Some(id) => {
+                let record = store.commit_record(id)?;
+                Ok(Some(Found { store, record }))
+            }
+            None => Ok(None),
+        },
+    }
+}
+
+/// `model.json` and the weights' bytes of a checkpoint, checksums verified.
+pub fn read_model_files(found: &Found) -> anyhow::Result<(ModelCard, Vec<u8>)> {
+    let card = parse_card(&found.read(MODEL_FILE)?, &format!("{}/{MODEL_FILE}", found.location()))?;
+    Ok((card, found.read(WEIGHTS_FILE)?.to_vec()))
+}
+
+/// Everything one save writes.
+pub struct TrainingCheckpoint<'a> {
+    pub model: &'a MindEye2<TrainBackend>,
+    pub card: &'a ModelCard,
+    pub optim: &'a AdamW<TrainBackend>,
+    pub state: &'a TrainingState,
+    pub config_toml: &'a str,
+}
+
+/// Serialises and commits one checkpoint. Memory: one serialised copy of the state (the files'
+/// bytes) plus the store's bounded upload buffers.
+pub fn save_training(
+    store: &CheckpointStore,
+    id: CheckpointId,
+    parts: &TrainingCheckpoint<'_>,
+) -> anyhow::Result<CommitRecord> {
+    let moments = parts.optim.export(parts.model);
+    let mut state = parts.state.clone();
+    state.optimizer.steps = moments.iter().map(|m| (m.path.clone(), m.steps)).collect();
+    let files = [
+        (WEIGHTS_FILE, Bytes::from(model_bytes(parts.model)?)),
+        (OPTIMIZER_FILE, Bytes::from(optimizer_bytes(&moments)?)),
+        (MODEL_FILE, Bytes::from(serde_json::to_vec_pretty(parts.card)?)),
+        (STATE_FILE, Bytes::from(serde_json::to_vec_pretty(&state)?)),
+        (CONFIG_FILE, Bytes::from(parts.config_toml.as_bytes().to_vec())),
+    ];
+    let summary = serde_json::json!({
+        "run": state.run,
+        "steps_done": state.steps_done,
+        "total_steps": state.total_steps,
+        "epoch": state.epoch,
+        "epoch_finished": state.epoch_finished,
+        "last_loss": state.last_loss,
+        "config_hash": state.config_hash,
+        "voxbridge_version": state.voxbridge_version,
+        "parent": state.parent,
+    });
+    Ok(store.save(id, &files, summary)?)
+}
+
+/// `<path>.exp_avg` and `<path>.exp_avg_sq` for every parameter, f32 in the parameter's shape.
+fn optimizer_bytes(moments: &[ParamMoments]) -> anyhow::Result<Vec<u8>> {
+    let as_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let buffers: Vec<(String, Vec<usize>, Vec<u8>)> = moments
+        .iter()
+        .flat_map(|m| {
+            [
+                (format!("{}.exp_avg", m.path), m.shape.clone(), as_bytes(&m.exp_avg)),
+                (format!("{}.exp_avg_sq", m.path), m.shape.clone(), as_bytes(&m.exp_avg_sq)),
+            ]
+        })
+        .collect();
+    let views = buffers
+        .iter()
+        .map(|(name, shape, data)| Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), data)?)))
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
+        .context("serialising the optimizer state")?;
+    safetensors::serialize(views, None).context("serialising the optimizer state")
+}
+
+fn optimizer_moments(bytes: &[u8], steps: &BTreeMap<String, i32>, origin: &str) -> anyhow::Result<Vec<ParamMoments>> {
+    let file = SafeTensors::deserialize(bytes).with_context(|| format!("{origin}: not a safetensors file"))?;
+    let mut out = Vec::with_capacity(steps.len());
+    for (path, &count) in steps {
+        let read = |suffix: &str| -> anyhow::Result<(Vec<usize>, Vec<f32>)> {
+            let name = format!("{path}.{suffix}");
+            let view = file.tensor(&name).with_context(|| format!("{origin}: missing tensor `{name}`"))?;
+            if view.dtype() != Dtype::F32 {
+                bail!("{origin}: `{name}` is {:?}, expected F32", view.dtype());
+            }
+            let values = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            Ok((view.shape().to_vec(), values))
+        };
+        let (shape, exp_avg) = read("exp_avg")?;
+        let (_, exp_avg_sq) = read("exp_avg_sq")?;
+        out.push(ParamMoments { path: path.clone(), shape, exp_avg, exp_avg_sq, steps: count });
+    }
+    Ok(out)
+}
+
+/// A checkpoint read back for resuming.
+pub struct Restored {
+    pub model: MindEye2<TrainBackend>,
+    pub card: ModelCard,
+    pub state: TrainingState,
+    pub config_toml: String,
+    pub resume: Resume<TrainBackend>,
+}
+
+/// Reads every file of `found` (checksums verified) and rebuilds model, optimizer and sampler for
+/// `plan` on `data`. State that does not fit this run (other subjects, sizes, seed) is an error.
+pub fn restore(
+    found: &Found,
+    data: &TrainData,
+    plan: &TrainPlan,
+    device: &burn::tensor::Device<TrainBackend>,
+) -> anyhow::Result<Restored> {
+    let at = found.location();
+    let state: TrainingState = serde_json::from_slice(&found.read(STATE_FILE)?)
+        .with_context(|| format!("{at}/{STATE_FILE} is not a voxbridge training state"))?;
+    if state.format != STATE_FORMAT {
+        bail!("{at}/{STATE_FILE}: format {} (this voxbridge reads {STATE_FORMAT})", state.format);
+    }
+    if state.rng.seed != plan.seed {
+        bail!("{at}: trained with seed {}, this run has seed {}", state.rng.seed, plan.seed);
+    }
+    let (card, weights) = read_model_files(found)?;
+    let model = model_from_bytes::<TrainBackend>(&card, weights, &format!("{at}/{WEIGHTS_FILE}"), device)?;
+    let moments =
+        optimizer_moments(&found.read(OPTIMIZER_FILE)?, &state.optimizer.steps, &format!("{at}/{OPTIMIZER_FILE}"))?;
+    let mut optim = AdamW::import(&model, moments).map_err(|e| anyhow::anyhow!("{at}/{OPTIMIZER_FILE}: {e}"))?;
+    optim.beta2 = state.optimizer.beta2;
+    optim.eps = state.optimizer.eps;
+    let (lens, ids) = stream_keys(data);
+    let streams = BalancedStreams::restore(&lens, &ids, plan.seed, state.sampler.clone())
+        .map_err(|e| anyhow::anyhow!("{at}/{STATE_FILE}: {e}"))?;
+    let config_toml = String::from_utf8(found.read(CONFIG_FILE)?.to_vec())
+        .with_context(|| format!("{at}/{CONFIG_FILE} is not UTF-8"))?;
+    let resume = Resume { steps_done: state.steps_done, optim, streams };
+    Ok(Restored { model, card, state, config_toml, resume })
+}
+
+/// The state of a run after `steps_done` steps, without the optimizer step counts (filled in by
+/// [`save_training`]).
+pub fn training_state(
+    base: &TrainingState,
+    steps_done: u64,
+    epoch: usize,
+    epoch_finished: bool,
+    streams: &BalancedStreams,
+    optim: &AdamW<TrainBackend>,
+    last_loss: f64,
+) -> TrainingState {
+    TrainingState {
+        steps_done,
+        epoch,
+        epoch_finished,
+        sampler: streams.state().to_vec(),
+        optimizer: OptimizerState { kind: "adamw".into(), beta2: optim.beta2, eps: optim.eps, steps: BTreeMap::new() },
+        last_loss: last_loss.is_finite().then_some(last_loss),
+        ..base.clone()
+    }
+}
+
+/// A `TrainingState` template for a run (no progress yet).
+pub fn base_state(
+    run: &str,
+    config_hash: &str,
+    plan: &TrainPlan,
+    train_subjects: &[u8],
+    sessions_used: &BTreeMap<u8, Vec<u16>>,
+    parent: Option<String>,
+) -> TrainingState {
+    TrainingState {
+        format: STATE_FORMAT,
+        run: run.to_string(),
+        config_hash: config_hash.to_string(),
+        steps_done: 0,
+        total_steps: plan.total_steps(),
+        epoch: 0,
+        epoch_finished: false,
+        rng: RngState { seed: plan.seed, scheme: RNG_SCHEME.into() },
+        sampler: Vec::new(),
+        optimizer: OptimizerState { kind: "adamw".into(), beta2: 0.999, eps: 1e-8, steps: BTreeMap::new() },
+        train_subjects: train_subjects.to_vec(),
+        sessions_used: sessions_used.iter().map(|(s, v)| (format!("subject{s}"), v.clone())).collect(),
+        last_loss: None,
+        voxbridge_version: env!("CARGO_PKG_VERSION").into(),
+        parent,
+    }
+}

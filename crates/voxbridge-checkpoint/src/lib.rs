@@ -18,7 +18,7 @@ pub mod retention;
 mod store;
 
 pub use layout::{COMMIT_FILE, CheckpointId, CommitRecord, FileRecord};
-pub use store::{CheckpointListing, CheckpointStore, Located, locate};
+pub use store::{CheckpointListing, CheckpointStore, DEFAULT_PART_SIZE, Located, MAX_PARTS_IN_FLIGHT, locate};
 
 use thiserror::Error;
 

@@ -122,6 +122,25 @@ pub struct EvalArgs {
 pub enum BenchCommand {
     /// Milliseconds per training step and samples per second.
     Train(BenchTrainArgs),
+    /// Time and peak extra memory of one checkpoint save (multipart upload of a blob, and full
+    /// training checkpoints of P1 / P1-big).
+    Ckpt(BenchCkptArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchCkptArgs {
+    /// Checkpoint root to write to (path or URL); the benchmark deletes what it wrote.
+    #[arg(long)]
+    pub url: String,
+    /// Size of the in-memory blob saved first (MiB).
+    #[arg(long, default_value_t = 256)]
+    pub blob_mib: usize,
+    /// Multipart part size (MiB).
+    #[arg(long, default_value_t = 8)]
+    pub part_mib: usize,
+    /// Training checkpoints to save after the blob: P1, P1-big (repeat; none by default).
+    #[arg(long)]
+    pub config: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -63,6 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sweep(a) => train_cmd::sweep(&a),
         Command::Eval(a) => train_cmd::eval(&a),
         Command::Bench(args::BenchCommand::Train(a)) => train_cmd::bench(&a),
+        Command::Bench(args::BenchCommand::Ckpt(a)) => train_cmd::bench_ckpt(&a),
         Command::Ckpt(args::CkptCommand::Ls { url }) => ckpt_cmd::ls(&url),
         Command::Ckpt(args::CkptCommand::Inspect { url }) => ckpt_cmd::inspect(&url),
     }

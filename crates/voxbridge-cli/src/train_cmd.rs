@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use voxbridge_config::{load_experiment, load_sweep};
 use voxbridge_data::Dataset;
-use voxbridge_experiment::bench::{BenchSetup, bench_train};
+use voxbridge_experiment::bench::{BenchSetup, bench_checkpoint, bench_train};
 use voxbridge_experiment::run::read_report;
 use voxbridge_experiment::{CpuBackend, ResumeFrom, RunOptions, checkpoint, inputs, run_experiment, run_sweep};
 use voxbridge_train::{EvalOptions, Evaluation, evaluate};
 
-use crate::args::{BenchTrainArgs, EvalArgs, SweepArgs, TrainArgs};
+use crate::args::{BenchCkptArgs, BenchTrainArgs, EvalArgs, SweepArgs, TrainArgs};
 
 fn progress() -> bool {
     std::io::stderr().is_terminal()
@@ -160,6 +160,39 @@ pub fn bench(args: &BenchTrainArgs) -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&results)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
+    Ok(())
+}
+
+pub fn bench_ckpt(args: &BenchCkptArgs) -> anyhow::Result<()> {
+    let part = args.part_mib.max(1) << 20;
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    println!(
+        "{:<32} {:>10} {:>9} {:>9} {:>12} {:>12} {:>12}",
+        "save", "MiB", "seconds", "MiB/s", "RSS before", "peak RSS", "extra MiB"
+    );
+    let mut setups = vec![None];
+    for name in &args.config {
+        setups.push(Some(BenchSetup::anchor(name).with_context(|| format!("--config {name}: P1 or P1-big"))?));
+    }
+    for setup in &setups {
+        let r = bench_checkpoint(setup.as_ref(), args.blob_mib, &args.url, part)?;
+        println!(
+            "{:<32} {:>10.1} {:>9.2} {:>9.0} {:>12.1} {:>12.1} {:>12.1}",
+            r.name,
+            mib(r.bytes),
+            r.seconds,
+            mib(r.bytes) / r.seconds.max(1e-9),
+            mib(r.rss_before),
+            mib(r.rss_peak),
+            mib(r.extra())
+        );
+    }
+    println!(
+        "(part size {} MiB, at most {} parts in flight: the upload itself holds ≤ {} MiB beyond the serialised files)",
+        args.part_mib,
+        voxbridge_checkpoint::MAX_PARTS_IN_FLIGHT,
+        (voxbridge_checkpoint::MAX_PARTS_IN_FLIGHT + 1) * args.part_mib
+    );
     Ok(())
 }
 

@@ -61,13 +61,11 @@ pub struct BenchResult {
     pub samples_per_second: f64,
 }
 
-/// Times `steps` SoftCLIP steps (τ 0.006, prior loss ×30) after `warmup` untimed ones, on random
-/// voxels and a fixed random target, as the anchors do.
-pub fn bench_train(setup: &BenchSetup, warmup: usize, steps: usize) -> BenchResult {
+/// A model of `setup` and random data for it (one batch per subject).
+fn model_and_data(setup: &BenchSetup) -> (MindEye2<TrainBackend>, TrainData, Vec<Vec<usize>>) {
     let device = Default::default();
     <TrainBackend as Backend>::seed(&device, 0);
     let model = MindEye2::<TrainBackend>::init(&setup.model, &device);
-    let parameters = burn::module::Module::num_params(&model) as u64;
     let (tokens, dim) = (setup.model.clip_tokens, setup.model.clip_dim);
     let b = setup.per_subject;
     let mut values = vec![0f32; b * tokens * dim];
@@ -94,8 +92,17 @@ pub fn bench_train(setup: &BenchSetup, warmup: usize, steps: usize) -> BenchResu
         .collect();
     let data = TrainData { subjects, targets: ClipTargets { tokens, dim, values, lowlevel: None } };
     let picks: Vec<Vec<usize>> = setup.model.voxels.iter().map(|_| (0..b).collect()).collect();
+    (model, data, picks)
+}
+
+/// Times `steps` SoftCLIP steps (τ 0.006, prior loss ×30) after `warmup` untimed ones, on random
+/// voxels and a fixed random target, as the anchors do.
+pub fn bench_train(setup: &BenchSetup, warmup: usize, steps: usize) -> BenchResult {
+    let device = Default::default();
+    let (mut model, data, picks) = model_and_data(setup);
+    let parameters = burn::module::Module::num_params(&model) as u64;
+    let b = setup.per_subject;
     let mut optim = AdamW::<TrainBackend>::default();
-    let mut model = model;
     let mut times = Vec::with_capacity(steps);
     for step in 0..warmup + steps {
         let started = Instant::now();
@@ -132,4 +139,114 @@ pub fn bench_train(setup: &BenchSetup, warmup: usize, steps: usize) -> BenchResu
         max_ms: sorted.last().copied().unwrap_or(f64::NAN),
         samples_per_second: batch as f64 / (median_ms / 1e3),
     }
+}
+
+/// What [`bench_checkpoint`] measured: one checkpoint save and the memory it took beyond what
+/// the process held before.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CheckpointBench {
+    pub name: String,
+    /// Bytes committed (all files).
+    pub bytes: u64,
+    pub seconds: f64,
+    pub part_size: usize,
+    /// Resident memory before the save and its peak during it (from /proc/self/status).
+    pub rss_before: u64,
+    pub rss_peak: u64,
+}
+
+impl CheckpointBench {
+    pub fn extra(&self) -> u64 {
+        self.rss_peak.saturating_sub(self.rss_before)
+    }
+}
+
+/// `VmRSS` or `VmHWM` of this process in bytes (Linux).
+fn proc_status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+/// Resets `VmHWM` to the current RSS, so the next peak is the save's own.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Saves once to `url` and measures time and peak memory. `setup = None` writes one blob of
+/// `blob_mib` MiB that is already in memory (the multipart path alone: the extra memory should
+/// stay near `(in-flight parts + 1) × part size`); `Some` saves a full training checkpoint of
+/// that model after one step (weights, AdamW moments, state), including serialisation.
+pub fn bench_checkpoint(
+    setup: Option<&BenchSetup>,
+    blob_mib: usize,
+    url: &str,
+    part_size: usize,
+) -> anyhow::Result<CheckpointBench> {
+    use voxbridge_checkpoint::{CheckpointId, CheckpointStore};
+    let store = CheckpointStore::open(url)?.with_part_size(part_size);
+    let id = CheckpointId { step: 0, generation: store.next_generation()? };
+    let (name, save): (String, Box<dyn FnOnce() -> anyhow::Result<u64>>) = match setup {
+        None => {
+            let blob = bytes::Bytes::from((0..blob_mib << 20).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+            let store = store.clone();
+            (
+                format!("blob {blob_mib} MiB"),
+                Box::new(move || Ok(store.save(id, &[("blob.bin", blob)], serde_json::Value::Null)?.total_bytes())),
+            )
+        }
+        Some(setup) => {
+            let device = Default::default();
+            let (model, data, picks) = model_and_data(setup);
+            let mut optim = AdamW::<TrainBackend>::default();
+            let batch = voxbridge_train::trainer::assemble::<TrainBackend>(&data, &picks, &device);
+            let (model, _) = voxbridge_train::train_step(
+                model,
+                &mut optim,
+                batch,
+                ContrastivePhase::SoftClip { temperature: 0.006 },
+                &LossWeights::default(),
+                (3e-4, 0.9),
+                (0, 0),
+                &mindeye2_weight_decay,
+                &mut |g| g,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let store = store.clone();
+            let config = setup.model.clone();
+            let name = format!("{} training checkpoint", setup.name);
+            (
+                name,
+                Box::new(move || {
+                    let card = crate::checkpoint::ModelCard {
+                        architecture: config,
+                        subjects: (1..=data.subjects.len() as u8).collect(),
+                        run: "bench".into(),
+                        steps: 1,
+                    };
+                    let plan = voxbridge_train::TrainPlan::mindeye2(0, 1, 42, data.subjects.len(), 42, 3e-4, 0.33);
+                    let base =
+                        crate::resume::base_state("bench", "none", &plan, &card.subjects, &Default::default(), None);
+                    let streams = voxbridge_train::fresh_streams(&data, &plan);
+                    let state = crate::resume::training_state(&base, 1, 0, false, &streams, &optim, f64::NAN);
+                    let parts = crate::resume::TrainingCheckpoint {
+                        model: &model,
+                        card: &card,
+                        optim: &optim,
+                        state: &state,
+                        config_toml: "",
+                    };
+                    Ok(crate::resume::save_training(&store, id, &parts)?.total_bytes())
+                }),
+            )
+        }
+    };
+    let peak_reset = reset_peak_rss();
+    let rss_before = proc_status_bytes("VmRSS:").unwrap_or(0);
+    let started = Instant::now();
+    let bytes = save()?;
+    let seconds = started.elapsed().as_secs_f64();
+    let rss_peak = if peak_reset { proc_status_bytes("VmHWM:").unwrap_or(0) } else { 0 };
+    store.delete(id)?;
+    Ok(CheckpointBench { name, bytes, seconds, part_size, rss_before, rss_peak })
 }

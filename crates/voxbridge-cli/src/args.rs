@@ -122,9 +122,39 @@ pub struct EvalArgs {
 pub enum BenchCommand {
     /// Milliseconds per training step and samples per second.
     Train(BenchTrainArgs),
+    /// Algorithm bandwidth of the CPU all-reduce (TCP ring on loopback; ranks are threads).
+    Allreduce(BenchAllreduceArgs),
     /// Time and peak extra memory of one checkpoint save (multipart upload of a blob, and full
     /// training checkpoints of P1 / P1-big).
     Ckpt(BenchCkptArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchAllreduceArgs {
+    /// Ranks in the ring.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Buffer size per all-reduce: bytes, or with a KiB/MiB/GiB suffix.
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    pub bytes: usize,
+    /// Timed calls (median reported), after one warm-up.
+    #[arg(long, default_value_t = 10)]
+    pub iters: usize,
+}
+
+/// `4096`, `64KiB`, `64MiB`, `1GiB`.
+fn parse_bytes(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: usize = digits.parse().map_err(|_| format!("{text:?}: expected a number of bytes, e.g. 64MiB"))?;
+    let scale = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("{text:?}: unknown unit {other:?} (B, KiB, MiB, GiB)")),
+    };
+    Ok(n * scale)
 }
 
 #[derive(Debug, Args)]

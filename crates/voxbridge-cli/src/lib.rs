@@ -64,6 +64,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => train_cmd::eval(&a),
         Command::Bench(args::BenchCommand::Train(a)) => train_cmd::bench(&a),
         Command::Bench(args::BenchCommand::Ckpt(a)) => train_cmd::bench_ckpt(&a),
+        Command::Bench(args::BenchCommand::Allreduce(a)) => {
+            let (seconds, gbps) = voxbridge_collective::bench_all_reduce(a.workers, a.bytes, a.iters)?;
+            println!(
+                "all_reduce_sum of {} MiB on {} ranks (TCP ring, loopback): median {:.1} ms, algorithm bandwidth {:.2} GB/s",
+                a.bytes as f64 / (1u64 << 20) as f64,
+                a.workers,
+                seconds * 1e3,
+                gbps
+            );
+            Ok(())
+        }
         Command::Ckpt(args::CkptCommand::Ls { url }) => ckpt_cmd::ls(&url),
         Command::Ckpt(args::CkptCommand::Inspect { url }) => ckpt_cmd::inspect(&url),
     }

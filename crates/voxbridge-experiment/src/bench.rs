@@ -116,7 +116,7 @@ pub fn bench_train(setup: &BenchSetup, warmup: usize, steps: usize) -> BenchResu
             (3e-4, 0.9),
             (0, step as u64),
             &mindeye2_weight_decay,
-            &mut |g| g,
+            &mut voxbridge_train::Alone,
         )
         .expect("random data gives finite losses");
         model = next_model;
@@ -209,7 +209,7 @@ pub fn bench_checkpoint(
                 (3e-4, 0.9),
                 (0, 0),
                 &mindeye2_weight_decay,
-                &mut |g| g,
+                &mut voxbridge_train::Alone,
             )
             .map_err(|e| anyhow::anyhow!("{e}"))?;
             let store = store.clone();

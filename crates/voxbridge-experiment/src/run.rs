@@ -226,7 +226,15 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions) -> anyhow
     let mut observer =
         RunObserver::new(config, &inputs, &plan, dir, options.progress, steps_done, checkpointer, kill_after)?;
     let started = Instant::now();
-    let trained = train(model, &inputs.train, &plan, config.optim.weight_decay, resume, &mut observer, &mut |g| g);
+    let trained = train(
+        model,
+        &inputs.train,
+        &plan,
+        config.optim.weight_decay,
+        resume,
+        &mut observer,
+        &mut voxbridge_train::Alone,
+    );
     observer.finish();
     if let Some(e) = observer.error.take() {
         return Err(e);

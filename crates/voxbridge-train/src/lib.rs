@@ -5,6 +5,7 @@
 
 pub mod adamw;
 pub mod decay;
+pub mod distributed;
 pub mod evaluate;
 pub mod schedule;
 pub mod step;
@@ -14,7 +15,10 @@ pub use adamw::{AdamW, ParamMoments};
 pub use decay::{DecayGroup, decay_group, mindeye2_weight_decay};
 pub use evaluate::{EvalOptions, Evaluation, TestTrials, evaluate};
 pub use schedule::{OneCycle, OneCyclePoint};
-pub use step::{Batch, ContrastivePhase, NonFiniteLoss, StepReport, SubjectBatch, mixco_draw, train_step};
+pub use step::{
+    Alone, Batch, ContrastivePhase, NonFiniteLoss, StepComm, StepError, StepReport, SubjectBatch, mixco_draw,
+    train_step,
+};
 pub use trainer::{
     ClipTargets, Progress, Quiet, Resume, StepRecord, SubjectSamples, TrainData, TrainError, TrainObserver, TrainPlan,
     fresh_streams, stream_keys, train,

@@ -14,6 +14,7 @@ use voxbridge_model::MindEye2;
 use voxbridge_model::losses::{
     LossTerms, LossWeights, MixcoDraw, l1_loss, l2_normalize, mixco_nce, mixco_voxels, soft_clip_loss,
 };
+use voxbridge_model::prior::CondKeep;
 
 use crate::adamw::AdamW;
 
@@ -67,9 +68,60 @@ pub struct NonFiniteLoss {
     pub value: f64,
 }
 
-/// Forward, backward, `sync_gradients` (identity on one process; the all-reduce in a distributed
-/// run), AdamW with this step's learning rate and β1 and `weight_decay(burn path)` per parameter
-/// (usually [`mindeye2_weight_decay`](crate::mindeye2_weight_decay)).
+/// Why a step failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    NonFinite(#[from] NonFiniteLoss),
+    /// Talking to the other ranks failed (timeout, desync, a peer gone).
+    #[error("step {step}: {message}")]
+    Comm { step: u64, message: String },
+}
+
+/// How a step reaches the other ranks of a data-parallel run. The global batch is the
+/// concatenation of subject shares in subject order; each rank holds a contiguous run of them.
+/// A single process is [`Alone`].
+pub trait StepComm<B: AutodiffBackend> {
+    /// Rows of every share of the global batch, and the range of shares this rank holds; `None`
+    /// for a single process (the batch is the global batch).
+    fn layout(&self) -> Option<(Vec<usize>, std::ops::Range<usize>)>;
+    /// Every rank's `rows × width` values, concatenated in global row order.
+    fn gather_rows(&mut self, local: Vec<f32>, width: usize) -> Result<Vec<f32>, String>;
+    /// Element-wise sum over ranks.
+    fn sum(&mut self, values: &mut [f32]) -> Result<(), String>;
+    /// Gradients of the shared parameters summed over ranks; per-subject (ridge) ones stay.
+    fn sync_gradients(&mut self, model: &MindEye2<B>, grads: GradientsParams) -> Result<GradientsParams, String>;
+}
+
+/// A single process: nothing to exchange.
+#[derive(Debug, Default)]
+pub struct Alone;
+
+impl<B: AutodiffBackend> StepComm<B> for Alone {
+    fn layout(&self) -> Option<(Vec<usize>, std::ops::Range<usize>)> {
+        None
+    }
+    fn gather_rows(&mut self, local: Vec<f32>, _: usize) -> Result<Vec<f32>, String> {
+        Ok(local)
+    }
+    fn sum(&mut self, _: &mut [f32]) -> Result<(), String> {
+        Ok(())
+    }
+    fn sync_gradients(&mut self, _: &MindEye2<B>, grads: GradientsParams) -> Result<GradientsParams, String> {
+        Ok(grads)
+    }
+}
+
+/// Forward, losses, backward, gradient synchronisation (nothing on one process; the sum over
+/// ranks in a data-parallel run), AdamW with this step's learning rate and β1 and
+/// `weight_decay(burn path)` per parameter (usually
+/// [`mindeye2_weight_decay`](crate::mindeye2_weight_decay)).
+///
+/// Data-parallel runs train the model one process would train on the global batch: every random
+/// draw is made for the global batch and sliced; the contrastive loss is computed on the
+/// gathered embeddings of the whole batch (other ranks' rows as constants), so each rank's
+/// backward yields its rows' share of the exact gradient; per-sample losses are scaled by the
+/// rank's share of the rows; the shared gradients are summed.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step<B: AutodiffBackend>(
     model: MindEye2<B>,
@@ -80,55 +132,97 @@ pub fn train_step<B: AutodiffBackend>(
     (lr, beta1): (f64, f64),
     (seed, step): (u64, u64),
     weight_decay: &dyn Fn(&str) -> f64,
-    sync_gradients: &mut dyn FnMut(GradientsParams) -> GradientsParams,
-) -> Result<(MindEye2<B>, StepReport), NonFiniteLoss> {
+    comm: &mut dyn StepComm<B>,
+) -> Result<(MindEye2<B>, StepReport), StepError> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let device = batch.subjects.first().map(|s| s.voxels.device()).unwrap_or_default();
     // Dropout draws from the backend's generator: reseeding it every step makes step s's masks
     // a function of (seed, s) alone, which is what an exact resume needs.
     B::seed(&device, mix64(seed ^ mix64(step)));
+    let comm_err = |message: String| StepError::Comm { step, message };
 
-    // 1. Inputs: BiMixCo mixes each subject's voxels with a partner from the same subject.
-    let mut draws = Vec::new();
+    // Where this rank's rows sit in the global batch.
+    let local_sizes: Vec<usize> = batch.subjects.iter().map(|s| s.voxels.dims()[0]).collect();
+    let distributed = comm.layout();
+    let (global_sizes, local_shares) = distributed.clone().unwrap_or((local_sizes.clone(), 0..local_sizes.len()));
+    if global_sizes.get(local_shares.clone()) != Some(local_sizes.as_slice()) {
+        return Err(comm_err(format!("local shares {local_sizes:?} are not {local_shares:?} of {global_sizes:?}")));
+    }
+    let row_start: usize = global_sizes[..local_shares.start].iter().sum();
+    let local_rows: usize = local_sizes.iter().sum();
+    let global_rows: usize = global_sizes.iter().sum();
+
+    // 1. Inputs: BiMixCo mixes each subject's voxels with a partner from the same subject. The
+    //    draws are made for every share of the global batch, in order.
+    let global_draws: Vec<MixcoDraw> = match phase {
+        ContrastivePhase::BiMixCo { .. } => global_sizes.iter().map(|&n| mixco_draw(n, &mut rng)).collect(),
+        ContrastivePhase::SoftClip { .. } => Vec::new(),
+    };
     let mut ridge_outs = Vec::new();
     let mut targets = Vec::new();
     let mut blur_targets = Vec::new();
-    for share in batch.subjects {
-        let b = share.voxels.dims()[0];
-        let voxels = match phase {
-            ContrastivePhase::BiMixCo { .. } => {
-                let draw = mixco_draw(b, &mut rng);
-                let mixed = mixco_voxels(share.voxels, &draw);
-                draws.push(draw);
-                mixed
-            }
-            ContrastivePhase::SoftClip { .. } => share.voxels,
+    for (i, share) in batch.subjects.into_iter().enumerate() {
+        let voxels = match global_draws.get(local_shares.start + i) {
+            Some(draw) => mixco_voxels(share.voxels, draw),
+            None => share.voxels,
         };
         ridge_outs.push(model.ridge.forward(share.subject, voxels)); // [b, h]
         targets.push(share.clip_target); // [b, T, D]
         blur_targets.extend(share.blur_target); // [b, C, H, W]
     }
-    let clip_target = Tensor::cat(targets, 0); // [B, T, D]
-    let draw = (!draws.is_empty()).then(|| MixcoDraw::concat(&draws, false));
-    let batch_size = clip_target.dims()[0];
+    let clip_target = Tensor::cat(targets, 0); // [b_local, T, D]
+    let draw = (!global_draws.is_empty()).then(|| MixcoDraw::concat(&global_draws, false));
+    if distributed.is_some() && !blur_targets.is_empty() && model.low_level.is_some() {
+        // BiMixCo mixes every share's latents with rows of the *first* share (the released
+        // quirk), which only one rank holds.
+        return Err(comm_err("the low-level branch is not supported in data-parallel runs yet".into()));
+    }
 
     // 2. Forward through the shared backbone.
-    let out = model.backbone.forward(Tensor::cat(ridge_outs, 0)); // [B, T, D] ×2
+    let out = model.backbone.forward(Tensor::cat(ridge_outs, 0)); // [b_local, T, D] ×2
 
-    // 3. Losses.
-    let preds = l2_normalize(out.clip_voxels.flatten::<2>(1, 2));
-    let targs = l2_normalize(clip_target.clone().flatten::<2>(1, 2));
+    // 3. Losses. The contrastive loss sees the whole global batch [B, T·D].
+    let mut preds = l2_normalize(out.clip_voxels.flatten::<2>(1, 2));
+    let mut targs = l2_normalize(clip_target.clone().flatten::<2>(1, 2));
+    if distributed.is_some() {
+        let width = preds.dims()[1];
+        let host = |t: Tensor<B, 2>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+        let all_preds = comm.gather_rows(host(preds.clone().detach()), width).map_err(comm_err)?;
+        let all_targs = comm.gather_rows(host(targs), width).map_err(comm_err)?;
+        let constant = |values: &[f32], rows: usize| {
+            Tensor::<B, 2>::from_data(TensorData::new(values.to_vec(), [rows, width]), &device)
+        };
+        let (before, after) = (row_start * width, (row_start + local_rows) * width);
+        let mut parts = Vec::with_capacity(3);
+        if row_start > 0 {
+            parts.push(constant(&all_preds[..before], row_start));
+        }
+        parts.push(preds);
+        if global_rows > row_start + local_rows {
+            parts.push(constant(&all_preds[after..], global_rows - row_start - local_rows));
+        }
+        preds = Tensor::cat(parts, 0); // [B, T·D], this rank's rows differentiable
+        targs = constant(&all_targs, global_rows);
+    }
     let clip = match phase {
         ContrastivePhase::BiMixCo { temperature } => mixco_nce(preds, targs, temperature, draw.as_ref(), true),
         ContrastivePhase::SoftClip { temperature } => soft_clip_loss(preds, targs, temperature),
     };
+    // Per-sample losses: this rank's mean, weighted by its share of the rows, sums to the
+    // global mean over ranks.
+    let row_share = local_rows as f64 / global_rows.max(1) as f64;
     let prior = model.prior.as_ref().map(|prior| {
-        let t: Vec<usize> = (0..batch_size).map(|_| rng.random_range(0..prior.schedule.timesteps)).collect();
-        let [b, tokens, dim] = clip_target.dims();
-        let noise: Vec<f32> = (0..b * tokens * dim).map(|_| StandardNormal.sample(&mut rng)).collect();
-        let noise = Tensor::<B, 3>::from_data(TensorData::new(noise, [b, tokens, dim]), &device);
-        let mut uniform = || rng.random::<f64>();
-        prior.p_losses_sampled(clip_target.clone(), &t, out.backbone.clone(), noise, &mut uniform).1
+        let [_, tokens, dim] = clip_target.dims();
+        let t: Vec<usize> = (0..global_rows).map(|_| rng.random_range(0..prior.schedule.timesteps)).collect();
+        let noise: Vec<f32> = (0..global_rows * tokens * dim).map(|_| StandardNormal.sample(&mut rng)).collect();
+        let p = prior.net.config.cond_drop_prob;
+        let keep = CondKeep::sample(global_rows, p, p, &mut || rng.random::<f64>());
+        let rows = row_start..row_start + local_rows;
+        let noise = noise[rows.start * tokens * dim..rows.end * tokens * dim].to_vec();
+        let noise = Tensor::<B, 3>::from_data(TensorData::new(noise, [local_rows, tokens, dim]), &device);
+        let keep = CondKeep { brain: keep.brain[rows.clone()].to_vec(), image: keep.image[rows.clone()].to_vec() };
+        let loss = prior.p_losses(clip_target.clone(), &t[rows], out.backbone.clone(), noise, &keep).1;
+        if distributed.is_some() { loss * row_share } else { loss }
     });
     // Low-level L1 against the VAE latents, mixed like the voxels during BiMixCo — with the
     // concatenated, un-offset perms, as released (spec §2.1 [QUIRK]). The ConvNeXt soft
@@ -151,25 +245,33 @@ pub fn train_step<B: AutodiffBackend>(
     let total = terms.total(weights);
     let scalar =
         |t: &Tensor<B, 1>| t.clone().into_data().convert::<f64>().to_vec::<f64>().map(|v| v[0]).unwrap_or(f64::NAN);
-    let report = StepReport {
+    let mut report = StepReport {
         total: scalar(&total),
         clip: scalar(&terms.clip),
         prior: terms.prior.as_ref().map(scalar),
         blur: terms.blur_l1.as_ref().map(scalar),
     };
+    if distributed.is_some() {
+        // The step's losses as one process would report them: the contrastive loss is already
+        // global; the per-sample parts are summed over ranks.
+        let mut parts = [report.prior.unwrap_or(0.0) as f32];
+        comm.sum(&mut parts).map_err(comm_err)?;
+        report.prior = report.prior.map(|_| f64::from(parts[0]));
+        report.total = report.clip * weights.clip + report.prior.map_or(0.0, |p| p * weights.prior);
+    }
     let checked =
         [("total", Some(report.total)), ("clip", Some(report.clip)), ("prior", report.prior), ("blur", report.blur)];
     for (term, value) in checked {
         if let Some(value) = value
             && !value.is_finite()
         {
-            return Err(NonFiniteLoss { step, term, value });
+            return Err(NonFiniteLoss { step, term, value }.into());
         }
     }
 
     // 4. Backward, gradient sync, optimizer step.
     let grads = GradientsParams::from_grads(total.backward(), &model);
-    let grads = sync_gradients(grads);
+    let grads = comm.sync_gradients(&model, grads).map_err(comm_err)?;
     let model = optim.step(model, grads, lr, beta1, weight_decay);
     Ok((model, report))
 }

@@ -7,7 +7,6 @@
 
 use std::time::Instant;
 
-use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -17,7 +16,7 @@ use voxbridge_model::losses::{LossWeights, cosine_anneal};
 
 use crate::adamw::AdamW;
 use crate::schedule::OneCycle;
-use crate::step::{Batch, ContrastivePhase, NonFiniteLoss, SubjectBatch, train_step};
+use crate::step::{Batch, ContrastivePhase, StepComm, StepError, SubjectBatch, train_step};
 
 /// BiMixCo's fixed temperature (`mixco_nce(..., temp=0.006)`).
 pub const BIMIXCO_TEMPERATURE: f64 = 0.006;
@@ -179,7 +178,7 @@ pub struct Resume<B: AutodiffBackend> {
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     #[error(transparent)]
-    NonFinite(#[from] NonFiniteLoss),
+    Step(#[from] StepError),
     /// The observer failed (writing metrics, saving a checkpoint).
     #[error("{0}")]
     Observer(Box<dyn std::error::Error + Send + Sync>),
@@ -231,7 +230,7 @@ pub fn train<B: AutodiffBackend>(
     weight_decay: f64,
     resume: Option<Resume<B>>,
     observer: &mut dyn TrainObserver<B>,
-    sync_gradients: &mut dyn FnMut(GradientsParams) -> GradientsParams,
+    comm: &mut dyn StepComm<B>,
 ) -> Result<MindEye2<B>, TrainError> {
     let device = model.backbone.backbone_linear.weight.device();
     let Resume { steps_done, mut optim, mut streams } =
@@ -258,7 +257,7 @@ pub fn train<B: AutodiffBackend>(
             (point.lr, point.beta1),
             (plan.seed, step),
             &decay,
-            sync_gradients,
+            comm,
         )?;
         model = next;
         let (phase_name, temperature) = match phase {

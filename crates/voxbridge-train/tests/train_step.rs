@@ -66,7 +66,7 @@ fn run(steps: u64, phase: ContrastivePhase) -> Vec<StepReport> {
             (3e-3, 0.9),
             (7, step),
             &mindeye2_weight_decay,
-            &mut |g| g,
+            &mut voxbridge_train::Alone,
         )
         .expect("finite losses");
         model = next;
@@ -107,9 +107,10 @@ fn a_non_finite_loss_names_the_step_and_term() {
         (1e-3, 0.9),
         (0, 17),
         &mindeye2_weight_decay,
-        &mut |g| g,
+        &mut voxbridge_train::Alone,
     )
     .unwrap_err();
+    let voxbridge_train::StepError::NonFinite(err) = err else { panic!("{err}") };
     assert_eq!(err.step, 17);
     assert!(err.to_string().starts_with("step 17: loss `total` is NaN"), "{err}");
 }
@@ -145,7 +146,7 @@ fn low_level_l1_is_trained_in_both_phases() {
                 (3e-3, 0.9),
                 (1, step),
                 &mindeye2_weight_decay,
-                &mut |g| g,
+                &mut voxbridge_train::Alone,
             )
             .expect("finite losses");
             model = next;

@@ -1,0 +1,164 @@
+//! Data-parallel steps over a [`Collective`]: subjects sharded over ranks, the global batch's
+//! embeddings gathered for the contrastive loss, shared gradients summed, each subject's ridge
+//! trained only on the rank that holds the subject.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Tensor, TensorData};
+use voxbridge_collective::Collective;
+use voxbridge_model::MindEye2;
+
+use crate::step::StepComm;
+
+/// Subjects (in order) split over `world` ranks as contiguous runs, the first `n % world` ranks
+/// taking one more. Every rank gets at least one subject.
+pub fn assign_subjects(subjects: usize, world: usize) -> Result<Vec<Range<usize>>, String> {
+    if world == 0 || subjects < world {
+        return Err(format!(
+            "{subjects} training subject(s) cannot be sharded over {world} rank(s): each rank needs a subject of its own"
+        ));
+    }
+    let (base, extra) = (subjects / world, subjects % world);
+    let mut start = 0;
+    Ok((0..world)
+        .map(|r| {
+            let n = base + usize::from(r < extra);
+            let range = start..start + n;
+            start += n;
+            range
+        })
+        .collect())
+}
+
+/// [`StepComm`] of one rank: the global batch is `per_subject` rows of every subject, this
+/// rank's subjects are `assignment[rank]`.
+pub struct ShardComm<'a> {
+    collective: &'a mut dyn Collective,
+    shares: Vec<usize>,
+    assignment: Vec<Range<usize>>,
+}
+
+impl std::fmt::Debug for ShardComm<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardComm").field("shares", &self.shares).field("assignment", &self.assignment).finish()
+    }
+}
+
+impl<'a> ShardComm<'a> {
+    pub fn new(collective: &'a mut dyn Collective, shares: Vec<usize>, assignment: Vec<Range<usize>>) -> Self {
+        ShardComm { collective, shares, assignment }
+    }
+
+    fn rows_of(&self, rank: usize) -> usize {
+        self.shares[self.assignment[rank].clone()].iter().sum()
+    }
+}
+
+/// Burn paths of per-subject parameters: trained by their subject's rank alone.
+fn is_per_subject(path: &str) -> bool {
+    path.starts_with("ridge.")
+}
+
+impl<B: AutodiffBackend> StepComm<B> for ShardComm<'_> {
+    fn layout(&self) -> Option<(Vec<usize>, Range<usize>)> {
+        Some((self.shares.clone(), self.assignment[self.collective.rank()].clone()))
+    }
+
+    /// Ranks may hold different numbers of rows: each pads to the largest, the padding is
+    /// dropped after the all-gather.
+    fn gather_rows(&mut self, mut local: Vec<f32>, width: usize) -> Result<Vec<f32>, String> {
+        let world = self.collective.world_size();
+        let most = (0..world).map(|r| self.rows_of(r)).max().unwrap_or(0);
+        local.resize(most * width, 0.0);
+        let all = self.collective.all_gather(&local).map_err(|e| e.to_string())?;
+        let mut out = Vec::with_capacity(self.shares.iter().sum::<usize>() * width);
+        for r in 0..world {
+            let start = r * most * width;
+            out.extend_from_slice(&all[start..start + self.rows_of(r) * width]);
+        }
+        Ok(out)
+    }
+
+    fn sum(&mut self, values: &mut [f32]) -> Result<(), String> {
+        self.collective.all_reduce_sum(values).map_err(|e| e.to_string())
+    }
+
+    fn sync_gradients(&mut self, model: &MindEye2<B>, mut grads: GradientsParams) -> Result<GradientsParams, String> {
+        let mut flat = Flatten::<B> { grads: &mut grads, path: Vec::new(), buffer: Vec::new(), slots: HashMap::new() };
+        model.visit(&mut flat);
+        let Flatten { mut buffer, slots, .. } = flat;
+        self.collective.all_reduce_sum(&mut buffer).map_err(|e| e.to_string())?;
+        let mut restore = Restore::<B> { grads: &mut grads, buffer: &buffer, slots: &slots };
+        model.visit(&mut restore);
+        Ok(grads)
+    }
+}
+
+/// Where each shared gradient sits in the flat buffer: range, shape, device.
+type Slots<B> =
+    HashMap<ParamId, (Range<usize>, Vec<usize>, burn::tensor::Device<<B as AutodiffBackend>::InnerBackend>)>;
+
+/// Moves the gradients of shared parameters into one buffer, in visiting order (the same on
+/// every rank: same architecture).
+struct Flatten<'a, B: AutodiffBackend> {
+    grads: &'a mut GradientsParams,
+    path: Vec<String>,
+    buffer: Vec<f32>,
+    slots: Slots<B>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Flatten<'_, B> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if is_per_subject(&self.path.join(".")) {
+            return;
+        }
+        let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) else { return };
+        let (shape, device) = (grad.dims().to_vec(), grad.device());
+        let values = grad.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+        let range = self.buffer.len()..self.buffer.len() + values.len();
+        self.buffer.extend_from_slice(&values);
+        self.slots.insert(param.id, (range, shape, device));
+    }
+}
+
+/// Puts the summed gradients back.
+struct Restore<'a, B: AutodiffBackend> {
+    grads: &'a mut GradientsParams,
+    buffer: &'a [f32],
+    slots: &'a Slots<B>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Restore<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let Some((range, shape, device)) = self.slots.get(&param.id) else { return };
+        let data = TensorData::new(self.buffer[range.clone()].to_vec(), shape.clone());
+        self.grads.register::<B::InnerBackend, D>(param.id, Tensor::from_data(data, device));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_split_contiguously_with_the_remainder_first() {
+        assert_eq!(assign_subjects(7, 2).unwrap(), [0..4, 4..7]);
+        assert_eq!(assign_subjects(7, 3).unwrap(), [0..3, 3..5, 5..7]);
+        assert_eq!(assign_subjects(2, 2).unwrap(), [0..1, 1..2]);
+        assert_eq!(assign_subjects(3, 1).unwrap(), vec![0..3]);
+        let err = assign_subjects(1, 2).unwrap_err();
+        assert!(err.contains("each rank needs a subject"), "{err}");
+    }
+}

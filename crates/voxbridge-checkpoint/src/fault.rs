@@ -33,19 +33,41 @@ pub enum FaultAction {
 pub enum Fault {
     /// At the `at`-th put (0-based) of the checkpoint store.
     Put { action: FaultAction, at: u64 },
-    /// SIGKILL once this many training steps are done.
-    KillAfterStep(u64),
+    /// SIGKILL once this many training steps are done (on every rank, or on rank `rank`).
+    KillAfterStep { rank: Option<usize>, step: u64 },
+    /// SIGSTOP (the process hangs, as a stuck rank does) once this many steps are done on `rank`.
+    StopAfterStep { rank: usize, step: u64 },
 }
 
-/// Parses `fail-put:K`, `kill-put:K` or `kill-after-step:N`.
+impl Fault {
+    /// The signal-based fault due on `rank` after `steps_done` steps: `Some("KILL" | "STOP")`.
+    pub fn signal_after_step(&self, rank: usize, steps_done: u64) -> Option<&'static str> {
+        match *self {
+            Fault::KillAfterStep { rank: r, step } if step == steps_done && r.is_none_or(|r| r == rank) => Some("KILL"),
+            Fault::StopAfterStep { rank: r, step } if step == steps_done && r == rank => Some("STOP"),
+            _ => None,
+        }
+    }
+}
+
+/// Parses `fail-put:K`, `kill-put:K`, `kill-after-step:N`, `kill-rank-after-step:R:N` or
+/// `stop-rank-after-step:R:N`.
 pub fn parse_fault(spec: &str) -> Result<Fault, String> {
-    let bad = || format!("{FAULT_ENV}={spec:?}: expected fail-put:K, kill-put:K or kill-after-step:N");
-    let (kind, k) = spec.split_once(':').ok_or_else(bad)?;
-    let k: u64 = k.trim().parse().map_err(|_| bad())?;
-    match kind {
-        "fail-put" => Ok(Fault::Put { action: FaultAction::Fail, at: k }),
-        "kill-put" => Ok(Fault::Put { action: FaultAction::Kill, at: k }),
-        "kill-after-step" => Ok(Fault::KillAfterStep(k)),
+    let bad = || {
+        format!(
+            "{FAULT_ENV}={spec:?}: expected fail-put:K, kill-put:K, kill-after-step:N, kill-rank-after-step:R:N or \
+             stop-rank-after-step:R:N"
+        )
+    };
+    let mut parts = spec.split(':');
+    let kind = parts.next().ok_or_else(bad)?;
+    let numbers: Vec<u64> = parts.map(|p| p.trim().parse().map_err(|_| bad())).collect::<Result<_, _>>()?;
+    match (kind, numbers.as_slice()) {
+        ("fail-put", [k]) => Ok(Fault::Put { action: FaultAction::Fail, at: *k }),
+        ("kill-put", [k]) => Ok(Fault::Put { action: FaultAction::Kill, at: *k }),
+        ("kill-after-step", [n]) => Ok(Fault::KillAfterStep { rank: None, step: *n }),
+        ("kill-rank-after-step", [r, n]) => Ok(Fault::KillAfterStep { rank: Some(*r as usize), step: *n }),
+        ("stop-rank-after-step", [r, n]) => Ok(Fault::StopAfterStep { rank: *r as usize, step: *n }),
         _ => Err(bad()),
     }
 }
@@ -60,10 +82,15 @@ pub fn fault_from_env() -> Result<Option<Fault>, String> {
 
 /// SIGKILL to this process (no destructors, no flushing: a crash as the OS sees it).
 pub fn kill_self(why: &str) -> ! {
-    eprintln!("fault injection: SIGKILL ({why})");
-    let pid = std::process::id().to_string();
-    let _ = std::process::Command::new("kill").args(["-KILL", &pid]).status();
+    signal_self("KILL", why);
     std::process::abort() // only if `kill` is missing
+}
+
+/// Sends `signal` (`KILL`, `STOP`) to this process.
+pub fn signal_self(signal: &str, why: &str) {
+    eprintln!("fault injection: SIG{signal} ({why})");
+    let pid = std::process::id().to_string();
+    let _ = std::process::Command::new("kill").args([&format!("-{signal}"), &pid]).status();
 }
 
 /// Wraps a store; the `at`-th put (and only it) triggers `action`.
@@ -174,9 +201,14 @@ mod tests {
     fn specs_parse_and_bad_ones_say_what_is_expected() {
         assert_eq!(parse_fault("kill-put:3"), Ok(Fault::Put { action: FaultAction::Kill, at: 3 }));
         assert_eq!(parse_fault("fail-put:0"), Ok(Fault::Put { action: FaultAction::Fail, at: 0 }));
-        assert_eq!(parse_fault("kill-after-step:12"), Ok(Fault::KillAfterStep(12)));
+        assert_eq!(parse_fault("kill-after-step:12"), Ok(Fault::KillAfterStep { rank: None, step: 12 }));
+        let stop = parse_fault("stop-rank-after-step:1:5").unwrap();
+        assert_eq!(stop, Fault::StopAfterStep { rank: 1, step: 5 });
+        assert_eq!(stop.signal_after_step(1, 5), Some("STOP"));
+        assert_eq!(stop.signal_after_step(0, 5), None);
+        assert_eq!(parse_fault("kill-rank-after-step:0:2").unwrap().signal_after_step(0, 2), Some("KILL"));
         let err = parse_fault("kill:3").unwrap_err();
-        assert!(err.contains("expected fail-put:K, kill-put:K or kill-after-step:N"), "{err}");
+        assert!(err.contains("expected fail-put:K, kill-put:K, kill-after-step:N"), "{err}");
     }
 
     /// Crash anywhere (failure variant): for every put k of one save, the save fails, the

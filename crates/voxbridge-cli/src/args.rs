@@ -82,6 +82,16 @@ pub struct TrainArgs {
     /// (comma-separated dotted keys, e.g. train.epochs,train.max_steps).
     #[arg(long, value_name = "KEYS", value_delimiter = ',')]
     pub allow_config_change: Vec<String>,
+    /// Data-parallel training with N worker processes on this machine (a local coordinator
+    /// shards the training subjects over them). Without it: one process, no coordinator.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// With --workers: restarts of all workers allowed after one fails.
+    #[arg(long, default_value_t = 0)]
+    pub max_restarts: u32,
+    /// With --workers: seconds allowed for each collective after the first step.
+    #[arg(long, default_value_t = 60)]
+    pub step_timeout_s: u64,
 }
 
 #[derive(Debug, Args)]

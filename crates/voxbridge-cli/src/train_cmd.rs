@@ -20,6 +20,9 @@ fn progress() -> bool {
 pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let config = load_experiment(&args.experiment)?;
     let dir = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
+    if let Some(workers) = args.workers {
+        return train_workers(args, workers, &config.name, &dir);
+    }
     let resume = match args.resume.as_deref() {
         None => ResumeFrom::Never,
         Some("auto") => ResumeFrom::Auto,
@@ -35,6 +38,37 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let summary = run_experiment(&config, &options)?;
     let r = &summary.report;
     println!("run {} in {}{}", r.name, summary.dir.display(), if summary.reused { " (already finished)" } else { "" });
+    println!(
+        "  {} steps in {:.1} s ({:.1} ms/step, {:.0} samples/s), final loss {:.4}",
+        r.steps, r.train_seconds, r.ms_per_step, r.samples_per_second, r.final_loss
+    );
+    for (subject, e) in &r.evaluation {
+        print_evaluation(subject, e);
+    }
+    Ok(())
+}
+
+/// `--workers N`: a local coordinator and N `voxbridge-worker` processes (next to this binary).
+fn train_workers(args: &TrainArgs, workers: usize, name: &str, dir: &Path) -> anyhow::Result<()> {
+    if args.resume.is_some() || args.checkpoint_url.is_some() {
+        anyhow::bail!("--resume and --checkpoint-url are single-process only so far; drop them or --workers");
+    }
+    let worker = std::env::current_exe()?
+        .parent()
+        .map(|d| d.join("voxbridge-worker"))
+        .context("cannot locate voxbridge-worker next to this binary")?;
+    let options = voxbridge_coordinator::decide::Options {
+        world_size: workers,
+        join_timeout_ms: 120_000,
+        heartbeat_timeout_ms: 30_000,
+        max_restarts: args.max_restarts,
+    };
+    let experiment = std::fs::canonicalize(&args.experiment)
+        .with_context(|| format!("cannot read {}", args.experiment.display()))?;
+    let launch = voxbridge_coordinator::local_launch(&worker, &experiment, dir, options, args.step_timeout_s);
+    voxbridge_coordinator::run_blocking("127.0.0.1:0", launch)?;
+    let r = read_report(dir)?.with_context(|| format!("the workers finished but {} has no report", dir.display()))?;
+    println!("run {name} in {} ({workers} workers)", dir.display());
     println!(
         "  {} steps in {:.1} s ({:.1} ms/step, {:.0} samples/s), final loss {:.4}",
         r.steps, r.train_seconds, r.ms_per_step, r.samples_per_second, r.final_loss

@@ -1,5 +1,44 @@
-//! The coordinator of distributed training: rendezvous, subject sharding, heartbeats and
-//! restarts. Its decisions are a pure function ([`decide`]) of the time, what it has observed
-//! and its limits; the event loop that carries them out over TCP is the next step.
+//! The coordinator of distributed training: starts the workers, runs the rendezvous (ranks in
+//! join order, the collective's addresses relayed), watches heartbeats and exits, and restarts
+//! every worker in a new generation when one fails, within a budget. Its decisions are a pure
+//! function ([`decide::decide`]) of the time, what it has observed and its limits; [`run`] is
+//! the event loop that carries them out.
 
 pub mod decide;
+pub mod protocol;
+mod run;
+
+pub use run::{CoordinatorError, Launch, run};
+
+use std::ffi::OsString;
+use std::path::Path;
+
+/// The [`Launch`] of `voxbridge-worker` processes on this machine for one experiment.
+pub fn local_launch(
+    worker: &Path,
+    experiment: &Path,
+    out: &Path,
+    options: decide::Options,
+    step_timeout_s: u64,
+) -> Launch {
+    let args: Vec<OsString> = vec![
+        "--experiment".into(),
+        experiment.as_os_str().to_owned(),
+        "--out".into(),
+        out.as_os_str().to_owned(),
+        "--step-timeout-s".into(),
+        step_timeout_s.to_string().into(),
+    ];
+    Launch { program: worker.to_path_buf(), args, env: Vec::new(), options }
+}
+
+/// Runs a local job on a fresh runtime: the coordinator on `listen` (port 0 picks one) and
+/// `options.world_size` workers.
+pub fn run_blocking(listen: &str, launch: Launch) -> Result<(), CoordinatorError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        tracing::info!(addr = %listener.local_addr()?, workers = launch.options.world_size, "coordinator listening");
+        run(listener, launch).await
+    })
+}

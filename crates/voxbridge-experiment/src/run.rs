@@ -9,15 +9,17 @@ use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use voxbridge_checkpoint::fault::{Fault, fault_from_env, kill_self};
+use voxbridge_checkpoint::fault::{Fault, fault_from_env, kill_self, signal_self};
 use voxbridge_checkpoint::retention::{self, RetentionPolicy, Seen};
 use voxbridge_checkpoint::{CheckpointId, CheckpointStore};
+use voxbridge_collective::Collective;
 use voxbridge_config::{BackboneKind, ExperimentConfig, ModelConfig, ModelFamily, NewSubjectBias};
 use voxbridge_data::Dataset;
 use voxbridge_model::losses::LossWeights;
 use voxbridge_model::lowlevel::LowLevelConfig;
 use voxbridge_model::prior::PriorConfig;
 use voxbridge_model::{BackboneMode, MindEye2, MindEye2Config, RidgeBiasInit};
+use voxbridge_train::distributed::{ShardComm, assign_subjects, share_subject_weights};
 use voxbridge_train::{EvalOptions, Evaluation, Progress, StepRecord, TrainObserver, TrainPlan, evaluate, train};
 
 use crate::checkpoint::{self, ModelCard};
@@ -41,6 +43,8 @@ pub struct RunOptions {
     pub allow_config_change: Vec<String>,
     /// Checkpoint root chosen by the launcher; overrides `checkpoint.url`.
     pub checkpoint_url: Option<String>,
+    /// Deadline of each collective after the first step (data-parallel runs).
+    pub step_timeout: std::time::Duration,
 }
 
 impl RunOptions {
@@ -52,6 +56,7 @@ impl RunOptions {
             resume: ResumeFrom::Never,
             allow_config_change: Vec::new(),
             checkpoint_url: None,
+            step_timeout: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -127,7 +132,28 @@ pub struct RunSummary {
 /// run of the same resolved config is reused as it is; one holding another config is an error,
 /// so nothing finished is overwritten.
 pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<RunSummary> {
-    let dir = &options.dir;
+    run_experiment_on(config, options, None)
+}
+
+/// [`run_experiment`] as one rank of a data-parallel run over `collective` (`None`: one
+/// process). The training subjects are sharded over the ranks ([`assign_subjects`]); every rank
+/// trains the same model on its shard of each global batch. Rank 0 writes the run directory;
+/// rank r > 0 writes its metrics under `<dir>/rank-r/`. Checkpoints and resume are
+/// single-process only so far.
+pub fn run_experiment_on(
+    config: &ExperimentConfig,
+    options: &RunOptions,
+    mut collective: Option<&mut dyn Collective>,
+) -> anyhow::Result<RunSummary> {
+    let (rank, world) = collective.as_deref().map_or((0, 1), |c| (c.rank(), c.world_size()));
+    // A data-parallel run of one worker still goes through the data-parallel path (and its
+    // up-front initialisation), so it can be compared with more workers.
+    let primary = rank == 0;
+    let rank_dir = options.dir.join(format!("rank-{rank}"));
+    let dir = if primary { &options.dir } else { &rank_dir };
+    if world > 1 && options.resume != ResumeFrom::Never {
+        bail!("--resume with several workers is not supported yet (checkpoints are single-process so far)");
+    }
     let hash = config.config_hash();
     if let Some(existing) = read_report(dir)? {
         if existing.config_hash == hash {
@@ -158,7 +184,14 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions) -> anyhow
     let plan = train_plan(config, &inputs);
     let ckpt_url = checkpoint_url(config, options);
     let store = CheckpointStore::open(&ckpt_url)?;
-    let found = find_resume_point(&store, &ckpt_url, &options.resume)?;
+    let found = if world > 1 { None } else { find_resume_point(&store, &ckpt_url, &options.resume)? };
+    // This rank's subjects; their ridge indices stay those of the whole model.
+    let assignment = assign_subjects(config.data.train_subjects.len(), world).map_err(anyhow::Error::msg)?;
+    let local_data = (world > 1).then(|| voxbridge_train::TrainData {
+        subjects: inputs.train.subjects[assignment[rank].clone()].to_vec(),
+        targets: inputs.train.targets.clone(),
+    });
+    let train_data = local_data.as_ref().unwrap_or(&inputs.train);
 
     let (model, init_from, architecture, resume) = match &found {
         Some(found) => {
@@ -175,6 +208,11 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions) -> anyhow
         None => {
             <TrainBackend as Backend>::seed(&device, config.train.seed);
             let (model, init_from, architecture) = initial_model(config, &inputs, &device)?;
+            if collective.is_some() {
+                // Every rank must hold the same model, but each touches only its own subjects'
+                // ridges in its first step: initialise every parameter now, in module order.
+                materialise(&model);
+            }
             (model, init_from, architecture, None)
         }
     };
@@ -195,58 +233,83 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions) -> anyhow
         run: config.name.clone(),
         steps: plan.total_steps(),
     };
-    let checkpointer = Checkpointer {
-        generation: store.next_generation()?,
-        store,
-        every_steps: u64::from(config.checkpoint.every_steps),
-        policy: RetentionPolicy::new(config.checkpoint.keep_last as usize, {
-            let spacing = if config.checkpoint.every_steps > 0 {
-                u64::from(config.checkpoint.every_steps)
-            } else {
-                plan.iters_per_epoch as u64
-            };
-            u64::from(config.checkpoint.keep_every) * spacing
+    let checkpointer = if world > 1 {
+        None
+    } else {
+        Some(Checkpointer {
+            generation: store.next_generation()?,
+            store,
+            every_steps: u64::from(config.checkpoint.every_steps),
+            policy: RetentionPolicy::new(config.checkpoint.keep_last as usize, {
+                let spacing = if config.checkpoint.every_steps > 0 {
+                    u64::from(config.checkpoint.every_steps)
+                } else {
+                    plan.iters_per_epoch as u64
+                };
+                u64::from(config.checkpoint.keep_every) * spacing
+            })
+            .map_err(|e| anyhow::anyhow!("checkpoint.{e}"))?,
+            base: resume::base_state(
+                &config.name,
+                &hash,
+                &plan,
+                &config.data.train_subjects,
+                &inputs.sessions_used,
+                init_from.clone(),
+            ),
+            card,
+            config_toml: config.to_toml(),
         })
-        .map_err(|e| anyhow::anyhow!("checkpoint.{e}"))?,
-        base: resume::base_state(
-            &config.name,
-            &hash,
-            &plan,
-            &config.data.train_subjects,
-            &inputs.sessions_used,
-            init_from.clone(),
-        ),
-        card,
-        config_toml: config.to_toml(),
     };
-    let kill_after = match fault_from_env().map_err(anyhow::Error::msg)? {
-        Some(Fault::KillAfterStep(n)) => Some(n),
-        _ => None,
-    };
-    let mut observer =
-        RunObserver::new(config, &inputs, &plan, dir, options.progress, steps_done, checkpointer, kill_after)?;
-    let started = Instant::now();
-    let trained = train(
-        model,
-        &inputs.train,
+    if world > 1 {
+        tracing::warn!("data-parallel run: no checkpoints are written (single-process only so far)");
+    }
+    let step_fault = fault_from_env().map_err(anyhow::Error::msg)?.filter(|f| !matches!(f, Fault::Put { .. }));
+    let mut observer = RunObserver::new(
+        config,
+        &inputs,
         &plan,
-        config.optim.weight_decay,
-        resume,
-        &mut observer,
-        &mut voxbridge_train::Alone,
-    );
+        dir,
+        options.progress && primary,
+        steps_done,
+        checkpointer,
+        step_fault.map(|f| (f, rank)),
+    )?;
+    observer.evaluate_epochs = primary;
+    let started = Instant::now();
+    let shares = vec![plan.per_subject; config.data.train_subjects.len()];
+    let trained = match collective.as_deref_mut() {
+        Some(c) if world > 1 => {
+            let mut comm = ShardComm::new(c, shares, assignment.clone()).with_step_timeout(options.step_timeout);
+            train(model, train_data, &plan, config.optim.weight_decay, resume, &mut observer, &mut comm)
+        }
+        _ => train(
+            model,
+            train_data,
+            &plan,
+            config.optim.weight_decay,
+            resume,
+            &mut observer,
+            &mut voxbridge_train::Alone,
+        ),
+    };
     observer.finish();
     if let Some(e) = observer.error.take() {
         return Err(e);
     }
-    let model = trained.with_context(|| format!("run `{}` stopped", config.name))?;
+    let mut model = trained.with_context(|| format!("run `{}` stopped", config.name))?;
+    if let Some(c) = collective.as_mut()
+        && world > 1
+    {
+        model = share_subject_weights(model, &mut **c, &assignment).map_err(anyhow::Error::msg)?;
+    }
     let train_seconds = started.elapsed().as_secs_f64() + observer.resumed_seconds;
     let steps = observer.steps;
 
     let model = model.valid();
     let options_eval = eval_options(config, true);
     let mut evaluation = BTreeMap::new();
-    for (&subject, test) in &inputs.tests {
+    for (&subject, test) in inputs.tests.iter().filter(|_| primary) {
         let result = evaluate(&model, test, &inputs.train.targets, &options_eval);
         tracing::info!(
             subject,
@@ -294,6 +357,17 @@ pub fn read_report(dir: &Path) -> anyhow::Result<Option<RunReport>> {
     let report =
         serde_json::from_str(&text).with_context(|| format!("{} is not a voxbridge run report", path.display()))?;
     Ok(Some(report))
+}
+
+/// Draws every lazily initialised parameter now, in module order.
+fn materialise<B: burn::tensor::backend::AutodiffBackend>(model: &MindEye2<B>) {
+    struct Touch;
+    impl<B: burn::tensor::backend::AutodiffBackend> burn::module::ModuleVisitor<B> for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
+    model.visit(&mut Touch);
 }
 
 /// The run's schedule: MindEye2's plan from `[train]`, `[optim]` and the data's sizes.
@@ -566,8 +640,11 @@ struct RunObserver<'a> {
     last_loss: f64,
     /// Training seconds recorded before a resume (from steps.csv).
     resumed_seconds: f64,
-    checkpointer: Checkpointer,
-    kill_after: Option<u64>,
+    checkpointer: Option<Checkpointer>,
+    /// A fault drill (`VOXBRIDGE_FAULT`) and this process's rank.
+    step_fault: Option<(Fault, usize)>,
+    /// Evaluate at epoch ends (rank 0 of a data-parallel run only).
+    evaluate_epochs: bool,
     error: Option<anyhow::Error>,
 }
 
@@ -582,8 +659,8 @@ impl<'a> RunObserver<'a> {
         dir: &Path,
         progress: bool,
         steps_done: u64,
-        checkpointer: Checkpointer,
-        kill_after: Option<u64>,
+        checkpointer: Option<Checkpointer>,
+        step_fault: Option<(Fault, usize)>,
     ) -> anyhow::Result<Self> {
         let bar = if progress { ProgressBar::new(plan.total_steps()) } else { ProgressBar::hidden() };
         bar.set_style(
@@ -613,7 +690,8 @@ impl<'a> RunObserver<'a> {
             last_loss: f64::NAN,
             resumed_seconds: 0.0,
             checkpointer,
-            kill_after,
+            step_fault,
+            evaluate_epochs: true,
             error: None,
         };
         let current_epoch = (steps_done / plan.iters_per_epoch as u64) as usize;
@@ -672,6 +750,7 @@ impl TrainObserver<TrainBackend> for RunObserver<'_> {
         let last = epoch + 1 == self.config.train.epochs as usize;
         let (mut image_top1, mut brain_top1) = (None, None);
         if every > 0
+            && self.evaluate_epochs
             && ((epoch + 1).is_multiple_of(every) || last)
             && let Some(test) = self.inputs.tests.values().next()
         {
@@ -705,14 +784,21 @@ impl TrainObserver<TrainBackend> for RunObserver<'_> {
         if let Some(e) = self.error.take() {
             return Err(e.into());
         }
-        let c = &self.checkpointer;
-        if checkpoint_due(p.steps_done, p.epoch_finished, p.run_finished, c.every_steps) {
+        if let Some(c) = &self.checkpointer
+            && checkpoint_due(p.steps_done, p.epoch_finished, p.run_finished, c.every_steps)
+        {
             // Metrics up to this step are on disk before the checkpoint that a resume starts from.
             self.metrics.flush()?;
             self.bar.suspend(|| c.save(p, self.last_loss))?;
         }
-        if self.kill_after == Some(p.steps_done) {
-            kill_self(&format!("{} after step {}", voxbridge_checkpoint::fault::FAULT_ENV, p.steps_done));
+        if let Some((fault, rank)) = &self.step_fault
+            && let Some(signal) = fault.signal_after_step(*rank, p.steps_done)
+        {
+            let why = format!("{} on rank {rank} after step {}", voxbridge_checkpoint::fault::FAULT_ENV, p.steps_done);
+            if signal == "KILL" {
+                kill_self(&why);
+            }
+            signal_self(signal, &why);
         }
         Ok(())
     }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
@@ -40,6 +40,8 @@ pub struct ShardComm<'a> {
     collective: &'a mut dyn Collective,
     shares: Vec<usize>,
     assignment: Vec<Range<usize>>,
+    /// Deadline of every collective after the first step (which keeps the longer start-up one).
+    step_timeout: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for ShardComm<'_> {
@@ -50,7 +52,13 @@ impl std::fmt::Debug for ShardComm<'_> {
 
 impl<'a> ShardComm<'a> {
     pub fn new(collective: &'a mut dyn Collective, shares: Vec<usize>, assignment: Vec<Range<usize>>) -> Self {
-        ShardComm { collective, shares, assignment }
+        ShardComm { collective, shares, assignment, step_timeout: None }
+    }
+
+    /// After the first step's gradient sync, every collective gets `timeout`.
+    pub fn with_step_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.step_timeout = Some(timeout);
+        self
     }
 
     fn rows_of(&self, rank: usize) -> usize {
@@ -94,6 +102,9 @@ impl<B: AutodiffBackend> StepComm<B> for ShardComm<'_> {
         self.collective.all_reduce_sum(&mut buffer).map_err(|e| e.to_string())?;
         let mut restore = Restore::<B> { grads: &mut grads, buffer: &buffer, slots: &slots };
         model.visit(&mut restore);
+        if let Some(timeout) = self.step_timeout.take() {
+            self.collective.set_timeout(timeout);
+        }
         Ok(grads)
     }
 }
@@ -145,6 +156,88 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Restore<'_, B> {
         let Some((range, shape, device)) = self.slots.get(&param.id) else { return };
         let data = TensorData::new(self.buffer[range.clone()].to_vec(), shape.clone());
         self.grads.register::<B::InnerBackend, D>(param.id, Tensor::from_data(data, device));
+    }
+}
+
+/// Gives every rank every subject's trained ridge: each rank trained only its own subjects'
+/// ridges, so the owner's values are summed with zeros from the others. Afterwards every rank
+/// holds the model one process would have trained (for evaluation and saving).
+pub fn share_subject_weights<B: AutodiffBackend>(
+    model: MindEye2<B>,
+    collective: &mut dyn Collective,
+    assignment: &[Range<usize>],
+) -> Result<MindEye2<B>, String> {
+    let mine = assignment.get(collective.rank()).cloned().unwrap_or(0..0);
+    let mut gather = SubjectValues::<B> { path: Vec::new(), mine, values: Vec::new(), _b: std::marker::PhantomData };
+    model.visit(&mut gather);
+    let mut flat: Vec<f32> = gather.values.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+    collective.all_reduce_sum(&mut flat).map_err(|e| e.to_string())?;
+    let mut offset = 0;
+    let mut by_path = HashMap::new();
+    for (path, v) in gather.values {
+        by_path.insert(path, flat[offset..offset + v.len()].to_vec());
+        offset += v.len();
+    }
+    Ok(model.map(&mut SetValues::<B> { path: Vec::new(), values: by_path, _b: std::marker::PhantomData }))
+}
+
+/// The subject index of a `ridge.linears.<k>.…` path.
+fn ridge_subject(path: &str) -> Option<usize> {
+    path.strip_prefix("ridge.linears.")?.split('.').next()?.parse().ok()
+}
+
+struct SubjectValues<B> {
+    path: Vec<String>,
+    mine: Range<usize>,
+    values: Vec<(String, Vec<f32>)>,
+    _b: std::marker::PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for SubjectValues<B> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let path = self.path.join(".");
+        let Some(subject) = ridge_subject(&path) else { return };
+        let mut values = param.val().into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+        if !self.mine.contains(&subject) {
+            values.iter_mut().for_each(|v| *v = 0.0);
+        }
+        self.values.push((path, values));
+    }
+}
+
+struct SetValues<B> {
+    path: Vec<String>,
+    values: HashMap<String, Vec<f32>>,
+    _b: std::marker::PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for SetValues<B> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let Some(values) = self.values.remove(&self.path.join(".")) else { return param };
+        let (id, tensor, mapper) = param.consume();
+        let require_grad = tensor.is_require_grad();
+        let shape = tensor.dims();
+        let mut updated = Tensor::<B, D>::from_data(TensorData::new(values, shape), &tensor.device());
+        if require_grad {
+            updated = updated.require_grad();
+        }
+        Param::from_mapped_value(id, updated, mapper)
     }
 }
 

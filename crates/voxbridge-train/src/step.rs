@@ -136,15 +136,21 @@ pub fn train_step<B: AutodiffBackend>(
 ) -> Result<(MindEye2<B>, StepReport), StepError> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let device = batch.subjects.first().map(|s| s.voxels.device()).unwrap_or_default();
-    // Dropout draws from the backend's generator: reseeding it every step makes step s's masks
-    // a function of (seed, s) alone, which is what an exact resume needs.
-    B::seed(&device, mix64(seed ^ mix64(step)));
     let comm_err = |message: String| StepError::Comm { step, message };
 
     // Where this rank's rows sit in the global batch.
     let local_sizes: Vec<usize> = batch.subjects.iter().map(|s| s.voxels.dims()[0]).collect();
     let distributed = comm.layout();
     let (global_sizes, local_shares) = distributed.clone().unwrap_or((local_sizes.clone(), 0..local_sizes.len()));
+    // Dropout draws from the backend's generator: reseeding it at every step after the first
+    // makes step s's masks a function of (seed, s) alone, which is what an exact resume needs
+    // (each rank of a data-parallel run mixes in its first share, so ranks draw different masks).
+    // Step 0 keeps the stream the trainer seeded, from which lazily initialised weights are
+    // drawn during its forward pass.
+    if step > 0 {
+        let rank_key = if distributed.is_some() { mix64(local_shares.start as u64 + 1) } else { 0 };
+        B::seed(&device, mix64(seed ^ mix64(step)) ^ rank_key);
+    }
     if global_sizes.get(local_shares.clone()) != Some(local_sizes.as_slice()) {
         return Err(comm_err(format!("local shares {local_sizes:?} are not {local_shares:?} of {global_sizes:?}")));
     }

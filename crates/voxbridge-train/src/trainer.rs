@@ -233,6 +233,10 @@ pub fn train<B: AutodiffBackend>(
     comm: &mut dyn StepComm<B>,
 ) -> Result<MindEye2<B>, TrainError> {
     let device = model.backbone.backbone_linear.weight.device();
+    if resume.is_none() {
+        // Lazily initialised weights are drawn in step 0's forward pass, from this stream.
+        <B as burn::tensor::backend::Backend>::seed(&device, plan.seed);
+    }
     let Resume { steps_done, mut optim, mut streams } =
         resume.unwrap_or_else(|| Resume { steps_done: 0, optim: AdamW::default(), streams: fresh_streams(data, plan) });
     let decay = |path: &str| crate::decay::mindeye2_weight_decay(path) / 1e-2 * weight_decay;

@@ -9,7 +9,7 @@ use burn::tensor::backend::AutodiffBackend;
 use voxbridge_collective::local_rings;
 use voxbridge_model::prior::PriorConfig;
 use voxbridge_model::{BackboneMode, MindEye2, MindEye2Config};
-use voxbridge_train::distributed::{ShardComm, assign_subjects};
+use voxbridge_train::distributed::{ShardComm, assign_subjects, share_subject_weights};
 use voxbridge_train::{Alone, ClipTargets, StepRecord, SubjectSamples, TrainData, TrainObserver, TrainPlan, train};
 
 type B = Autodiff<Flex>;
@@ -112,10 +112,11 @@ fn two_ranks_train_the_model_one_process_trains() {
                 let mine = assignment[voxbridge_collective::Collective::rank(&ring)].clone();
                 let local = TrainData { subjects: data.subjects[mine].to_vec(), targets: data.targets.clone() };
                 scope.spawn(move || {
-                    let mut comm = ShardComm::new(&mut ring, shares, assignment);
+                    let mut comm = ShardComm::new(&mut ring, shares, assignment.clone());
                     let mut losses = Losses::default();
                     let trained = train(model, &local, plan, 0.01, None, &mut losses, &mut comm).unwrap();
-                    (losses.0, trained)
+                    let whole = share_subject_weights(trained, &mut ring, &assignment).unwrap();
+                    (losses.0, whole)
                 })
             })
             .collect();

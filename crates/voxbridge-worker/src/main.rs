@@ -1,9 +1,8 @@
-//! `voxbridge-worker`: one training rank under a coordinator.
-//!
-//! Only the command line exists so far; the worker is the distributed-training issue's work.
-//! Running it says so and exits non-zero.
+//! `voxbridge-worker`: one training rank under a coordinator (started by `voxbridge train
+//! --workers N`, or by a cluster launcher).
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -17,16 +16,43 @@ struct Args {
     /// Coordinator address (host:port).
     #[arg(long)]
     coordinator: String,
-    /// GPU index on this node (CPU when absent).
+    /// The generation (restart count) this worker was started for.
+    #[arg(long, default_value_t = 0)]
+    generation: u32,
+    /// Experiment TOML file.
     #[arg(long)]
-    device: Option<usize>,
+    experiment: std::path::PathBuf,
+    /// Run directory (rank 0 writes it; rank r writes <out>/rank-r/).
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// Seconds allowed for the collective's set-up and first step.
+    #[arg(long, default_value_t = 300)]
+    init_timeout_s: u64,
+    /// Seconds allowed for every later collective.
+    #[arg(long, default_value_t = 60)]
+    step_timeout_s: u64,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    eprintln!(
-        "voxbridge-worker: distributed training is not implemented yet (coordinator {}, device {:?})",
-        args.coordinator, args.device
-    );
-    ExitCode::FAILURE
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VOXBRIDGE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+    let worker = voxbridge_worker::WorkerArgs {
+        coordinator: args.coordinator,
+        generation: args.generation,
+        experiment: args.experiment,
+        out: args.out,
+        init_timeout: Duration::from_secs(args.init_timeout_s),
+        step_timeout: Duration::from_secs(args.step_timeout_s),
+    };
+    match voxbridge_worker::run(&worker) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("voxbridge-worker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,78 @@
+//! One training rank: joins the coordinator, waits for its rank and the collective's addresses,
+//! builds the TCP ring, trains its shard of the experiment, and reports back — with a heartbeat
+//! every half second while it lives.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use voxbridge_collective::TcpRing;
+use voxbridge_coordinator::protocol::{FromWorker, ToWorker, encode};
+use voxbridge_experiment::{RunOptions, run::run_experiment_on};
+
+/// What a worker is told on its command line.
+#[derive(Debug, Clone)]
+pub struct WorkerArgs {
+    pub coordinator: String,
+    pub generation: u32,
+    pub experiment: PathBuf,
+    pub out: PathBuf,
+    /// Deadline of the collective's set-up and first step.
+    pub init_timeout: Duration,
+    /// Deadline of every later collective.
+    pub step_timeout: Duration,
+}
+
+pub fn run(args: &WorkerArgs) -> anyhow::Result<()> {
+    let config = voxbridge_config::load_experiment(&args.experiment)?;
+    let stream = TcpStream::connect(&args.coordinator)
+        .with_context(|| format!("cannot reach the coordinator at {}", args.coordinator))?;
+    // The ring listens on the interface that reaches the coordinator.
+    let host = stream.local_addr()?.ip();
+    let listener = TcpListener::bind((host, 0)).context("cannot open the collective's port")?;
+    let mut writer = stream.try_clone()?;
+    let join = FromWorker::Join {
+        generation: args.generation,
+        pid: std::process::id(),
+        ring_addr: listener.local_addr()?.to_string(),
+    };
+    writer.write_all(encode(&join).as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).context("the coordinator closed the connection before the start")?;
+    let ToWorker::Start { rank, world, generation, ring_addrs } =
+        serde_json::from_str(&line).with_context(|| format!("unexpected message from the coordinator: {line}"))?;
+    tracing::info!(rank, world, generation, "starting");
+
+    let alive = Arc::new(AtomicBool::new(true));
+    let heartbeat = {
+        let (alive, mut writer) = (alive.clone(), writer.try_clone()?);
+        std::thread::spawn(move || {
+            while alive.load(Ordering::SeqCst) {
+                if writer.write_all(encode(&FromWorker::Heartbeat { steps: 0 }).as_bytes()).is_err() {
+                    break;
+                }
+                std::thread::park_timeout(Duration::from_millis(500));
+            }
+        })
+    };
+    let result = (|| -> anyhow::Result<()> {
+        let addrs = ring_addrs.iter().map(|a| a.parse()).collect::<Result<Vec<_>, _>>()?;
+        let mut ring = TcpRing::connect(rank, &addrs, listener, generation, args.init_timeout)?;
+        let options = RunOptions { step_timeout: args.step_timeout, ..RunOptions::new(args.out.clone()) };
+        run_experiment_on(&config, &options, Some(&mut ring))?;
+        Ok(())
+    })();
+    alive.store(false, Ordering::SeqCst);
+    heartbeat.thread().unpark();
+    let _ = heartbeat.join();
+    let report = match &result {
+        Ok(()) => FromWorker::Done,
+        Err(e) => FromWorker::Failed { error: format!("rank {rank}: {e:#}") },
+    };
+    let _ = writer.write_all(encode(&report).as_bytes());
+    result
+}

@@ -1,0 +1,144 @@
+//! `voxbridge train --workers N`: a local coordinator and worker processes on loopback.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use voxbridge_e2e::{SimDataset, assert_success, describe, stderr, voxbridge_env};
+
+/// Subjects 2 and 3 of `tiny`, 4 trials each per batch, 5 steps per epoch, 4 epochs: 20 steps.
+/// No dropout: masks are drawn per rank's rows, so they cannot equal one process's.
+fn experiment(dir: &Path, data: &SimDataset) -> PathBuf {
+    let text = format!(
+        "name = \"dp\"\n[data]\nmanifest = {:?}\ntrain_subjects = [2, 3]\n\
+         [train]\nseed = 5\nbatch_size = 8\nepochs = 4\nsamples_per_epoch = 40\nmixup_pct = 0.25\n\
+         [model]\nhidden = 32\nblocks = 1\nprior_depth = 1\nprior_dim_head = 16\ndropout = 0.0\n\
+         [eval]\nloops = 3\nprior_steps = 0\n",
+        data.manifest_str()
+    );
+    let path = dir.join("dp.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn train_workers(exp: &Path, out: &Path, workers: usize, extra: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let workers = workers.to_string();
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "train".as_ref(),
+        exp.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--workers".as_ref(),
+        workers.as_ref(),
+    ];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    voxbridge_env(&args, env)
+}
+
+/// `loss, clip_loss, prior_loss` per step.
+fn losses(run: &Path) -> Vec<[f64; 3]> {
+    let csv = std::fs::read_to_string(run.join("metrics/steps.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let cols = [col("loss"), col("clip_loss"), col("prior_loss")];
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            cols.map(|c| f[c].parse().unwrap())
+        })
+        .collect()
+}
+
+fn tensors(run: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(run.join("checkpoint/model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = file.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| {
+            let data = file
+                .tensor(&n)
+                .unwrap()
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            (n, data)
+        })
+        .collect()
+}
+
+#[test]
+fn two_workers_train_what_one_worker_trains() {
+    let data = SimDataset::tiny(9);
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), &data);
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    assert_success(&train_workers(&exp, &one, 1, &[], &[]));
+    let out = train_workers(&exp, &two, 2, &[], &[]);
+    assert_success(&out);
+    assert!(stderr(&out).contains("every worker finished"), "{}", describe(&out));
+    let (a, b) = (losses(&one), losses(&two));
+    assert_eq!(a.len(), 20);
+    assert_eq!(b.len(), 20);
+    for (step, (x, y)) in a.iter().zip(&b).enumerate() {
+        for k in 0..3 {
+            let rel = (x[k] - y[k]).abs() / x[k].abs().max(1e-6);
+            assert!(rel <= 1e-5, "step {step} column {k}: 1 worker {} vs 2 workers {}", x[k], y[k]);
+        }
+    }
+    // The saved model (every subject's ridge gathered from the rank that trained it) agrees.
+    for ((name, x), (_, y)) in tensors(&one).iter().zip(&tensors(&two)) {
+        let worst = x.iter().zip(y).map(|(p, q)| (p - q).abs() / p.abs().max(1e-3)).fold(0f32, f32::max);
+        assert!(worst <= 1e-4, "{name}: relative difference {worst}");
+    }
+    assert!(two.join("rank-1/metrics/steps.csv").is_file(), "rank 1 keeps its own metrics apart");
+}
+
+/// A stopped rank (SIGSTOP, as a hung GPU or a swapped-out node) is noticed by the other rank's
+/// collective deadline; with no restarts left the coordinator gives up, naming the failure, well
+/// within step_timeout + 5 s of the stop.
+#[test]
+fn a_stopped_worker_fails_the_run_within_the_step_timeout() {
+    let data = SimDataset::tiny(10);
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), &data);
+    let started = Instant::now();
+    let out = train_workers(
+        &exp,
+        &dir.path().join("run"),
+        2,
+        &["--step-timeout-s", "2"],
+        &[("VOXBRIDGE_FAULT", "stop-rank-after-step:1:5")],
+    );
+    let elapsed = started.elapsed();
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(err.contains("gave up") && err.contains("no data from rank 1"), "{err}");
+    assert!(err.contains("desync") || err.contains("seq"), "the error names the collective's sequence number: {err}");
+    // Start-up of two processes plus 2 s of deadline plus slack; the heartbeat timeout (30 s) is not what ended it.
+    assert!(elapsed < Duration::from_secs(25), "took {elapsed:?}");
+}
+
+/// Every generation's rank 1 dies: with max_restarts = 2 the coordinator restarts twice, then
+/// gives up with a summary of the three failures.
+#[test]
+fn the_restart_budget_is_enforced_with_a_summary() {
+    let data = SimDataset::tiny(11);
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), &data);
+    let out = train_workers(
+        &exp,
+        &dir.path().join("run"),
+        2,
+        &["--max-restarts", "2", "--step-timeout-s", "5"],
+        &[("VOXBRIDGE_FAULT", "kill-rank-after-step:1:3")],
+    );
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(err.contains("restart budget (2) is spent"), "{err}");
+    for generation in 0..3 {
+        assert!(err.contains(&format!("generation {generation} rank")), "generation {generation} missing: {err}");
+    }
+}

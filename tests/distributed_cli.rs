@@ -8,11 +8,16 @@ use voxbridge_e2e::{SimDataset, assert_success, describe, stderr, voxbridge_env}
 /// Subjects 2 and 3 of `tiny`, 4 trials each per batch, 5 steps per epoch, 4 epochs: 20 steps.
 /// No dropout: masks are drawn per rank's rows, so they cannot equal one process's.
 fn experiment(dir: &Path, data: &SimDataset) -> PathBuf {
+    experiment_with(dir, data, "")
+}
+
+/// [`experiment`] with `extra` appended (e.g. a `[checkpoint]` table).
+fn experiment_with(dir: &Path, data: &SimDataset, extra: &str) -> PathBuf {
     let text = format!(
         "name = \"dp\"\n[data]\nmanifest = {:?}\ntrain_subjects = [2, 3]\n\
          [train]\nseed = 5\nbatch_size = 8\nepochs = 4\nsamples_per_epoch = 40\nmixup_pct = 0.25\n\
          [model]\nhidden = 32\nblocks = 1\nprior_depth = 1\nprior_dim_head = 16\ndropout = 0.0\n\
-         [eval]\nloops = 3\nprior_steps = 0\n",
+         [eval]\nloops = 3\nprior_steps = 0\n{extra}",
         data.manifest_str()
     );
     let path = dir.join("dp.toml");
@@ -141,4 +146,30 @@ fn the_restart_budget_is_enforced_with_a_summary() {
     for generation in 0..3 {
         assert!(err.contains(&format!("generation {generation} rank")), "generation {generation} missing: {err}");
     }
+}
+
+/// SIGKILL of rank 1 after step 8 (checkpoints every 3 steps): the coordinator restarts both
+/// workers, they continue from the step-6 checkpoint (written by rank 0 with every subject's
+/// ridge, moments and stream gathered), and the per-step losses equal an uninterrupted run's.
+#[test]
+fn a_killed_worker_restarts_both_from_the_last_checkpoint_and_the_run_matches() {
+    let data = SimDataset::tiny(12);
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment_with(dir.path(), &data, "[checkpoint]\nevery_steps = 3\n");
+    let reference = dir.path().join("reference");
+    assert_success(&train_workers(&exp, &reference, 2, &[], &[]));
+    let run = dir.path().join("killed");
+    let out = train_workers(
+        &exp,
+        &run,
+        2,
+        &["--max-restarts", "1", "--step-timeout-s", "10"],
+        &[("VOXBRIDGE_FAULT", "kill-rank-after-step:1:8:0")],
+    );
+    let log = stderr(&out);
+    assert_success(&out);
+    // The coordinator sees the dead rank through its exit (SIGKILL) or its closed connection.
+    assert!(log.contains("restart 1 of 1") && log.contains("rank 1: "), "{log}");
+    assert!(log.contains("steps_done=6"), "the restart resumed from the step-6 checkpoint: {log}");
+    assert_eq!(losses(&run), losses(&reference), "per-step losses after the restart");
 }

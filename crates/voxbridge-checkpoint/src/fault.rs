@@ -33,8 +33,9 @@ pub enum FaultAction {
 pub enum Fault {
     /// At the `at`-th put (0-based) of the checkpoint store.
     Put { action: FaultAction, at: u64 },
-    /// SIGKILL once this many training steps are done (on every rank, or on rank `rank`).
-    KillAfterStep { rank: Option<usize>, step: u64 },
+    /// SIGKILL once this many training steps are done (on every rank, or on rank `rank`; in
+    /// every generation of a restarted run, or only in `generation`).
+    KillAfterStep { rank: Option<usize>, step: u64, generation: Option<u32> },
     /// SIGSTOP (the process hangs, as a stuck rank does) once this many steps are done on `rank`.
     StopAfterStep { rank: usize, step: u64 },
 }
@@ -43,15 +44,25 @@ impl Fault {
     /// The signal-based fault due on `rank` after `steps_done` steps: `Some("KILL" | "STOP")`.
     pub fn signal_after_step(&self, rank: usize, steps_done: u64) -> Option<&'static str> {
         match *self {
-            Fault::KillAfterStep { rank: r, step } if step == steps_done && r.is_none_or(|r| r == rank) => Some("KILL"),
+            Fault::KillAfterStep { rank: r, step, .. } if step == steps_done && r.is_none_or(|r| r == rank) => {
+                Some("KILL")
+            }
             Fault::StopAfterStep { rank: r, step } if step == steps_done && r == rank => Some("STOP"),
             _ => None,
         }
     }
+
+    /// Whether the fault is armed in the run's `generation`-th start.
+    pub fn applies_to_generation(&self, generation: u32) -> bool {
+        match *self {
+            Fault::KillAfterStep { generation: Some(g), .. } => g == generation,
+            _ => true,
+        }
+    }
 }
 
-/// Parses `fail-put:K`, `kill-put:K`, `kill-after-step:N`, `kill-rank-after-step:R:N` or
-/// `stop-rank-after-step:R:N`.
+/// Parses `fail-put:K`, `kill-put:K`, `kill-after-step:N`, `kill-rank-after-step:R:N[:G]`
+/// (only in generation G when given) or `stop-rank-after-step:R:N`.
 pub fn parse_fault(spec: &str) -> Result<Fault, String> {
     let bad = || {
         format!(
@@ -65,8 +76,13 @@ pub fn parse_fault(spec: &str) -> Result<Fault, String> {
     match (kind, numbers.as_slice()) {
         ("fail-put", [k]) => Ok(Fault::Put { action: FaultAction::Fail, at: *k }),
         ("kill-put", [k]) => Ok(Fault::Put { action: FaultAction::Kill, at: *k }),
-        ("kill-after-step", [n]) => Ok(Fault::KillAfterStep { rank: None, step: *n }),
-        ("kill-rank-after-step", [r, n]) => Ok(Fault::KillAfterStep { rank: Some(*r as usize), step: *n }),
+        ("kill-after-step", [n]) => Ok(Fault::KillAfterStep { rank: None, step: *n, generation: None }),
+        ("kill-rank-after-step", [r, n]) => {
+            Ok(Fault::KillAfterStep { rank: Some(*r as usize), step: *n, generation: None })
+        }
+        ("kill-rank-after-step", [r, n, g]) => {
+            Ok(Fault::KillAfterStep { rank: Some(*r as usize), step: *n, generation: Some(*g as u32) })
+        }
         ("stop-rank-after-step", [r, n]) => Ok(Fault::StopAfterStep { rank: *r as usize, step: *n }),
         _ => Err(bad()),
     }
@@ -201,7 +217,12 @@ mod tests {
     fn specs_parse_and_bad_ones_say_what_is_expected() {
         assert_eq!(parse_fault("kill-put:3"), Ok(Fault::Put { action: FaultAction::Kill, at: 3 }));
         assert_eq!(parse_fault("fail-put:0"), Ok(Fault::Put { action: FaultAction::Fail, at: 0 }));
-        assert_eq!(parse_fault("kill-after-step:12"), Ok(Fault::KillAfterStep { rank: None, step: 12 }));
+        assert_eq!(
+            parse_fault("kill-after-step:12"),
+            Ok(Fault::KillAfterStep { rank: None, step: 12, generation: None })
+        );
+        let once = parse_fault("kill-rank-after-step:1:8:0").unwrap();
+        assert!(once.applies_to_generation(0) && !once.applies_to_generation(1));
         let stop = parse_fault("stop-rank-after-step:1:5").unwrap();
         assert_eq!(stop, Fault::StopAfterStep { rank: 1, step: 5 });
         assert_eq!(stop.signal_after_step(1, 5), Some("STOP"));

@@ -228,11 +228,12 @@ pub fn bench_checkpoint(
                     let base =
                         crate::resume::base_state("bench", "none", &plan, &card.subjects, &Default::default(), None);
                     let streams = voxbridge_train::fresh_streams(&data, &plan);
-                    let state = crate::resume::training_state(&base, 1, 0, false, &streams, &optim, f64::NAN);
+                    let state = crate::resume::training_state(&base, 1, 0, false, streams.state(), &optim, f64::NAN);
+                    let moments = optim.export(&model);
                     let parts = crate::resume::TrainingCheckpoint {
                         model: &model,
                         card: &card,
-                        optim: &optim,
+                        moments: &moments,
                         state: &state,
                         config_toml: "",
                     };

@@ -139,7 +139,8 @@ pub fn read_model_files(found: &Found) -> anyhow::Result<(ModelCard, Vec<u8>)> {
 pub struct TrainingCheckpoint<'a> {
     pub model: &'a MindEye2<TrainBackend>,
     pub card: &'a ModelCard,
-    pub optim: &'a AdamW<TrainBackend>,
+    /// AdamW moments by parameter path (every parameter with state).
+    pub moments: &'a [ParamMoments],
     pub state: &'a TrainingState,
     pub config_toml: &'a str,
 }
@@ -151,12 +152,12 @@ pub fn save_training(
     id: CheckpointId,
     parts: &TrainingCheckpoint<'_>,
 ) -> anyhow::Result<CommitRecord> {
-    let moments = parts.optim.export(parts.model);
+    let moments = parts.moments;
     let mut state = parts.state.clone();
     state.optimizer.steps = moments.iter().map(|m| (m.path.clone(), m.steps)).collect();
     let files = [
         (WEIGHTS_FILE, Bytes::from(model_bytes(parts.model)?)),
-        (OPTIMIZER_FILE, Bytes::from(optimizer_bytes(&moments)?)),
+        (OPTIMIZER_FILE, Bytes::from(optimizer_bytes(moments)?)),
         (MODEL_FILE, Bytes::from(serde_json::to_vec_pretty(parts.card)?)),
         (STATE_FILE, Bytes::from(serde_json::to_vec_pretty(&state)?)),
         (CONFIG_FILE, Bytes::from(parts.config_toml.as_bytes().to_vec())),
@@ -248,8 +249,10 @@ pub fn restore(
     let mut optim = AdamW::import(&model, moments).map_err(|e| anyhow::anyhow!("{at}/{OPTIMIZER_FILE}: {e}"))?;
     optim.beta2 = state.optimizer.beta2;
     optim.eps = state.optimizer.eps;
+    // A rank of a data-parallel run continues its own subjects' streams.
     let (lens, ids) = stream_keys(data);
-    let streams = BalancedStreams::restore(&lens, &ids, plan.seed, state.sampler.clone())
+    let sampler = state.sampler.iter().filter(|s| ids.contains(&s.id)).cloned().collect();
+    let streams = BalancedStreams::restore(&lens, &ids, plan.seed, sampler)
         .map_err(|e| anyhow::anyhow!("{at}/{STATE_FILE}: {e}"))?;
     let config_toml = String::from_utf8(found.read(CONFIG_FILE)?.to_vec())
         .with_context(|| format!("{at}/{CONFIG_FILE} is not UTF-8"))?;
@@ -264,7 +267,7 @@ pub fn training_state(
     steps_done: u64,
     epoch: usize,
     epoch_finished: bool,
-    streams: &BalancedStreams,
+    streams: &[Stream],
     optim: &AdamW<TrainBackend>,
     last_loss: f64,
 ) -> TrainingState {
@@ -272,7 +275,7 @@ pub fn training_state(
         steps_done,
         epoch,
         epoch_finished,
-        sampler: streams.state().to_vec(),
+        sampler: streams.to_vec(),
         optimizer: OptimizerState { kind: "adamw".into(), beta2: optim.beta2, eps: optim.eps, steps: BTreeMap::new() },
         last_loss: last_loss.is_finite().then_some(last_loss),
         ..base.clone()

@@ -20,7 +20,9 @@ use voxbridge_model::lowlevel::LowLevelConfig;
 use voxbridge_model::prior::PriorConfig;
 use voxbridge_model::{BackboneMode, MindEye2, MindEye2Config, RidgeBiasInit};
 use voxbridge_train::distributed::{ShardComm, assign_subjects, share_subject_weights};
-use voxbridge_train::{EvalOptions, Evaluation, Progress, StepRecord, TrainObserver, TrainPlan, evaluate, train};
+use voxbridge_train::{
+    EvalOptions, Evaluation, Progress, StepComm, StepRecord, TrainObserver, TrainPlan, evaluate, train,
+};
 
 use crate::checkpoint::{self, ModelCard};
 use crate::inputs::{self, ExperimentInputs};
@@ -45,6 +47,8 @@ pub struct RunOptions {
     pub checkpoint_url: Option<String>,
     /// Deadline of each collective after the first step (data-parallel runs).
     pub step_timeout: std::time::Duration,
+    /// How many times the launcher has restarted this run (fault drills can target one).
+    pub generation: u32,
 }
 
 impl RunOptions {
@@ -57,6 +61,7 @@ impl RunOptions {
             allow_config_change: Vec::new(),
             checkpoint_url: None,
             step_timeout: std::time::Duration::from_secs(60),
+            generation: 0,
         }
     }
 }
@@ -151,9 +156,6 @@ pub fn run_experiment_on(
     let primary = rank == 0;
     let rank_dir = options.dir.join(format!("rank-{rank}"));
     let dir = if primary { &options.dir } else { &rank_dir };
-    if world > 1 && options.resume != ResumeFrom::Never {
-        bail!("--resume with several workers is not supported yet (checkpoints are single-process so far)");
-    }
     let hash = config.config_hash();
     if let Some(existing) = read_report(dir)? {
         if existing.config_hash == hash {
@@ -184,7 +186,7 @@ pub fn run_experiment_on(
     let plan = train_plan(config, &inputs);
     let ckpt_url = checkpoint_url(config, options);
     let store = CheckpointStore::open(&ckpt_url)?;
-    let found = if world > 1 { None } else { find_resume_point(&store, &ckpt_url, &options.resume)? };
+    let found = find_resume_point(&store, &ckpt_url, &options.resume)?;
     // This rank's subjects; their ridge indices stay those of the whole model.
     let assignment = assign_subjects(config.data.train_subjects.len(), world).map_err(anyhow::Error::msg)?;
     let local_data = (world > 1).then(|| voxbridge_train::TrainData {
@@ -195,7 +197,7 @@ pub fn run_experiment_on(
 
     let (model, init_from, architecture, resume) = match &found {
         Some(found) => {
-            let restored = resume::restore(found, &inputs.train, &plan, &device)?;
+            let restored = resume::restore(found, train_data, &plan, &device)?;
             refuse_config_changes(config, &restored.config_toml, &found.location(), &options.allow_config_change)?;
             tracing::info!(
                 from = %found.location(),
@@ -233,37 +235,30 @@ pub fn run_experiment_on(
         run: config.name.clone(),
         steps: plan.total_steps(),
     };
-    let checkpointer = if world > 1 {
-        None
-    } else {
-        Some(Checkpointer {
-            generation: store.next_generation()?,
-            store,
-            every_steps: u64::from(config.checkpoint.every_steps),
-            policy: RetentionPolicy::new(config.checkpoint.keep_last as usize, {
-                let spacing = if config.checkpoint.every_steps > 0 {
-                    u64::from(config.checkpoint.every_steps)
-                } else {
-                    plan.iters_per_epoch as u64
-                };
-                u64::from(config.checkpoint.keep_every) * spacing
-            })
-            .map_err(|e| anyhow::anyhow!("checkpoint.{e}"))?,
-            base: resume::base_state(
-                &config.name,
-                &hash,
-                &plan,
-                &config.data.train_subjects,
-                &inputs.sessions_used,
-                init_from.clone(),
-            ),
-            card,
-            config_toml: config.to_toml(),
+    let checkpointer = Some(Checkpointer {
+        generation: store.next_generation()?,
+        store,
+        every_steps: u64::from(config.checkpoint.every_steps),
+        policy: RetentionPolicy::new(config.checkpoint.keep_last as usize, {
+            let spacing = if config.checkpoint.every_steps > 0 {
+                u64::from(config.checkpoint.every_steps)
+            } else {
+                plan.iters_per_epoch as u64
+            };
+            u64::from(config.checkpoint.keep_every) * spacing
         })
-    };
-    if world > 1 {
-        tracing::warn!("data-parallel run: no checkpoints are written (single-process only so far)");
-    }
+        .map_err(|e| anyhow::anyhow!("checkpoint.{e}"))?,
+        base: resume::base_state(
+            &config.name,
+            &hash,
+            &plan,
+            &config.data.train_subjects,
+            &inputs.sessions_used,
+            init_from.clone(),
+        ),
+        card,
+        config_toml: config.to_toml(),
+    });
     let step_fault = fault_from_env().map_err(anyhow::Error::msg)?.filter(|f| !matches!(f, Fault::Put { .. }));
     let mut observer = RunObserver::new(
         config,
@@ -273,7 +268,7 @@ pub fn run_experiment_on(
         options.progress && primary,
         steps_done,
         checkpointer,
-        step_fault.map(|f| (f, rank)),
+        step_fault.filter(|f| f.applies_to_generation(options.generation)).map(|f| (f, rank)),
     )?;
     observer.evaluate_epochs = primary;
     let started = Instant::now();
@@ -598,14 +593,31 @@ pub fn checkpoint_due(steps_done: u64, epoch_finished: bool, run_finished: bool,
 }
 
 impl Checkpointer {
-    fn save(&self, p: &Progress<'_, TrainBackend>, last_loss: f64) -> anyhow::Result<()> {
+    /// Every rank gathers the whole state; the writer (rank 0) commits it.
+    fn save(
+        &self,
+        p: &Progress<'_, TrainBackend>,
+        comm: &mut dyn StepComm<TrainBackend>,
+        last_loss: f64,
+    ) -> anyhow::Result<()> {
+        let whole = comm.whole_state(p.model, p.optim, p.streams).map_err(anyhow::Error::msg)?;
+        if !comm.is_writer() {
+            return Ok(());
+        }
         let id = CheckpointId { step: p.steps_done, generation: self.generation };
-        let state =
-            resume::training_state(&self.base, p.steps_done, p.epoch, p.epoch_finished, p.streams, p.optim, last_loss);
+        let state = resume::training_state(
+            &self.base,
+            p.steps_done,
+            p.epoch,
+            p.epoch_finished,
+            &whole.streams,
+            p.optim,
+            last_loss,
+        );
         let parts = TrainingCheckpoint {
-            model: p.model,
+            model: &whole.model,
             card: &self.card,
-            optim: p.optim,
+            moments: &whole.moments,
             state: &state,
             config_toml: &self.config_toml,
         };
@@ -780,7 +792,11 @@ impl TrainObserver<TrainBackend> for RunObserver<'_> {
         self.epochs.push(record);
     }
 
-    fn after_step(&mut self, p: &Progress<'_, TrainBackend>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    fn after_step(
+        &mut self,
+        p: &Progress<'_, TrainBackend>,
+        comm: &mut dyn StepComm<TrainBackend>,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         if let Some(e) = self.error.take() {
             return Err(e.into());
         }
@@ -789,7 +805,8 @@ impl TrainObserver<TrainBackend> for RunObserver<'_> {
         {
             // Metrics up to this step are on disk before the checkpoint that a resume starts from.
             self.metrics.flush()?;
-            self.bar.suspend(|| c.save(p, self.last_loss))?;
+            let last_loss = self.last_loss;
+            self.bar.suspend(|| c.save(p, comm, last_loss))?;
         }
         if let Some((fault, rank)) = &self.step_fault
             && let Some(signal) = fault.signal_after_step(*rank, p.steps_done)

@@ -12,7 +12,10 @@ use burn::tensor::{Tensor, TensorData};
 use voxbridge_collective::Collective;
 use voxbridge_model::MindEye2;
 
-use crate::step::StepComm;
+use voxbridge_data::sampler::{BalancedStreams, Stream};
+
+use crate::adamw::{AdamW, ParamMoments};
+use crate::step::{StepComm, WholeState};
 
 /// Subjects (in order) split over `world` ranks as contiguous runs, the first `n % world` ranks
 /// taking one more. Every rank gets at least one subject.
@@ -106,6 +109,92 @@ impl<B: AutodiffBackend> StepComm<B> for ShardComm<'_> {
             self.collective.set_timeout(timeout);
         }
         Ok(grads)
+    }
+
+    fn whole_state(
+        &mut self,
+        model: &MindEye2<B>,
+        optim: &AdamW<B>,
+        streams: &BalancedStreams,
+    ) -> Result<WholeState<B>, String> {
+        let rank = self.collective.rank();
+        let whole = share_subject_weights(model.clone(), &mut *self.collective, &self.assignment)?;
+        // Moments: shared parameters' are the same on every rank; each ridge's come from its owner.
+        let mine = self.assignment[rank].clone();
+        let local = optim.export(model);
+        let mut moments: Vec<ParamMoments> =
+            local.iter().filter(|m| ridge_subject(&m.path).is_none()).cloned().collect();
+        let mut sites = Vec::new();
+        model.visit(&mut RidgeSites::<B> { path: Vec::new(), sites: &mut sites, _b: std::marker::PhantomData });
+        let mut flat = Vec::new();
+        for (path, shape) in &sites {
+            let n: usize = shape.iter().product();
+            let own =
+                local.iter().find(|m| &m.path == path && mine.contains(&ridge_subject(path).unwrap_or(usize::MAX)));
+            match own {
+                Some(m) => {
+                    flat.extend_from_slice(&m.exp_avg);
+                    flat.extend_from_slice(&m.exp_avg_sq);
+                    flat.push(m.steps as f32);
+                }
+                None => flat.extend(std::iter::repeat_n(0.0, 2 * n + 1)),
+            }
+        }
+        self.collective.all_reduce_sum(&mut flat).map_err(|e| e.to_string())?;
+        let mut offset = 0;
+        for (path, shape) in sites {
+            let n: usize = shape.iter().product();
+            let steps = flat[offset + 2 * n] as i32;
+            if steps > 0 {
+                moments.push(ParamMoments {
+                    path,
+                    shape,
+                    exp_avg: flat[offset..offset + n].to_vec(),
+                    exp_avg_sq: flat[offset + n..offset + 2 * n].to_vec(),
+                    steps,
+                });
+            }
+            offset += 2 * n + 1;
+        }
+        // Streams: each rank broadcasts its subjects' positions and orders in turn.
+        let mut all_streams = Vec::new();
+        for root in 0..self.collective.world_size() {
+            let mut bytes =
+                if root == rank { serde_json::to_vec(streams.state()).map_err(|e| e.to_string())? } else { Vec::new() };
+            self.collective.broadcast(&mut bytes, root).map_err(|e| e.to_string())?;
+            let part: Vec<Stream> =
+                serde_json::from_slice(&bytes).map_err(|e| format!("streams of rank {root}: {e}"))?;
+            all_streams.extend(part);
+        }
+        Ok(WholeState { model: whole, moments, streams: all_streams })
+    }
+
+    fn is_writer(&self) -> bool {
+        self.collective.rank() == 0
+    }
+}
+
+/// Path and shape of every ridge parameter, in module order.
+struct RidgeSites<'a, B> {
+    path: Vec<String>,
+    sites: &'a mut Vec<(String, Vec<usize>)>,
+    _b: std::marker::PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for RidgeSites<'_, B> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let path = self.path.join(".");
+        if ridge_subject(&path).is_some() {
+            self.sites.push((path, param.val().dims().to_vec()));
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use burn::tensor::{Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Beta, Distribution, StandardNormal};
-use voxbridge_data::sampler::mix64;
+use voxbridge_data::sampler::{BalancedStreams, mix64};
 use voxbridge_model::MindEye2;
 use voxbridge_model::losses::{
     LossTerms, LossWeights, MixcoDraw, l1_loss, l2_normalize, mixco_nce, mixco_voxels, soft_clip_loss,
@@ -91,6 +91,24 @@ pub trait StepComm<B: AutodiffBackend> {
     fn sum(&mut self, values: &mut [f32]) -> Result<(), String>;
     /// Gradients of the shared parameters summed over ranks; per-subject (ridge) ones stay.
     fn sync_gradients(&mut self, model: &MindEye2<B>, grads: GradientsParams) -> Result<GradientsParams, String>;
+    /// The whole run's state as one process would hold it — every subject's ridge, its AdamW
+    /// moments and its sample stream from the rank that owns it — on every rank (for
+    /// checkpoints). Every rank must call it at the same step.
+    fn whole_state(
+        &mut self,
+        model: &MindEye2<B>,
+        optim: &AdamW<B>,
+        streams: &BalancedStreams,
+    ) -> Result<WholeState<B>, String>;
+    /// Whether this rank writes checkpoints and the run directory (rank 0).
+    fn is_writer(&self) -> bool;
+}
+
+/// See [`StepComm::whole_state`].
+pub struct WholeState<B: AutodiffBackend> {
+    pub model: MindEye2<B>,
+    pub moments: Vec<crate::adamw::ParamMoments>,
+    pub streams: Vec<voxbridge_data::sampler::Stream>,
 }
 
 /// A single process: nothing to exchange.
@@ -109,6 +127,17 @@ impl<B: AutodiffBackend> StepComm<B> for Alone {
     }
     fn sync_gradients(&mut self, _: &MindEye2<B>, grads: GradientsParams) -> Result<GradientsParams, String> {
         Ok(grads)
+    }
+    fn whole_state(
+        &mut self,
+        model: &MindEye2<B>,
+        optim: &AdamW<B>,
+        streams: &BalancedStreams,
+    ) -> Result<WholeState<B>, String> {
+        Ok(WholeState { model: model.clone(), moments: optim.export(model), streams: streams.state().to_vec() })
+    }
+    fn is_writer(&self) -> bool {
+        true
     }
 }
 

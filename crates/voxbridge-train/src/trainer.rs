@@ -191,7 +191,12 @@ pub trait TrainObserver<B: AutodiffBackend> {
     fn on_epoch_end(&mut self, epoch: usize, model: &MindEye2<B>);
     /// After every step, once `on_epoch_end` has run for a finished epoch: the place to save
     /// checkpoints. An error stops training.
-    fn after_step(&mut self, _progress: &Progress<'_, B>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// `comm` reaches the other ranks (see [`StepComm::whole_state`]).
+    fn after_step(
+        &mut self,
+        _progress: &Progress<'_, B>,
+        _comm: &mut dyn StepComm<B>,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         Ok(())
     }
 }
@@ -295,7 +300,7 @@ pub fn train<B: AutodiffBackend>(
             optim: &optim,
             streams: &streams,
         };
-        observer.after_step(&progress).map_err(TrainError::Observer)?;
+        observer.after_step(&progress, comm).map_err(TrainError::Observer)?;
     }
     Ok(model)
 }

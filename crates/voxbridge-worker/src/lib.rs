@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use voxbridge_collective::TcpRing;
 use voxbridge_coordinator::protocol::{FromWorker, ToWorker, encode};
-use voxbridge_experiment::{RunOptions, run::run_experiment_on};
+use voxbridge_experiment::{ResumeFrom, RunOptions, run::run_experiment_on};
 
 /// What a worker is told on its command line.
 #[derive(Debug, Clone)]
@@ -62,7 +62,10 @@ pub fn run(args: &WorkerArgs) -> anyhow::Result<()> {
     let result = (|| -> anyhow::Result<()> {
         let addrs = ring_addrs.iter().map(|a| a.parse()).collect::<Result<Vec<_>, _>>()?;
         let mut ring = TcpRing::connect(rank, &addrs, listener, generation, args.init_timeout)?;
-        let options = RunOptions { step_timeout: args.step_timeout, ..RunOptions::new(args.out.clone()) };
+        // A restarted generation continues from the newest committed checkpoint.
+        let resume = if generation > 0 { ResumeFrom::Auto } else { ResumeFrom::Never };
+        let options =
+            RunOptions { step_timeout: args.step_timeout, resume, generation, ..RunOptions::new(args.out.clone()) };
         run_experiment_on(&config, &options, Some(&mut ring))?;
         Ok(())
     })();

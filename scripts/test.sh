@@ -61,6 +61,9 @@ echo "== cargo clippy"
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 echo "== cargo build (binaries used by the end-to-end tests)"
 cargo build --release --workspace --bins --locked
+echo "== cargo build: GPU code (burn's cuda backend, NCCL collectives; no CUDA toolkit needed, run only on a GPU)"
+cargo build --release --locked -p voxbridge-experiment -p voxbridge-worker \
+  --features voxbridge-experiment/cuda,voxbridge-worker/nccl
 echo "== cargo test"
 log="$scratch/test.log"
 cargo test --release --workspace --locked 2>&1 | tee "$log"

@@ -195,6 +195,9 @@ pub struct BenchTrainArgs {
     /// Untimed steps first.
     #[arg(long, default_value_t = 5)]
     pub warmup: usize,
+    /// Also time data-parallel steps on this many ranks (threads over a loopback TCP ring).
+    #[arg(long)]
+    pub workers: Option<usize>,
     /// Also write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,

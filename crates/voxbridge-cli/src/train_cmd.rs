@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use voxbridge_config::{load_experiment, load_sweep};
 use voxbridge_data::Dataset;
-use voxbridge_experiment::bench::{BenchSetup, bench_checkpoint, bench_train};
+use voxbridge_experiment::bench::{BenchSetup, bench_checkpoint, bench_train, bench_train_workers};
 use voxbridge_experiment::run::read_report;
 use voxbridge_experiment::{CpuBackend, ResumeFrom, RunOptions, checkpoint, inputs, run_experiment, run_sweep};
 use voxbridge_train::{EvalOptions, Evaluation, evaluate};
@@ -182,14 +182,22 @@ pub fn bench(args: &BenchTrainArgs) -> anyhow::Result<()> {
             Some(s) => s,
             None => experiment_setup(Path::new(name))?,
         };
-        let r = bench_train(&setup, args.warmup, args.steps);
-        println!(
-            "{:<28} {:>12} {:>6} {:>10.1} {:>10.1} {:>10.1} {:>10.0}",
-            r.name, r.parameters, r.batch, r.median_ms, r.min_ms, r.max_ms, r.samples_per_second
-        );
-        results.push(r);
+        let mut runs = vec![bench_train(&setup, args.warmup, args.steps)];
+        if let Some(workers) = args.workers {
+            runs.push(bench_train_workers(&setup, workers, args.warmup, args.steps)?);
+        }
+        for r in runs {
+            println!(
+                "{:<28} {:>12} {:>6} {:>10.1} {:>10.1} {:>10.1} {:>10.0}",
+                r.name, r.parameters, r.batch, r.median_ms, r.min_ms, r.max_ms, r.samples_per_second
+            );
+            results.push(r);
+        }
     }
     println!("({} timed steps after {} warm-up; threads: burn's default for this machine)", args.steps, args.warmup);
+    if args.workers.is_some() {
+        println!("(×N workers: ranks are threads of this process sharing its cores; samples/s is per worker)");
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&results)?)
             .with_context(|| format!("cannot write {}", path.display()))?;

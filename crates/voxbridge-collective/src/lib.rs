@@ -10,6 +10,8 @@
 //! ring all-reduce (reduce-scatter then all-gather, each rank sending `2·(w−1)/w` of the buffer).
 //! The NCCL implementation (GPU) plugs in behind the same trait.
 
+#[cfg(feature = "nccl")]
+pub mod nccl;
 mod ring;
 mod wire;
 
@@ -39,13 +41,16 @@ pub enum CollectiveError {
     },
     #[error("collective setup: {0}")]
     Setup(String),
+    /// The GPU library failed (NCCL, CUDA).
+    #[error("{0}")]
+    Backend(String),
 }
 
 pub type Result<T, E = CollectiveError> = std::result::Result<T, E>;
 
 /// The operations data-parallel training needs. All ranks must call the same operations in the
 /// same order with the same sizes.
-pub trait Collective: Send {
+pub trait Collective {
     fn rank(&self) -> usize;
     fn world_size(&self) -> usize;
     /// Element-wise sum over all ranks, in place.

@@ -39,6 +39,6 @@ pub fn run_blocking(listen: &str, launch: Launch) -> Result<(), CoordinatorError
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         tracing::info!(addr = %listener.local_addr()?, workers = launch.options.world_size, "coordinator listening");
-        run(listener, launch).await
+        run(listener, launch, std::future::pending()).await
     })
 }

@@ -31,6 +31,8 @@ pub enum CoordinatorError {
     GaveUp { reason: String, failures: Vec<Failure> },
     #[error("coordinator: {0}")]
     Io(#[from] std::io::Error),
+    #[error("coordinator: shut down; the workers were stopped")]
+    Shutdown,
 }
 
 fn summary(failures: &[Failure]) -> String {
@@ -49,8 +51,14 @@ enum Event {
 }
 
 /// Runs one distributed job to its end: `Ok` when every worker finished, an error with every
-/// failure when the restart budget is spent (or the rendezvous failed).
-pub async fn run(listener: TcpListener, launch: Launch) -> Result<(), CoordinatorError> {
+/// failure when the restart budget is spent (or the rendezvous failed). When `shutdown`
+/// completes first, every worker is killed and the result is [`CoordinatorError::Shutdown`].
+pub async fn run(
+    listener: TcpListener,
+    launch: Launch,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), CoordinatorError> {
+    tokio::pin!(shutdown);
     let addr = listener.local_addr()?;
     let (events, mut inbox) = mpsc::unbounded_channel::<Event>();
     tokio::spawn(accept_loop(listener, events.clone()));
@@ -104,8 +112,17 @@ pub async fn run(listener: TcpListener, launch: Launch) -> Result<(), Coordinato
             }
             Action::Wait { until_ms } => {
                 let wait = Duration::from_millis(until_ms.saturating_sub(now()).max(1));
-                let Ok(Some(event)) = tokio::time::timeout(wait, inbox.recv()).await else { continue };
-                handle(event, now(), &mut state, &mut conns, &mut ring_addrs, &mut pids);
+                tokio::select! {
+                    received = tokio::time::timeout(wait, inbox.recv()) => {
+                        if let Ok(Some(event)) = received {
+                            handle(event, now(), &mut state, &mut conns, &mut ring_addrs, &mut pids);
+                        }
+                    }
+                    () = &mut shutdown => {
+                        let _ = kill.send(true);
+                        return Err(CoordinatorError::Shutdown);
+                    }
+                }
             }
         }
     }
@@ -255,4 +272,41 @@ fn spawn_workers(
         });
     }
     Ok(kill)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Workers that never join (here: `sh -c "exec sleep 600"`), then a shutdown: the coordinator stops them and
+    /// returns at once instead of waiting for the join timeout.
+    #[tokio::test]
+    async fn shutdown_stops_the_workers_and_returns() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let options =
+            Options { world_size: 2, join_timeout_ms: 600_000, heartbeat_timeout_ms: 10_000, max_restarts: 0 };
+        let launch =
+            Launch { program: "sh".into(), args: vec!["-c".into(), "exec sleep 600".into()], env: Vec::new(), options };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let job = tokio::spawn(run(listener, launch, async {
+            let _ = rx.await;
+        }));
+        tx.send(()).unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(20), job).await.expect("returned").unwrap();
+        assert!(matches!(result, Err(CoordinatorError::Shutdown)), "{result:?}");
+    }
+
+    /// A worker that exits non-zero before joining fails the rendezvous: with no restarts left
+    /// the coordinator gives up naming it.
+    #[tokio::test]
+    async fn a_worker_dying_before_it_joins_is_a_named_failure() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let options =
+            Options { world_size: 1, join_timeout_ms: 600_000, heartbeat_timeout_ms: 10_000, max_restarts: 0 };
+        let launch = Launch { program: "false".into(), args: Vec::new(), env: Vec::new(), options };
+        let result = tokio::time::timeout(Duration::from_secs(20), run(listener, launch, std::future::pending())).await;
+        let Ok(Err(CoordinatorError::GaveUp { failures, .. })) = result else { panic!("{result:?}") };
+        assert_eq!(failures.len(), 1);
+        assert!(failures[0].why.contains("exited with code 1"), "{:?}", failures[0]);
+    }
 }

@@ -141,6 +141,85 @@ pub fn bench_train(setup: &BenchSetup, warmup: usize, steps: usize) -> BenchResu
     }
 }
 
+/// Data-parallel steps: `workers` ranks (threads of this process on a loopback TCP ring), the
+/// setup's subjects sharded over them, the same global batch as [`bench_train`]. The median is
+/// the slowest rank's; samples/s is per worker (its share of the global batch).
+pub fn bench_train_workers(
+    setup: &BenchSetup,
+    workers: usize,
+    warmup: usize,
+    steps: usize,
+) -> anyhow::Result<BenchResult> {
+    use voxbridge_train::distributed::{ShardComm, assign_subjects};
+    let (model, data, _) = model_and_data(setup);
+    crate::run::materialise(&model);
+    let parameters = burn::module::Module::num_params(&model) as u64;
+    let subjects = setup.model.voxels.len();
+    let assignment = assign_subjects(subjects, workers).map_err(anyhow::Error::msg)?;
+    let (rings, _) = voxbridge_collective::local_rings(workers, std::time::Duration::from_secs(120))?;
+    let b = setup.per_subject;
+    let per_rank: Vec<Vec<f64>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = rings
+            .into_iter()
+            .enumerate()
+            .map(|(rank, mut ring)| {
+                let (mut model, assignment) = (model.clone(), assignment.clone());
+                let local = TrainData {
+                    subjects: data.subjects[assignment[rank].clone()].to_vec(),
+                    targets: data.targets.clone(),
+                };
+                scope.spawn(move || -> anyhow::Result<Vec<f64>> {
+                    let device = Default::default();
+                    let picks: Vec<Vec<usize>> = local.subjects.iter().map(|_| (0..b).collect()).collect();
+                    let mut comm = ShardComm::new(&mut ring, vec![b; subjects], assignment);
+                    let mut optim = AdamW::<TrainBackend>::default();
+                    let mut times = Vec::with_capacity(steps);
+                    for step in 0..warmup + steps {
+                        let started = Instant::now();
+                        let batch = voxbridge_train::trainer::assemble::<TrainBackend>(&local, &picks, &device);
+                        let (next, _) = voxbridge_train::train_step(
+                            model,
+                            &mut optim,
+                            batch,
+                            ContrastivePhase::SoftClip { temperature: 0.006 },
+                            &LossWeights::default(),
+                            (3e-4, 0.9),
+                            (0, step as u64),
+                            &mindeye2_weight_decay,
+                            &mut comm,
+                        )
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                        model = next;
+                        if step >= warmup {
+                            times.push(started.elapsed().as_secs_f64() * 1e3);
+                        }
+                    }
+                    Ok(times)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a bench rank panicked"))))
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    let mut per_step: Vec<f64> = (0..steps).map(|i| per_rank.iter().map(|t| t[i]).fold(0.0, f64::max)).collect();
+    per_step.sort_by(f64::total_cmp);
+    let median_ms = per_step.get(per_step.len() / 2).copied().unwrap_or(f64::NAN);
+    let batch = b * subjects;
+    Ok(BenchResult {
+        name: format!("{} ×{workers} workers", setup.name),
+        parameters,
+        batch,
+        warmup,
+        steps,
+        median_ms,
+        min_ms: per_step.first().copied().unwrap_or(f64::NAN),
+        max_ms: per_step.last().copied().unwrap_or(f64::NAN),
+        samples_per_second: batch as f64 / workers as f64 / (median_ms / 1e3),
+    })
+}
+
 /// What [`bench_checkpoint`] measured: one checkpoint save and the memory it took beyond what
 /// the process held before.
 #[derive(Debug, Clone, PartialEq, Serialize)]

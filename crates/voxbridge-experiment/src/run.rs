@@ -355,7 +355,7 @@ pub fn read_report(dir: &Path) -> anyhow::Result<Option<RunReport>> {
 }
 
 /// Draws every lazily initialised parameter now, in module order.
-fn materialise<B: burn::tensor::backend::AutodiffBackend>(model: &MindEye2<B>) {
+pub(crate) fn materialise<B: burn::tensor::backend::AutodiffBackend>(model: &MindEye2<B>) {
     struct Touch;
     impl<B: burn::tensor::backend::AutodiffBackend> burn::module::ModuleVisitor<B> for Touch {
         fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<B, D>>) {

@@ -25,6 +25,8 @@ pub struct WorkerArgs {
     pub init_timeout: Duration,
     /// Deadline of every later collective.
     pub step_timeout: Duration,
+    /// Reduce over NCCL on this CUDA device (feature `nccl`); the TCP ring otherwise.
+    pub nccl_device: Option<usize>,
 }
 
 pub fn run(args: &WorkerArgs) -> anyhow::Result<()> {
@@ -61,12 +63,13 @@ pub fn run(args: &WorkerArgs) -> anyhow::Result<()> {
     };
     let result = (|| -> anyhow::Result<()> {
         let addrs = ring_addrs.iter().map(|a| a.parse()).collect::<Result<Vec<_>, _>>()?;
-        let mut ring = TcpRing::connect(rank, &addrs, listener, generation, args.init_timeout)?;
+        let ring = TcpRing::connect(rank, &addrs, listener, generation, args.init_timeout)?;
+        let mut collective = collective(ring, args.nccl_device)?;
         // A restarted generation continues from the newest committed checkpoint.
         let resume = if generation > 0 { ResumeFrom::Auto } else { ResumeFrom::Never };
         let options =
             RunOptions { step_timeout: args.step_timeout, resume, generation, ..RunOptions::new(args.out.clone()) };
-        run_experiment_on(&config, &options, Some(&mut ring))?;
+        run_experiment_on(&config, &options, Some(&mut *collective))?;
         Ok(())
     })();
     alive.store(false, Ordering::SeqCst);
@@ -78,4 +81,17 @@ pub fn run(args: &WorkerArgs) -> anyhow::Result<()> {
     };
     let _ = writer.write_all(encode(&report).as_bytes());
     result
+}
+
+/// The TCP ring, or NCCL on `device` with the ring for control.
+fn collective(ring: TcpRing, device: Option<usize>) -> anyhow::Result<Box<dyn voxbridge_collective::Collective>> {
+    match device {
+        None => Ok(Box::new(ring)),
+        #[cfg(feature = "nccl")]
+        Some(device) => Ok(Box::new(voxbridge_collective::nccl::NcclCollective::new(ring, device)?)),
+        #[cfg(not(feature = "nccl"))]
+        Some(device) => {
+            anyhow::bail!("--nccl-device {device}: this voxbridge-worker was built without the `nccl` feature")
+        }
+    }
 }

@@ -31,6 +31,10 @@ struct Args {
     /// Seconds allowed for every later collective.
     #[arg(long, default_value_t = 60)]
     step_timeout_s: u64,
+    /// All-reduce over NCCL on this CUDA device (built with the `nccl` feature); training itself
+    /// still runs on the CPU backend in this version.
+    #[arg(long)]
+    nccl_device: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
         out: args.out,
         init_timeout: Duration::from_secs(args.init_timeout_s),
         step_timeout: Duration::from_secs(args.step_timeout_s),
+        nccl_device: args.nccl_device,
     };
     match voxbridge_worker::run(&worker) {
         Ok(()) => ExitCode::SUCCESS,

@@ -35,9 +35,10 @@ fn assert_killed(output: &Output) {
     assert_eq!(output.status.signal(), Some(9), "expected death by SIGKILL\n{}", describe(output));
 }
 
-/// Every column of steps.csv except the wall-clock one, as text (exact comparison).
-fn step_rows(run: &Path) -> Vec<String> {
-    let csv = std::fs::read_to_string(run.join("metrics/steps.csv")).unwrap();
+/// Every row of `metrics/<file>` without its wall-clock `seconds` column, as text (exact
+/// comparison).
+fn rows_without_seconds(run: &Path, file: &str) -> Vec<String> {
+    let csv = std::fs::read_to_string(run.join("metrics").join(file)).unwrap();
     let mut lines = csv.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     let seconds = header.iter().position(|h| *h == "seconds").unwrap();
@@ -46,15 +47,14 @@ fn step_rows(run: &Path) -> Vec<String> {
         .collect()
 }
 
-/// `epoch,mean_loss,…,image_top1,brain_top1` of epochs.csv, without the seconds column.
+/// Per-step losses and schedule (steps.csv).
+fn step_rows(run: &Path) -> Vec<String> {
+    rows_without_seconds(run, "steps.csv")
+}
+
+/// Epoch means and retrieval (epochs.csv).
 fn epoch_rows(run: &Path) -> Vec<String> {
-    let csv = std::fs::read_to_string(run.join("metrics/epochs.csv")).unwrap();
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let seconds = header.iter().position(|h| *h == "seconds").unwrap();
-    lines
-        .map(|l| l.split(',').enumerate().filter(|(i, _)| *i != seconds).map(|(_, f)| f).collect::<Vec<_>>().join(","))
-        .collect()
+    rows_without_seconds(run, "epochs.csv")
 }
 
 fn final_image_top1(run: &Path) -> serde_json::Value {

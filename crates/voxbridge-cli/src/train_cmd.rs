@@ -38,6 +38,12 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let summary = run_experiment(&config, &options)?;
     let r = &summary.report;
     println!("run {} in {}{}", r.name, summary.dir.display(), if summary.reused { " (already finished)" } else { "" });
+    print_report(r);
+    Ok(())
+}
+
+/// Steps, timing, final loss and each subject's evaluation of a finished run.
+fn print_report(r: &voxbridge_experiment::RunReport) {
     println!(
         "  {} steps in {:.1} s ({:.1} ms/step, {:.0} samples/s), final loss {:.4}",
         r.steps, r.train_seconds, r.ms_per_step, r.samples_per_second, r.final_loss
@@ -45,7 +51,6 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     for (subject, e) in &r.evaluation {
         print_evaluation(subject, e);
     }
-    Ok(())
 }
 
 /// `--workers N`: a local coordinator and N `voxbridge-worker` processes (next to this binary).
@@ -69,13 +74,7 @@ fn train_workers(args: &TrainArgs, workers: usize, name: &str, dir: &Path) -> an
     voxbridge_coordinator::run_blocking("127.0.0.1:0", launch)?;
     let r = read_report(dir)?.with_context(|| format!("the workers finished but {} has no report", dir.display()))?;
     println!("run {name} in {} ({workers} workers)", dir.display());
-    println!(
-        "  {} steps in {:.1} s ({:.1} ms/step, {:.0} samples/s), final loss {:.4}",
-        r.steps, r.train_seconds, r.ms_per_step, r.samples_per_second, r.final_loss
-    );
-    for (subject, e) in &r.evaluation {
-        print_evaluation(subject, e);
-    }
+    print_report(&r);
     Ok(())
 }
 

@@ -95,10 +95,34 @@ fn model_and_data(setup: &BenchSetup) -> (MindEye2<TrainBackend>, TrainData, Vec
     (model, data, picks)
 }
 
+/// The anchors' timed step: SoftCLIP (τ 0.006), default loss weights, lr 3e-4, β1 0.9.
+fn bench_step(
+    model: MindEye2<TrainBackend>,
+    optim: &mut AdamW<TrainBackend>,
+    data: &TrainData,
+    picks: &[Vec<usize>],
+    step: u64,
+    comm: &mut dyn voxbridge_train::StepComm<TrainBackend>,
+) -> anyhow::Result<MindEye2<TrainBackend>> {
+    let batch = voxbridge_train::trainer::assemble::<TrainBackend>(data, picks, &Default::default());
+    let (model, _) = voxbridge_train::train_step(
+        model,
+        optim,
+        batch,
+        ContrastivePhase::SoftClip { temperature: 0.006 },
+        &LossWeights::default(),
+        (3e-4, 0.9),
+        (0, step),
+        &mindeye2_weight_decay,
+        comm,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(model)
+}
+
 /// Times `steps` SoftCLIP steps (τ 0.006, prior loss ×30) after `warmup` untimed ones, on random
 /// voxels and a fixed random target, as the anchors do.
 pub fn bench_train(setup: &BenchSetup, warmup: usize, steps: usize) -> BenchResult {
-    let device = Default::default();
     let (mut model, data, picks) = model_and_data(setup);
     let parameters = burn::module::Module::num_params(&model) as u64;
     let b = setup.per_subject;
@@ -106,20 +130,8 @@ pub fn bench_train(setup: &BenchSetup, warmup: usize, steps: usize) -> BenchResu
     let mut times = Vec::with_capacity(steps);
     for step in 0..warmup + steps {
         let started = Instant::now();
-        let batch = voxbridge_train::trainer::assemble::<TrainBackend>(&data, &picks, &device);
-        let (next_model, _report) = voxbridge_train::train_step(
-            model,
-            &mut optim,
-            batch,
-            ContrastivePhase::SoftClip { temperature: 0.006 },
-            &LossWeights::default(),
-            (3e-4, 0.9),
-            (0, step as u64),
-            &mindeye2_weight_decay,
-            &mut voxbridge_train::Alone,
-        )
-        .expect("random data gives finite losses");
-        model = next_model;
+        model = bench_step(model, &mut optim, &data, &picks, step as u64, &mut voxbridge_train::Alone)
+            .expect("random data gives finite losses");
         if step >= warmup {
             times.push(started.elapsed().as_secs_f64() * 1e3);
         }
@@ -169,27 +181,13 @@ pub fn bench_train_workers(
                     targets: data.targets.clone(),
                 };
                 scope.spawn(move || -> anyhow::Result<Vec<f64>> {
-                    let device = Default::default();
                     let picks: Vec<Vec<usize>> = local.subjects.iter().map(|_| (0..b).collect()).collect();
                     let mut comm = ShardComm::new(&mut ring, vec![b; subjects], assignment);
                     let mut optim = AdamW::<TrainBackend>::default();
                     let mut times = Vec::with_capacity(steps);
                     for step in 0..warmup + steps {
                         let started = Instant::now();
-                        let batch = voxbridge_train::trainer::assemble::<TrainBackend>(&local, &picks, &device);
-                        let (next, _) = voxbridge_train::train_step(
-                            model,
-                            &mut optim,
-                            batch,
-                            ContrastivePhase::SoftClip { temperature: 0.006 },
-                            &LossWeights::default(),
-                            (3e-4, 0.9),
-                            (0, step as u64),
-                            &mindeye2_weight_decay,
-                            &mut comm,
-                        )
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
-                        model = next;
+                        model = bench_step(model, &mut optim, &local, &picks, step as u64, &mut comm)?;
                         if step >= warmup {
                             times.push(started.elapsed().as_secs_f64() * 1e3);
                         }
@@ -275,22 +273,10 @@ pub fn bench_checkpoint(
             )
         }
         Some(setup) => {
-            let device = Default::default();
             let (model, data, picks) = model_and_data(setup);
             let mut optim = AdamW::<TrainBackend>::default();
-            let batch = voxbridge_train::trainer::assemble::<TrainBackend>(&data, &picks, &device);
-            let (model, _) = voxbridge_train::train_step(
-                model,
-                &mut optim,
-                batch,
-                ContrastivePhase::SoftClip { temperature: 0.006 },
-                &LossWeights::default(),
-                (3e-4, 0.9),
-                (0, 0),
-                &mindeye2_weight_decay,
-                &mut voxbridge_train::Alone,
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            // One step, so the optimizer holds moments for every trained parameter.
+            let model = bench_step(model, &mut optim, &data, &picks, 0, &mut voxbridge_train::Alone)?;
             let store = store.clone();
             let config = setup.model.clone();
             let name = format!("{} training checkpoint", setup.name);

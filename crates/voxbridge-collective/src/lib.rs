@@ -65,6 +65,10 @@ pub trait Collective {
     fn set_timeout(&mut self, timeout: Duration);
     /// Sequence number of the next operation.
     fn next_seq(&self) -> u64;
+    /// A new communicator of the ranks that pass the same `color`, ranked in this one's order
+    /// (as `MPI_Comm_split`): the owners of one subject reduce its ridge gradients over it.
+    /// Every rank must call it.
+    fn split(&mut self, color: u64) -> Result<Box<dyn Collective>>;
 }
 
 /// A single process: every operation is the identity.
@@ -99,5 +103,9 @@ impl Collective for Solo {
     fn set_timeout(&mut self, _: Duration) {}
     fn next_seq(&self) -> u64 {
         self.seq
+    }
+    fn split(&mut self, _: u64) -> Result<Box<dyn Collective>> {
+        self.seq += 1;
+        Ok(Box::new(Solo::default()))
     }
 }

@@ -20,6 +20,7 @@ pub struct NcclCollective {
     control: TcpRing,
     stream: Arc<CudaStream>,
     comm: Comm,
+    device: usize,
 }
 
 impl std::fmt::Debug for NcclCollective {
@@ -53,7 +54,7 @@ impl NcclCollective {
         }
         let comm = Comm::from_rank(stream.clone(), control.rank(), control.world_size(), Id::uninit(internal))
             .map_err(|e| backend("ncclCommInitRank", e))?;
-        Ok(NcclCollective { control, stream, comm })
+        Ok(NcclCollective { control, stream, comm, device })
     }
 }
 
@@ -98,5 +99,12 @@ impl Collective for NcclCollective {
 
     fn next_seq(&self) -> u64 {
         self.control.next_seq()
+    }
+
+    /// A sub-ring of the control ring, then a new NCCL communicator over it (its unique id
+    /// travels over the sub-ring).
+    fn split(&mut self, color: u64) -> Result<Box<dyn Collective>> {
+        let control = self.control.split_ring(color)?;
+        Ok(Box::new(NcclCollective::new(control, self.device)?))
     }
 }

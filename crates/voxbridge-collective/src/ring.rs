@@ -21,6 +21,11 @@ pub struct TcpRing {
     links: Option<(TcpStream, TcpStream)>,
     /// Fault injection: this rank skips the operation with this sequence number.
     skip_seq: Option<u64>,
+    /// This rank's address as the others reach it (new listeners of [`TcpRing::split`] bind
+    /// on its IP).
+    address: SocketAddr,
+    /// The rank in the parent ring of each rank here (errors name those); identity unless split.
+    names: Vec<usize>,
 }
 
 impl TcpRing {
@@ -38,7 +43,17 @@ impl TcpRing {
         if rank >= world {
             return Err(CollectiveError::Setup(format!("rank {rank} of a world of {world}")));
         }
-        let mut ring = TcpRing { rank, world, generation, seq: 0, timeout, links: None, skip_seq: None };
+        let mut ring = TcpRing {
+            rank,
+            world,
+            generation,
+            seq: 0,
+            timeout,
+            links: None,
+            skip_seq: None,
+            address: addrs[rank],
+            names: (0..world).collect(),
+        };
         if world == 1 {
             return Ok(ring);
         }
@@ -88,6 +103,35 @@ impl TcpRing {
         self.skip_seq = Some(seq);
     }
 
+    /// Ranks that pass the same `color` form a new ring, ordered by their rank in this one (as
+    /// `MPI_Comm_split`). A collective of this ring: every rank must call it. The new ring's
+    /// errors name ranks of this one.
+    pub fn split_ring(&mut self, color: u64) -> Result<TcpRing> {
+        let setup = |what: String| CollectiveError::Setup(format!("split: {what}"));
+        let listener = TcpListener::bind(SocketAddr::new(self.address.ip(), 0))
+            .map_err(|e| setup(format!("bind on {}: {e}", self.address.ip())))?;
+        let port = listener.local_addr().map_err(|e| setup(e.to_string()))?.port();
+        let mine = format!("{color} {}", SocketAddr::new(self.address.ip(), port));
+        let mut members = Vec::new();
+        for root in 0..self.world {
+            let mut bytes = if root == self.rank { mine.clone().into_bytes() } else { Vec::new() };
+            self.broadcast(&mut bytes, root)?;
+            let entry = String::from_utf8(bytes).map_err(|e| setup(format!("entry of rank {root}: {e}")))?;
+            let parsed = entry
+                .split_once(' ')
+                .and_then(|(c, a)| Some((c.parse::<u64>().ok()?, a.parse::<SocketAddr>().ok()?)))
+                .ok_or_else(|| setup(format!("rank {root} sent {entry:?}")))?;
+            if parsed.0 == color {
+                members.push((root, parsed.1));
+            }
+        }
+        let sub_rank = members.iter().position(|(r, _)| *r == self.rank).unwrap_or(0);
+        let addrs: Vec<SocketAddr> = members.iter().map(|(_, a)| *a).collect();
+        let mut ring = TcpRing::connect(sub_rank, &addrs, listener, self.generation, self.timeout)?;
+        ring.names = members.iter().map(|(r, _)| self.names[*r]).collect();
+        Ok(ring)
+    }
+
     fn next_rank(&self) -> usize {
         (self.rank + 1) % self.world
     }
@@ -110,7 +154,7 @@ impl TcpRing {
     /// One ring step: sends `send` to the next rank while receiving `recv.len()` bytes from the
     /// previous one, both framed by `header` (with the respective byte counts).
     fn exchange(&mut self, header: Header, send: &[u8], recv: &mut [u8], deadline: Instant) -> Result<()> {
-        let (rank, next, prev) = (self.rank, self.next_rank(), self.prev_rank());
+        let (rank, next, prev) = (self.names[self.rank], self.names[self.next_rank()], self.names[self.prev_rank()]);
         let (op, seq) = (header.op, header.seq);
         let timeout = self.timeout;
         let Some((to_next, from_prev)) = self.links.as_mut() else { return Ok(()) };
@@ -276,20 +320,22 @@ impl Collective for TcpRing {
         let deadline = Instant::now() + self.timeout;
         let (rank, timeout) = (self.rank, self.timeout);
         let (next, prev) = (self.next_rank(), self.prev_rank());
+        let (name, next_name, prev_name) = (self.names[rank], self.names[next], self.names[prev]);
         let generation = self.generation;
         let Some((to_next, from_prev)) = self.links.as_mut() else { return Ok(()) };
         let header = Header { generation, seq, op: Op::Broadcast, part: root as u32, bytes: 0 };
         if rank != root {
             // The length comes first (8 bytes), then the payload.
             let mut len = [0u8; 8];
-            receive(from_prev, Header { bytes: 8, ..header }, &mut len, deadline, rank, prev, timeout)?;
+            receive(from_prev, Header { bytes: 8, ..header }, &mut len, deadline, name, prev_name, timeout)?;
             let n = u64::from_le_bytes(len) as usize;
             let mut payload = vec![0u8; n];
-            receive(from_prev, Header { bytes: n as u64, ..header }, &mut payload, deadline, rank, prev, timeout)?;
+            let payload_header = Header { bytes: n as u64, ..header };
+            receive(from_prev, payload_header, &mut payload, deadline, name, prev_name, timeout)?;
             *data = payload;
         }
         if next != root {
-            let io = |source: std::io::Error| CollectiveError::Io { op: Op::Broadcast, seq, peer: next, source };
+            let io = |source: std::io::Error| CollectiveError::Io { op: Op::Broadcast, seq, peer: next_name, source };
             to_next.set_write_timeout(Some(timeout)).map_err(io)?;
             to_next.write_all(&Header { bytes: 8, ..header }.encode()).map_err(io)?;
             to_next.write_all(&(data.len() as u64).to_le_bytes()).map_err(io)?;
@@ -313,6 +359,10 @@ impl Collective for TcpRing {
 
     fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
+    }
+
+    fn split(&mut self, color: u64) -> Result<Box<dyn Collective>> {
+        Ok(Box::new(self.split_ring(color)?))
     }
 
     fn next_seq(&self) -> u64 {
@@ -477,6 +527,47 @@ mod tests {
         assert!(matches!(err, CollectiveError::Timeout { op: Op::AllReduce, seq: 0, peer: 1, .. }), "{err}");
         assert!(err.to_string().contains("all_reduce seq 0: no data from rank 1"), "{err}");
         drop(silent);
+    }
+
+    /// Splitting 4 ranks by parity: each half sums only its own members, in the order of the
+    /// parent's ranks, and its errors name the parent's ranks.
+    #[test]
+    fn split_rings_reduce_over_their_members_only() {
+        let results = on_ring(4, Duration::from_secs(20), |mut ring| {
+            let r = ring.rank();
+            let mut half = ring.split_ring((r % 2) as u64).unwrap();
+            let mut data = vec![r as f32; 3];
+            half.all_reduce_sum(&mut data).unwrap();
+            let gathered = half.all_gather(&[r as f32]).unwrap();
+            // The parent ring still works after the split.
+            let mut all = vec![1.0f32];
+            ring.all_reduce_sum(&mut all).unwrap();
+            (half.rank(), half.world_size(), data, gathered, all[0], half.names.clone())
+        });
+        for (r, (sub_rank, size, data, gathered, all, names)) in results.into_iter().enumerate() {
+            assert_eq!((sub_rank, size), (r / 2, 2), "rank {r}");
+            let members: Vec<f32> = if r % 2 == 0 { vec![0.0, 2.0] } else { vec![1.0, 3.0] };
+            assert_eq!(data, vec![members.iter().sum::<f32>(); 3], "rank {r}");
+            assert_eq!(gathered, members, "rank {r}");
+            assert_eq!(all, 4.0);
+            assert_eq!(names, if r % 2 == 0 { [0, 2] } else { [1, 3] });
+        }
+    }
+
+    #[test]
+    fn a_silent_member_of_a_split_ring_is_named_by_its_parent_rank() {
+        let results = on_ring(3, Duration::from_secs(20), |mut ring| {
+            let r = ring.rank();
+            let mut group = ring.split_ring(u64::from(r > 0)).unwrap();
+            group.set_timeout(Duration::from_millis(300));
+            // Rank 2 never joins the group's all-reduce (but keeps its connections open until
+            // the parent's barrier); rank 0 is alone in its group.
+            let err = (r == 1).then(|| group.all_reduce_sum(&mut [0f32; 16]).unwrap_err().to_string());
+            ring.barrier().unwrap();
+            err
+        });
+        let err = results[1].clone().unwrap();
+        assert!(err.contains("all_reduce seq 0: no data from rank 2"), "{err}");
     }
 
     #[test]

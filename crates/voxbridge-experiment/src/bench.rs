@@ -162,12 +162,12 @@ pub fn bench_train_workers(
     warmup: usize,
     steps: usize,
 ) -> anyhow::Result<BenchResult> {
-    use voxbridge_train::distributed::{ShardComm, assign_subjects};
+    use voxbridge_train::distributed::{Placement, ShardComm};
     let (model, data, _) = model_and_data(setup);
     crate::run::materialise(&model);
     let parameters = burn::module::Module::num_params(&model) as u64;
     let subjects = setup.model.voxels.len();
-    let assignment = assign_subjects(subjects, workers).map_err(anyhow::Error::msg)?;
+    let placement = Placement::new(subjects, workers, setup.per_subject).map_err(anyhow::Error::msg)?;
     let (rings, _) = voxbridge_collective::local_rings(workers, std::time::Duration::from_secs(120))?;
     let b = setup.per_subject;
     let per_rank: Vec<Vec<f64>> = std::thread::scope(|scope| {
@@ -175,14 +175,16 @@ pub fn bench_train_workers(
             .into_iter()
             .enumerate()
             .map(|(rank, mut ring)| {
-                let (mut model, assignment) = (model.clone(), assignment.clone());
+                let placement = placement.clone();
+                let held = placement.subjects_of(rank);
+                let mut model = MindEye2 { ridge: model.ridge.clone().keep_only(&held), ..model.clone() };
                 let local = TrainData {
-                    subjects: data.subjects[assignment[rank].clone()].to_vec(),
+                    subjects: held.iter().map(|&s| data.subjects[s].clone()).collect(),
                     targets: data.targets.clone(),
                 };
                 scope.spawn(move || -> anyhow::Result<Vec<f64>> {
                     let picks: Vec<Vec<usize>> = local.subjects.iter().map(|_| (0..b).collect()).collect();
-                    let mut comm = ShardComm::new(&mut ring, vec![b; subjects], assignment);
+                    let mut comm = ShardComm::new(&mut ring, placement).map_err(anyhow::Error::msg)?;
                     let mut optim = AdamW::<TrainBackend>::default();
                     let mut times = Vec::with_capacity(steps);
                     for step in 0..warmup + steps {

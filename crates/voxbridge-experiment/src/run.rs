@@ -19,7 +19,7 @@ use voxbridge_model::losses::LossWeights;
 use voxbridge_model::lowlevel::LowLevelConfig;
 use voxbridge_model::prior::PriorConfig;
 use voxbridge_model::{BackboneMode, MindEye2, MindEye2Config, RidgeBiasInit};
-use voxbridge_train::distributed::{ShardComm, assign_subjects, share_subject_weights};
+use voxbridge_train::distributed::{Placement, ShardComm, gather_model};
 use voxbridge_train::{
     EvalOptions, Evaluation, Progress, StepComm, StepRecord, TrainObserver, TrainPlan, evaluate, train,
 };
@@ -141,10 +141,11 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions) -> anyhow
 }
 
 /// [`run_experiment`] as one rank of a data-parallel run over `collective` (`None`: one
-/// process). The training subjects are sharded over the ranks ([`assign_subjects`]); every rank
-/// trains the same model on its shard of each global batch. Rank 0 writes the run directory;
-/// rank r > 0 writes its metrics under `<dir>/rank-r/`. Checkpoints and resume are
-/// single-process only so far.
+/// process). The global batch's rows are placed on the ranks ([`Placement`]: whole subjects,
+/// or a subject's share split over several ranks when there are more ranks than subjects);
+/// each rank holds only its subjects' ridges and trains the same model on its rows of each
+/// global batch. Rank 0 writes the run directory, checkpoints (the whole state, gathered) and
+/// the final model and evaluation; rank r > 0 writes its metrics under `<dir>/rank-r/`.
 pub fn run_experiment_on(
     config: &ExperimentConfig,
     options: &RunOptions,
@@ -188,14 +189,16 @@ pub fn run_experiment_on(
     let store = CheckpointStore::open(&ckpt_url)?;
     let found = find_resume_point(&store, &ckpt_url, &options.resume)?;
     // This rank's subjects; their ridge indices stay those of the whole model.
-    let assignment = assign_subjects(config.data.train_subjects.len(), world).map_err(anyhow::Error::msg)?;
+    let placement =
+        Placement::new(config.data.train_subjects.len(), world, plan.per_subject).map_err(anyhow::Error::msg)?;
+    let held = placement.subjects_of(rank);
     let local_data = (world > 1).then(|| voxbridge_train::TrainData {
-        subjects: inputs.train.subjects[assignment[rank].clone()].to_vec(),
+        subjects: held.iter().map(|&s| inputs.train.subjects[s].clone()).collect(),
         targets: inputs.train.targets.clone(),
     });
     let train_data = local_data.as_ref().unwrap_or(&inputs.train);
 
-    let (model, init_from, architecture, resume) = match &found {
+    let (mut model, init_from, architecture, mut resume) = match &found {
         Some(found) => {
             let restored = resume::restore(found, train_data, &plan, &device)?;
             refuse_config_changes(config, &restored.config_toml, &found.location(), &options.allow_config_change)?;
@@ -218,6 +221,13 @@ pub fn run_experiment_on(
             (model, init_from, architecture, None)
         }
     };
+    if world > 1 {
+        // Only this rank's subjects' ridges (and their optimizer state) stay in memory.
+        model = MindEye2 { ridge: model.ridge.keep_only(&held), ..model };
+        if let Some(r) = resume.as_mut() {
+            r.optim.retain_params_of(&model);
+        }
+    }
     let steps_done = resume.as_ref().map_or(0, |r| r.steps_done);
     tracing::info!(
         run = %config.name,
@@ -272,10 +282,10 @@ pub fn run_experiment_on(
     )?;
     observer.evaluate_epochs = primary;
     let started = Instant::now();
-    let shares = vec![plan.per_subject; config.data.train_subjects.len()];
     let trained = match collective.as_deref_mut() {
         Some(c) if world > 1 => {
-            let mut comm = ShardComm::new(c, shares, assignment.clone()).with_step_timeout(options.step_timeout);
+            let comm = ShardComm::new(c, placement.clone()).map_err(anyhow::Error::msg)?;
+            let mut comm = comm.with_step_timeout(options.step_timeout);
             train(model, train_data, &plan, config.optim.weight_decay, resume, &mut observer, &mut comm)
         }
         _ => train(
@@ -295,8 +305,9 @@ pub fn run_experiment_on(
     let mut model = trained.with_context(|| format!("run `{}` stopped", config.name))?;
     if let Some(c) = collective.as_mut()
         && world > 1
+        && let Some(whole) = gather_model(&model, &mut **c, &placement).map_err(anyhow::Error::msg)?
     {
-        model = share_subject_weights(model, &mut **c, &assignment).map_err(anyhow::Error::msg)?;
+        model = whole; // on rank 0: every subject's ridge, for the evaluation and the saved model
     }
     let train_seconds = started.elapsed().as_secs_f64() + observer.resumed_seconds;
     let steps = observer.steps;
@@ -317,7 +328,9 @@ pub fn run_experiment_on(
     }
     let card =
         ModelCard { architecture, subjects: config.data.train_subjects.clone(), run: config.name.clone(), steps };
-    checkpoint::save(dir, &model, &card)?;
+    if primary {
+        checkpoint::save(dir, &model, &card)?;
+    }
 
     let batch = plan.per_subject * config.data.train_subjects.len();
     let report = RunReport {
@@ -600,10 +613,9 @@ impl Checkpointer {
         comm: &mut dyn StepComm<TrainBackend>,
         last_loss: f64,
     ) -> anyhow::Result<()> {
-        let whole = comm.whole_state(p.model, p.optim, p.streams).map_err(anyhow::Error::msg)?;
-        if !comm.is_writer() {
-            return Ok(());
-        }
+        let Some(whole) = comm.whole_state(p.model, p.optim, p.streams).map_err(anyhow::Error::msg)? else {
+            return Ok(()); // not the writer
+        };
         let id = CheckpointId { step: p.steps_done, generation: self.generation };
         let state = resume::training_state(
             &self.base,
@@ -765,6 +777,7 @@ impl TrainObserver<TrainBackend> for RunObserver<'_> {
             && self.evaluate_epochs
             && ((epoch + 1).is_multiple_of(every) || last)
             && let Some(test) = self.inputs.tests.values().next()
+            && model.ridge.linear(test.ridge).is_some()
         {
             let e = evaluate(&model.valid(), test, &self.inputs.train.targets, &eval_options(self.config, false));
             image_top1 = Some(e.retrieval.image_top1.mean);

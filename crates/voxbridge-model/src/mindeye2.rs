@@ -99,12 +99,13 @@ impl<B: Backend> MindEye2<B> {
             .backbone
             .mixer_blocks1
             .first()
-            .map_or_else(|| self.ridge.linears[0].weight.dims()[1], |b| b.fc1.weight.dims()[0]);
+            .map_or_else(|| self.ridge.linear(0).map_or(0, |l| l.weight.dims()[1]), |b| b.fc1.weight.dims()[0]);
         let mut ridge = SubjectRidge::init(&[voxels], hidden, device);
         if bias == RidgeBiasInit::CopyFirstPretrainedSubject
-            && let Some(old) = self.ridge.linears.first().and_then(|l| l.bias.clone())
+            && let Some(old) = self.ridge.linear(0).and_then(|l| l.bias.clone())
+            && let Some(new) = ridge.linears[0].as_mut()
         {
-            ridge.linears[0].bias = Some(burn::module::Param::from_tensor(old.val().detach()));
+            new.bias = Some(burn::module::Param::from_tensor(old.val().detach()));
         }
         MindEye2 { ridge, ..self }
     }

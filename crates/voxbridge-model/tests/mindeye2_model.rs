@@ -183,12 +183,12 @@ fn fine_tuning_replaces_every_ridge_and_keeps_the_rest() {
 
     let copied = pretrained().for_new_subject(50, RidgeBiasInit::CopyFirstPretrainedSubject, &device);
     assert_eq!(copied.ridge.subjects(), 1);
-    assert_eq!(copied.ridge.linears[0].weight.dims(), [50, 32]);
-    let bias = HostTensor::from_tensor(copied.ridge.linears[0].bias.as_ref().unwrap().val());
+    assert_eq!(copied.ridge.linear(0).unwrap().weight.dims(), [50, 32]);
+    let bias = HostTensor::from_tensor(copied.ridge.linear(0).unwrap().bias.as_ref().unwrap().val());
     assert_eq!(bias, subject0_bias, "the released code keeps subject 0's bias");
 
     let fresh = pretrained().for_new_subject(50, RidgeBiasInit::Fresh, &device);
-    let bias = HostTensor::from_tensor(fresh.ridge.linears[0].bias.as_ref().unwrap().val());
+    let bias = HostTensor::from_tensor(fresh.ridge.linear(0).unwrap().bias.as_ref().unwrap().val());
     assert_ne!(bias, subject0_bias);
     assert!(bias.data.iter().all(|b| b.abs() <= 1.0 / 50f32.sqrt()), "PyTorch's U(±1/√fan_in)");
 

@@ -64,6 +64,14 @@ impl<B: AutodiffBackend> AdamW<B> {
         self.moments.len()
     }
 
+    /// Drops the state of parameters `model` no longer has (a data-parallel rank keeps only its
+    /// own subjects' ridges).
+    pub fn retain_params_of<M: Module<B>>(&mut self, model: &M) {
+        let ids: std::collections::HashSet<ParamId> =
+            params_by_path(model).into_iter().map(|(_, id, _, _)| id).collect();
+        self.moments.retain(|id, _| ids.contains(id));
+    }
+
     /// The state of every parameter of `model` that has any, keyed by burn module path, in the
     /// model's parameter order (for checkpoints: ids change between processes, paths do not).
     pub fn export<M: Module<B>>(&self, model: &M) -> Vec<ParamMoments> {

@@ -16,8 +16,8 @@ pub use decay::{DecayGroup, decay_group, mindeye2_weight_decay};
 pub use evaluate::{EvalOptions, Evaluation, TestTrials, evaluate};
 pub use schedule::{OneCycle, OneCyclePoint};
 pub use step::{
-    Alone, Batch, ContrastivePhase, NonFiniteLoss, StepComm, StepError, StepReport, SubjectBatch, mixco_draw,
-    train_step,
+    Alone, Batch, ContrastivePhase, Layout, NonFiniteLoss, Piece, StepComm, StepError, StepReport, SubjectBatch,
+    mixco_draw, train_step,
 };
 pub use trainer::{
     ClipTargets, Progress, Quiet, Resume, StepRecord, SubjectSamples, TrainData, TrainError, TrainObserver, TrainPlan,

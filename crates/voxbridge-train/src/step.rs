@@ -78,28 +78,65 @@ pub enum StepError {
     Comm { step: u64, message: String },
 }
 
-/// How a step reaches the other ranks of a data-parallel run. The global batch is the
-/// concatenation of subject shares in subject order; each rank holds a contiguous run of them.
-/// A single process is [`Alone`].
+/// A rank's part of one subject's share of the global batch: rows `rows` of share `subject`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    /// Position of the share in the global batch (the subject's ridge index).
+    pub subject: usize,
+    pub rows: std::ops::Range<usize>,
+}
+
+/// Where a rank's rows sit in the global batch: the global batch is the concatenation of the
+/// subjects' shares in subject order; a rank holds a contiguous run of rows of it, as pieces —
+/// whole shares, or part of one share when a subject is split over several ranks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// Rows of every share of the global batch.
+    pub shares: Vec<usize>,
+    /// This rank's pieces, in global row order.
+    pub pieces: Vec<Piece>,
+}
+
+impl Layout {
+    /// The whole batch on one process.
+    pub fn whole(shares: Vec<usize>) -> Self {
+        let pieces = shares.iter().enumerate().map(|(subject, &n)| Piece { subject, rows: 0..n }).collect();
+        Layout { shares, pieces }
+    }
+
+    /// Global row of this rank's first row.
+    pub fn row_start(&self) -> usize {
+        self.pieces.first().map_or(0, |p| self.shares[..p.subject].iter().sum::<usize>() + p.rows.start)
+    }
+
+    /// Rows this rank holds.
+    pub fn local_rows(&self) -> usize {
+        self.pieces.iter().map(|p| p.rows.len()).sum()
+    }
+}
+
+/// How a step reaches the other ranks of a data-parallel run. A single process is [`Alone`].
 pub trait StepComm<B: AutodiffBackend> {
-    /// Rows of every share of the global batch, and the range of shares this rank holds; `None`
-    /// for a single process (the batch is the global batch).
-    fn layout(&self) -> Option<(Vec<usize>, std::ops::Range<usize>)>;
+    /// This rank's rows of the global batch; `None` for a single process (the batch is the
+    /// global batch). The batch a rank passes to [`train_step`] holds its subjects' *whole*
+    /// shares (mixing partners may be another rank's rows); the step keeps its pieces.
+    fn layout(&self) -> Option<Layout>;
     /// Every rank's `rows × width` values, concatenated in global row order.
     fn gather_rows(&mut self, local: Vec<f32>, width: usize) -> Result<Vec<f32>, String>;
     /// Element-wise sum over ranks.
     fn sum(&mut self, values: &mut [f32]) -> Result<(), String>;
-    /// Gradients of the shared parameters summed over ranks; per-subject (ridge) ones stay.
+    /// Gradients of the shared parameters summed over all ranks; each ridge's summed over its
+    /// subject's owner ranks.
     fn sync_gradients(&mut self, model: &MindEye2<B>, grads: GradientsParams) -> Result<GradientsParams, String>;
     /// The whole run's state as one process would hold it — every subject's ridge, its AdamW
-    /// moments and its sample stream from the rank that owns it — on every rank (for
-    /// checkpoints). Every rank must call it at the same step.
+    /// moments and its sample stream from the rank that owns it — on the writer (for
+    /// checkpoints); `None` on the other ranks. Every rank must call it at the same step.
     fn whole_state(
         &mut self,
         model: &MindEye2<B>,
         optim: &AdamW<B>,
         streams: &BalancedStreams,
-    ) -> Result<WholeState<B>, String>;
+    ) -> Result<Option<WholeState<B>>, String>;
     /// Whether this rank writes checkpoints and the run directory (rank 0).
     fn is_writer(&self) -> bool;
 }
@@ -116,7 +153,7 @@ pub struct WholeState<B: AutodiffBackend> {
 pub struct Alone;
 
 impl<B: AutodiffBackend> StepComm<B> for Alone {
-    fn layout(&self) -> Option<(Vec<usize>, std::ops::Range<usize>)> {
+    fn layout(&self) -> Option<Layout> {
         None
     }
     fn gather_rows(&mut self, local: Vec<f32>, _: usize) -> Result<Vec<f32>, String> {
@@ -133,8 +170,8 @@ impl<B: AutodiffBackend> StepComm<B> for Alone {
         model: &MindEye2<B>,
         optim: &AdamW<B>,
         streams: &BalancedStreams,
-    ) -> Result<WholeState<B>, String> {
-        Ok(WholeState { model: model.clone(), moments: optim.export(model), streams: streams.state().to_vec() })
+    ) -> Result<Option<WholeState<B>>, String> {
+        Ok(Some(WholeState { model: model.clone(), moments: optim.export(model), streams: streams.state().to_vec() }))
     }
     fn is_writer(&self) -> bool {
         true
@@ -170,48 +207,50 @@ pub fn train_step<B: AutodiffBackend>(
     // Where this rank's rows sit in the global batch.
     let local_sizes: Vec<usize> = batch.subjects.iter().map(|s| s.voxels.dims()[0]).collect();
     let distributed = comm.layout();
-    let (global_sizes, local_shares) = distributed.clone().unwrap_or((local_sizes.clone(), 0..local_sizes.len()));
+    let layout = distributed.clone().unwrap_or_else(|| Layout::whole(local_sizes.clone()));
+    let distributed = distributed.is_some();
+    let row_start = layout.row_start();
     // Dropout draws from the backend's generator: reseeding it at every step after the first
     // makes step s's masks a function of (seed, s) alone, which is what an exact resume needs
-    // (each rank of a data-parallel run mixes in its first share, so ranks draw different masks).
+    // (each rank of a data-parallel run mixes in its first row, so ranks draw different masks).
     // Step 0 keeps the stream the trainer seeded, from which lazily initialised weights are
     // drawn during its forward pass.
     if step > 0 {
-        let rank_key = if distributed.is_some() { mix64(local_shares.start as u64 + 1) } else { 0 };
+        let rank_key = if distributed { mix64(row_start as u64 + 1) } else { 0 };
         B::seed(&device, mix64(seed ^ mix64(step)) ^ rank_key);
     }
-    if global_sizes.get(local_shares.clone()) != Some(local_sizes.as_slice()) {
-        return Err(comm_err(format!("local shares {local_sizes:?} are not {local_shares:?} of {global_sizes:?}")));
+    let whole_shares: Vec<usize> = layout.pieces.iter().map(|p| layout.shares[p.subject]).collect();
+    if whole_shares != local_sizes {
+        return Err(comm_err(format!(
+            "the batch holds shares of {local_sizes:?} rows; this rank's pieces {:?} need whole shares of {whole_shares:?}",
+            layout.pieces
+        )));
     }
-    let row_start: usize = global_sizes[..local_shares.start].iter().sum();
-    let local_rows: usize = local_sizes.iter().sum();
-    let global_rows: usize = global_sizes.iter().sum();
+    let local_rows = layout.local_rows();
+    let global_rows: usize = layout.shares.iter().sum();
 
-    // 1. Inputs: BiMixCo mixes each subject's voxels with a partner from the same subject. The
-    //    draws are made for every share of the global batch, in order.
+    // 1. Inputs: BiMixCo mixes each subject's voxels with a partner from the same subject's
+    //    share (which may be another rank's row: every owner holds the whole share). The draws
+    //    are made for every share of the global batch, in order.
     let global_draws: Vec<MixcoDraw> = match phase {
-        ContrastivePhase::BiMixCo { .. } => global_sizes.iter().map(|&n| mixco_draw(n, &mut rng)).collect(),
+        ContrastivePhase::BiMixCo { .. } => layout.shares.iter().map(|&n| mixco_draw(n, &mut rng)).collect(),
         ContrastivePhase::SoftClip { .. } => Vec::new(),
     };
     let mut ridge_outs = Vec::new();
     let mut targets = Vec::new();
     let mut blur_targets = Vec::new();
-    for (i, share) in batch.subjects.into_iter().enumerate() {
-        let voxels = match global_draws.get(local_shares.start + i) {
+    for (piece, share) in layout.pieces.iter().zip(batch.subjects) {
+        let voxels = match global_draws.get(piece.subject) {
             Some(draw) => mixco_voxels(share.voxels, draw),
             None => share.voxels,
         };
-        ridge_outs.push(model.ridge.forward(share.subject, voxels)); // [b, h]
-        targets.push(share.clip_target); // [b, T, D]
-        blur_targets.extend(share.blur_target); // [b, C, H, W]
+        let (start, len) = (piece.rows.start, piece.rows.len());
+        ridge_outs.push(model.ridge.forward(share.subject, voxels.narrow(0, start, len))); // [b, h]
+        targets.push(share.clip_target.narrow(0, start, len)); // [b, T, D]
+        blur_targets.extend(share.blur_target.map(|t| t.narrow(0, start, len))); // [b, C, H, W]
     }
     let clip_target = Tensor::cat(targets, 0); // [b_local, T, D]
     let draw = (!global_draws.is_empty()).then(|| MixcoDraw::concat(&global_draws, false));
-    if distributed.is_some() && !blur_targets.is_empty() && model.low_level.is_some() {
-        // BiMixCo mixes every share's latents with rows of the *first* share (the released
-        // quirk), which only one rank holds.
-        return Err(comm_err("the low-level branch is not supported in data-parallel runs yet".into()));
-    }
 
     // 2. Forward through the shared backbone.
     let out = model.backbone.forward(Tensor::cat(ridge_outs, 0)); // [b_local, T, D] ×2
@@ -219,7 +258,7 @@ pub fn train_step<B: AutodiffBackend>(
     // 3. Losses. The contrastive loss sees the whole global batch [B, T·D].
     let mut preds = l2_normalize(out.clip_voxels.flatten::<2>(1, 2));
     let mut targs = l2_normalize(clip_target.clone().flatten::<2>(1, 2));
-    if distributed.is_some() {
+    if distributed {
         let width = preds.dims()[1];
         let host = |t: Tensor<B, 2>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
         let all_preds = comm.gather_rows(host(preds.clone().detach()), width).map_err(comm_err)?;
@@ -257,22 +296,34 @@ pub fn train_step<B: AutodiffBackend>(
         let noise = Tensor::<B, 3>::from_data(TensorData::new(noise, [local_rows, tokens, dim]), &device);
         let keep = CondKeep { brain: keep.brain[rows.clone()].to_vec(), image: keep.image[rows.clone()].to_vec() };
         let loss = prior.p_losses(clip_target.clone(), &t[rows], out.backbone.clone(), noise, &keep).1;
-        if distributed.is_some() { loss * row_share } else { loss }
+        if distributed { loss * row_share } else { loss }
     });
     // Low-level L1 against the VAE latents, mixed like the voxels during BiMixCo — with the
-    // concatenated, un-offset perms, as released (spec §2.1 [QUIRK]). The ConvNeXt soft
-    // contrastive term needs teacher features voxbridge does not have; it is left out.
+    // concatenated, un-offset perms, as released (spec §2.1 [QUIRK]): a row's partner may be
+    // in another subject's share, so a data-parallel rank mixes the gathered global latents
+    // and keeps its rows. The ConvNeXt soft contrastive term needs teacher features voxbridge
+    // does not have; it is left out.
     let blur_l1 = match (&model.low_level, blur_targets.is_empty()) {
         (Some(low), false) => {
-            let target = Tensor::cat(blur_targets, 0); // [B, C, H, W]
+            let local = Tensor::cat(blur_targets, 0); // [b_local, C, H, W]
+            let shape = local.dims();
             let target = match &draw {
                 Some(draw) => {
-                    let shape = target.dims();
-                    mixco_voxels(target.flatten::<2>(1, 3), draw).reshape(shape)
+                    let width = shape[1] * shape[2] * shape[3];
+                    let flat = local.flatten::<2>(1, 3); // [b_local, C·H·W]
+                    let global = if distributed {
+                        let values = flat.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+                        let all = comm.gather_rows(values, width).map_err(comm_err)?;
+                        Tensor::<B, 2>::from_data(TensorData::new(all, [global_rows, width]), &device)
+                    } else {
+                        flat
+                    };
+                    mixco_voxels(global, draw).narrow(0, row_start, local_rows).reshape(shape)
                 }
-                None => target,
+                None => local,
             };
-            Some(l1_loss(low.forward(out.mixer_out.clone()).blurry_latent, target))
+            let loss = l1_loss(low.forward(out.mixer_out.clone()).blurry_latent, target);
+            Some(if distributed { loss * row_share } else { loss })
         }
         _ => None,
     };
@@ -286,13 +337,16 @@ pub fn train_step<B: AutodiffBackend>(
         prior: terms.prior.as_ref().map(scalar),
         blur: terms.blur_l1.as_ref().map(scalar),
     };
-    if distributed.is_some() {
+    if distributed {
         // The step's losses as one process would report them: the contrastive loss is already
         // global; the per-sample parts are summed over ranks.
-        let mut parts = [report.prior.unwrap_or(0.0) as f32];
+        let mut parts = [report.prior.unwrap_or(0.0) as f32, report.blur.unwrap_or(0.0) as f32];
         comm.sum(&mut parts).map_err(comm_err)?;
         report.prior = report.prior.map(|_| f64::from(parts[0]));
-        report.total = report.clip * weights.clip + report.prior.map_or(0.0, |p| p * weights.prior);
+        report.blur = report.blur.map(|_| f64::from(parts[1]));
+        report.total = report.clip * weights.clip
+            + report.prior.map_or(0.0, |p| p * weights.prior)
+            + report.blur.map_or(0.0, |b| b * weights.blur);
     }
     let checked =
         [("total", Some(report.total)), ("clip", Some(report.clip)), ("prior", report.prior), ("blur", report.blur)];

@@ -90,6 +90,12 @@ fn two_workers_train_what_one_worker_trains() {
     assert_success(&out);
     assert!(stderr(&out).contains("every worker finished"), "{}", describe(&out));
     assert_same_run(&one, &two, 20);
+    let trials = |run: &Path| {
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("report.json")).unwrap()).unwrap();
+        report["train_trials"].as_u64().unwrap()
+    };
+    assert_eq!(trials(&two), trials(&one), "the report counts every rank's subjects");
     assert!(two.join("rank-1/metrics/steps.csv").is_file(), "rank 1 keeps its own metrics apart");
     assert!(!two.join("rank-1/checkpoint").exists(), "only rank 0 saves the (whole) model");
 }
@@ -131,6 +137,31 @@ fn more_workers_than_subjects_split_a_subject_and_train_what_one_worker_trains()
         assert_success(&train_workers(&exp, &one, 1, &[], &[]));
         assert_success(&train_workers(&exp, &many, workers, &[], &[]));
         assert_same_run(&one, &many, steps);
+    }
+}
+
+/// A rank reads only its own subjects' trials (rank 0 also the test trials) and the targets
+/// of the images they show; the voxel counts and sessions of the others come from the manifest.
+#[test]
+fn a_rank_loads_only_its_own_subjects_and_their_images() {
+    use voxbridge_experiment::inputs::{LoadScope, load};
+    let data = SimDataset::tiny(14);
+    let dir = tempfile::tempdir().unwrap();
+    let config = voxbridge_config::load_experiment(&experiment(dir.path(), &data)).unwrap();
+    let dataset = voxbridge_data::Dataset::open(&data.manifest_str()).unwrap();
+    let all = load(&dataset, &config.data, false, &LoadScope::all()).unwrap();
+    let rank1 = load(&dataset, &config.data, false, &LoadScope { train: Some(vec![1]), tests: false }).unwrap();
+    assert_eq!(rank1.train.subjects.len(), 1);
+    let mine = &rank1.train.subjects[0];
+    let same = &all.train.subjects[1];
+    assert_eq!((mine.ridge, mine.subject, &mine.voxels), (1, 3, &same.voxels));
+    assert!(rank1.tests.is_empty());
+    assert_eq!((&rank1.voxels, &rank1.sessions_used), (&all.voxels, &all.sessions_used));
+    // Fewer targets, the same values for every trial.
+    let width = all.train.targets.tokens * all.train.targets.dim;
+    assert!(rank1.train.targets.values.len() / width < all.train.targets.values.len() / width);
+    for (&a, &b) in mine.target_rows.iter().zip(&same.target_rows) {
+        assert_eq!(rank1.train.targets.row(a), all.train.targets.row(b));
     }
 }
 

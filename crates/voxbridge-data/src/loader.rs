@@ -137,8 +137,23 @@ impl Dataset {
         &self.opened
     }
 
-    /// Loads one subject: training trials of the chosen sessions, test trials of all sessions.
-    pub fn load_subject(&self, subject: u8, sessions: Sessions) -> Result<SubjectTrials> {
+    /// What [`Dataset::load_subject`] would load, from the manifest alone (no file is read):
+    /// the subject's voxel count and the sessions its training trials would come from.
+    pub fn plan_subject(&self, subject: u8, sessions: Sessions) -> Result<(usize, Vec<u16>)> {
+        let (info, limit) = self.selection(subject, sessions)?;
+        let used = self
+            .opened
+            .manifest
+            .trial_files(subject)
+            .iter()
+            .map(|f| f.session.unwrap_or_default())
+            .filter(|&s| s <= limit)
+            .collect();
+        Ok((info.voxels, used))
+    }
+
+    /// The subject's manifest entry and the last session to train on.
+    fn selection(&self, subject: u8, sessions: Sessions) -> Result<(&crate::manifest::SubjectInfo, u16)> {
         let manifest = &self.opened.manifest;
         let info = manifest.subject(subject).ok_or_else(|| {
             let have: Vec<u8> = manifest.subjects.iter().map(|s| s.subject).collect();
@@ -147,7 +162,6 @@ impl Dataset {
                 self.opened.origin
             ))
         })?;
-        let files = manifest.trial_files(subject);
         let limit = match sessions {
             Sessions::All => u16::MAX,
             Sessions::First(0) => return Err(DataError::Selection("sessions must be at least 1".into())),
@@ -159,6 +173,13 @@ impl Dataset {
             }
             Sessions::First(n) => n,
         };
+        Ok((info, limit))
+    }
+
+    /// Loads one subject: training trials of the chosen sessions, test trials of all sessions.
+    pub fn load_subject(&self, subject: u8, sessions: Sessions) -> Result<SubjectTrials> {
+        let (info, limit) = self.selection(subject, sessions)?;
+        let files = self.opened.manifest.trial_files(subject);
         let mut train = TrialRows::new(info.voxels);
         let mut test = TrialRows::new(info.voxels);
         let mut sessions_used = Vec::new();

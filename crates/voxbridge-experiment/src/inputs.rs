@@ -2,7 +2,7 @@
 //! subject (in `data.train_subjects` order), single training trials of the chosen sessions,
 //! single test trials of every session, and the CLIP targets by row.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use anyhow::{Context, bail};
 use voxbridge_config::{DataConfig, SessionSelection};
@@ -24,15 +24,39 @@ pub struct ExperimentInputs {
 }
 
 impl ExperimentInputs {
-    /// Training trials over all subjects.
+    /// Training trials over the subjects loaded.
     pub fn train_trials(&self) -> usize {
         self.train.subjects.iter().map(SubjectSamples::len).sum()
     }
 }
 
+/// Which subjects' trials a process loads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadScope {
+    /// Ridge indices (positions in `data.train_subjects`) whose training trials to load; `None`
+    /// loads every training subject.
+    pub train: Option<Vec<usize>>,
+    /// Load the evaluation subjects' test trials.
+    pub tests: bool,
+}
+
+impl LoadScope {
+    /// Everything: a single process.
+    pub fn all() -> Self {
+        LoadScope { train: None, tests: true }
+    }
+}
+
 /// Loads `data` from `dataset` (with the VAE latents when `lowlevel`). Evaluation subjects must be
-/// training subjects (they need a ridge).
-pub fn load(dataset: &Dataset, data: &DataConfig, lowlevel: bool) -> anyhow::Result<ExperimentInputs> {
+/// training subjects (they need a ridge). Only the subjects in `scope` are read (a rank of a
+/// data-parallel run reads its own); voxel counts and sessions of the others come from the
+/// manifest. A scoped load keeps only the targets of the images its trials show.
+pub fn load(
+    dataset: &Dataset,
+    data: &DataConfig,
+    lowlevel: bool,
+    scope: &LoadScope,
+) -> anyhow::Result<ExperimentInputs> {
     for s in &data.eval_subjects {
         if !data.train_subjects.contains(s) {
             bail!(
@@ -48,7 +72,34 @@ pub fn load(dataset: &Dataset, data: &DataConfig, lowlevel: bool) -> anyhow::Res
             Sessions::First(u16::try_from(n).context("data.sessions: more sessions than any dataset has")?)
         }
     };
-    let targets = dataset.load_targets(None)?;
+    let mut loaded = Vec::new();
+    let mut voxels = Vec::new();
+    let mut sessions_used = BTreeMap::new();
+    for (ridge, &subject) in data.train_subjects.iter().enumerate() {
+        let train = scope.train.as_ref().is_none_or(|r| r.contains(&ridge));
+        let test = scope.tests && data.eval_subjects.contains(&subject);
+        if train || test {
+            let trials = dataset.load_subject(subject, sessions)?;
+            voxels.push(trials.voxel_count);
+            sessions_used.insert(subject, trials.sessions_used.clone());
+            loaded.push((ridge, trials, train, test));
+        } else {
+            let (count, used) = dataset.plan_subject(subject, sessions)?;
+            voxels.push(count);
+            sessions_used.insert(subject, used);
+        }
+    }
+    let images: Option<HashSet<u32>> = scope.train.is_some().then(|| {
+        loaded
+            .iter()
+            .flat_map(|(_, t, train, test)| {
+                let train_ids = if *train { t.train.image_id.as_slice() } else { &[] };
+                let test_ids = if *test { t.test.image_id.as_slice() } else { &[] };
+                train_ids.iter().chain(test_ids).copied()
+            })
+            .collect()
+    });
+    let targets = dataset.load_targets(images.as_ref())?;
     let shapes = targets.rows.shapes;
     let [tokens, dim] = shapes.clip_tokens;
     let clip = ClipTargets {
@@ -63,12 +114,9 @@ pub fn load(dataset: &Dataset, data: &DataConfig, lowlevel: bool) -> anyhow::Res
 
     let mut subjects = Vec::new();
     let mut tests = BTreeMap::new();
-    let mut voxels = Vec::new();
-    let mut sessions_used = BTreeMap::new();
-    for (ridge, &subject) in data.train_subjects.iter().enumerate() {
-        let trials = dataset.load_subject(subject, sessions)?;
-        let target_rows = trials.train.image_id.iter().map(|&i| row_of(i)).collect::<anyhow::Result<Vec<_>>>()?;
-        if data.eval_subjects.contains(&subject) {
+    for (ridge, trials, train, test) in loaded {
+        let subject = trials.subject;
+        if test {
             let test_rows = trials.test.image_id.iter().map(|&i| row_of(i)).collect::<anyhow::Result<Vec<_>>>()?;
             tests.insert(
                 subject,
@@ -81,15 +129,16 @@ pub fn load(dataset: &Dataset, data: &DataConfig, lowlevel: bool) -> anyhow::Res
                 },
             );
         }
-        voxels.push(trials.voxel_count);
-        sessions_used.insert(subject, trials.sessions_used.clone());
-        subjects.push(SubjectSamples {
-            ridge,
-            subject,
-            voxel_count: trials.voxel_count,
-            voxels: trials.train.voxels,
-            target_rows,
-        });
+        if train {
+            let target_rows = trials.train.image_id.iter().map(|&i| row_of(i)).collect::<anyhow::Result<Vec<_>>>()?;
+            subjects.push(SubjectSamples {
+                ridge,
+                subject,
+                voxel_count: trials.voxel_count,
+                voxels: trials.train.voxels,
+                target_rows,
+            });
+        }
     }
     let manifest = dataset.manifest();
     let trials_per_session = manifest

@@ -25,7 +25,7 @@ use voxbridge_train::{
 };
 
 use crate::checkpoint::{self, ModelCard};
-use crate::inputs::{self, ExperimentInputs};
+use crate::inputs::{self, ExperimentInputs, LoadScope};
 use crate::metrics::{EpochRecord, MetricsWriter};
 use crate::resume::{self, TrainingCheckpoint, TrainingState};
 use crate::{TrainBackend, plots};
@@ -181,22 +181,37 @@ pub fn run_experiment_on(
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     checkpoint::write_atomically(&dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
 
+    // This rank's rows of each batch and so its subjects (their ridge indices stay those of
+    // the whole model); it reads only their trials, and the test trials on rank 0.
+    let subjects = config.data.train_subjects.len();
+    let per_subject = TrainPlan::per_subject(config.train.batch_size as usize, subjects);
+    let placement = Placement::new(subjects, world, per_subject).map_err(anyhow::Error::msg)?;
+    let held = placement.subjects_of(rank);
+    let scope = if world > 1 { LoadScope { train: Some(held.clone()), tests: primary } } else { LoadScope::all() };
     let dataset = Dataset::open(&config.data.manifest)?;
-    let inputs = inputs::load(&dataset, &config.data, config.model.low_level)?;
+    let inputs = inputs::load(&dataset, &config.data, config.model.low_level, &scope)?;
     let device = Default::default();
     let plan = train_plan(config, &inputs);
     let ckpt_url = checkpoint_url(config, options);
     let store = CheckpointStore::open(&ckpt_url)?;
     let found = find_resume_point(&store, &ckpt_url, &options.resume)?;
-    // This rank's subjects; their ridge indices stay those of the whole model.
-    let placement =
-        Placement::new(config.data.train_subjects.len(), world, plan.per_subject).map_err(anyhow::Error::msg)?;
-    let held = placement.subjects_of(rank);
-    let local_data = (world > 1).then(|| voxbridge_train::TrainData {
-        subjects: held.iter().map(|&s| inputs.train.subjects[s].clone()).collect(),
-        targets: inputs.train.targets.clone(),
-    });
-    let train_data = local_data.as_ref().unwrap_or(&inputs.train);
+    let train_data = &inputs.train;
+    // Training trials of the whole run: each subject counted by its first owner.
+    let mut train_trials = inputs.train_trials();
+    if let Some(c) = collective.as_deref_mut()
+        && world > 1
+    {
+        let firsts: usize = inputs
+            .train
+            .subjects
+            .iter()
+            .filter(|s| placement.owners(s.ridge).first() == Some(&rank))
+            .map(|s| s.len())
+            .sum();
+        let mut total = [firsts as f32]; // exact below 2^24 trials
+        c.all_reduce_sum(&mut total)?;
+        train_trials = total[0] as usize;
+    }
 
     let (mut model, init_from, architecture, mut resume) = match &found {
         Some(found) => {
@@ -232,7 +247,7 @@ pub fn run_experiment_on(
     tracing::info!(
         run = %config.name,
         subjects = ?config.data.train_subjects,
-        trials = inputs.train_trials(),
+        trials = train_trials,
         steps = plan.total_steps(),
         iters_per_epoch = plan.iters_per_epoch,
         checkpoints = %store.url(),
@@ -338,7 +353,7 @@ pub fn run_experiment_on(
         config_hash: hash,
         train_subjects: config.data.train_subjects.clone(),
         sessions_used: inputs.sessions_used.iter().map(|(s, v)| (subject_key(*s), v.clone())).collect(),
-        train_trials: inputs.train_trials(),
+        train_trials,
         init_from,
         parameters: model.num_params() as u64,
         steps,

@@ -100,7 +100,7 @@ impl TrainPlan {
         max_lr: f64,
         mixup_pct: f64,
     ) -> Self {
-        let per_subject = (batch_size / subjects.max(1)).max(1);
+        let per_subject = Self::per_subject(batch_size, subjects);
         let iters = iters_per_epoch(samples_per_epoch, per_subject, subjects);
         TrainPlan {
             seed,
@@ -112,6 +112,11 @@ impl TrainPlan {
             weights: LossWeights::default(),
             max_steps: None,
         }
+    }
+
+    /// Samples per subject per batch: `batch_size // subjects`, at least 1.
+    pub fn per_subject(batch_size: usize, subjects: usize) -> usize {
+        (batch_size / subjects.max(1)).max(1)
     }
 
     /// Steps the run will take.

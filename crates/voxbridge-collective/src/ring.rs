@@ -151,15 +151,24 @@ impl TcpRing {
         Some(seq)
     }
 
-    /// One ring step: sends `send` to the next rank while receiving `recv.len()` bytes from the
-    /// previous one, both framed by `header` (with the respective byte counts).
-    fn exchange(&mut self, header: Header, send: &[u8], recv: &mut [u8], deadline: Instant) -> Result<()> {
+    /// One ring step: sends `send` to the next rank while receiving `recv_len` bytes from the
+    /// previous one, both framed by `header` (with the respective byte counts). Received bytes
+    /// are handed to `into(offset, piece)` piece by piece as they arrive, so the reduction of
+    /// one piece overlaps the transfer of the next.
+    fn exchange(
+        &mut self,
+        header: Header,
+        send: &[u8],
+        recv_len: usize,
+        into: &mut dyn FnMut(usize, &[u8]),
+        deadline: Instant,
+    ) -> Result<()> {
         let (rank, next, prev) = (self.names[self.rank], self.names[self.next_rank()], self.names[self.prev_rank()]);
         let (op, seq) = (header.op, header.seq);
         let timeout = self.timeout;
         let Some((to_next, from_prev)) = self.links.as_mut() else { return Ok(()) };
         let out_header = Header { bytes: send.len() as u64, ..header };
-        let expected = Header { bytes: recv.len() as u64, ..header };
+        let expected = Header { bytes: recv_len as u64, ..header };
         std::thread::scope(|scope| {
             let sender = scope.spawn(move || -> Result<()> {
                 let io = |source: std::io::Error| match source.kind() {
@@ -177,7 +186,7 @@ impl TcpRing {
                 to_next.write_all(send).map_err(io)?;
                 Ok(())
             });
-            let received = receive(from_prev, expected, recv, deadline, rank, prev, timeout);
+            let received = receive_pieces(from_prev, expected, into, deadline, rank, prev, timeout);
             let sent = sender.join().unwrap_or_else(|_| {
                 Err(CollectiveError::Io {
                     op,
@@ -196,6 +205,53 @@ impl TcpRing {
     }
 }
 
+/// Bytes read from the socket at a time by [`receive_pieces`]: large enough for few system
+/// calls, small enough to stay in cache while it is reduced.
+const PIECE_BYTES: usize = 256 << 10;
+
+/// Reads one framed message of `expected.bytes` bytes, handing it to `into` in pieces (a
+/// multiple of 4 bytes each, as f32 buffers need).
+fn receive_pieces(
+    from_prev: &mut TcpStream,
+    expected: Header,
+    into: &mut dyn FnMut(usize, &[u8]),
+    deadline: Instant,
+    rank: usize,
+    prev: usize,
+    timeout: Duration,
+) -> Result<()> {
+    let mut buf = vec![0u8; PIECE_BYTES.min(expected.bytes as usize)];
+    let mut offset = 0;
+    let total = expected.bytes as usize;
+    let mut first = true;
+    while first || offset < total {
+        let n = PIECE_BYTES.min(total - offset);
+        let piece = &mut buf[..n];
+        if first {
+            receive(from_prev, expected, piece, deadline, rank, prev, timeout)?;
+            first = false;
+        } else {
+            let (op, seq) = (expected.op, expected.seq);
+            from_prev.read_exact(piece).map_err(|source| io_error(source, op, seq, prev, timeout))?;
+        }
+        into(offset, piece);
+        offset += n;
+    }
+    Ok(())
+}
+
+fn io_error(source: std::io::Error, op: Op, seq: u64, prev: usize, timeout: Duration) -> CollectiveError {
+    match source.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+            CollectiveError::Timeout { op, seq, peer: prev, waited: timeout }
+        }
+        ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset => CollectiveError::PeerClosed { op, seq, peer: prev },
+        _ => CollectiveError::Io { op, seq, peer: prev, source },
+    }
+}
+
+/// Reads a message's header, checks it against `expected`, then the first `recv.len()` bytes
+/// of its body.
 fn receive(
     from_prev: &mut TcpStream,
     expected: Header,
@@ -206,13 +262,7 @@ fn receive(
     timeout: Duration,
 ) -> Result<()> {
     let (op, seq) = (expected.op, expected.seq);
-    let io = |source: std::io::Error| match source.kind() {
-        ErrorKind::WouldBlock | ErrorKind::TimedOut => {
-            CollectiveError::Timeout { op, seq, peer: prev, waited: timeout }
-        }
-        ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset => CollectiveError::PeerClosed { op, seq, peer: prev },
-        _ => CollectiveError::Io { op, seq, peer: prev, source },
-    };
+    let io = |source: std::io::Error| io_error(source, op, seq, prev, timeout);
     let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
     from_prev.set_read_timeout(Some(remaining)).map_err(io)?;
     let mut buf = [0u8; HEADER_BYTES];
@@ -229,14 +279,25 @@ fn receive(
     from_prev.read_exact(recv).map_err(io)
 }
 
-/// Little-endian bytes of `values` (written chunk-wise: a per-element iterator chain is several
-/// times slower on tens of MiB).
-fn f32_bytes(values: &[f32]) -> Vec<u8> {
-    let mut out = vec![0u8; values.len() * 4];
-    for (chunk, v) in out.chunks_exact_mut(4).zip(values) {
-        chunk.copy_from_slice(&v.to_le_bytes());
+// The wire carries little-endian f32s, sent straight from the caller's buffer.
+#[cfg(target_endian = "big")]
+compile_error!("the TCP ring sends f32 buffers as they are in memory: little-endian targets only");
+
+/// The bytes of `values` as they go on the wire (no copy).
+fn wire_bytes(values: &[f32]) -> &[u8] {
+    bytemuck::cast_slice(values)
+}
+
+/// Two non-overlapping ranges of `data`: one to send, one to receive into.
+fn disjoint(data: &mut [f32], send: std::ops::Range<usize>, recv: std::ops::Range<usize>) -> (&[f32], &mut [f32]) {
+    // Chunks may be empty, so order them by where one ends and the other starts.
+    if send.end <= recv.start {
+        let (head, tail) = data.split_at_mut(recv.start);
+        (&head[send], &mut tail[..recv.len()])
+    } else {
+        let (head, tail) = data.split_at_mut(send.start);
+        (&tail[..send.len()], &mut head[recv])
     }
-    out
 }
 
 fn bytes_f32(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
@@ -268,22 +329,26 @@ impl Collective for TcpRing {
         for step in 0..w - 1 {
             let send_idx = (self.rank + w - step) % w;
             let recv_idx = (self.rank + w - step - 1) % w;
-            let send = f32_bytes(&data[chunks[send_idx].clone()]);
-            let mut recv = vec![0u8; chunks[recv_idx].len() * 4];
-            self.exchange(header(step), &send, &mut recv, deadline)?;
-            for (d, v) in data[chunks[recv_idx].clone()].iter_mut().zip(bytes_f32(&recv)) {
-                *d += v;
-            }
+            let (send, recv) = disjoint(data, chunks[send_idx].clone(), chunks[recv_idx].clone());
+            let recv_len = recv.len() * 4;
+            let mut add = |offset: usize, piece: &[u8]| {
+                for (d, v) in recv[offset / 4..].iter_mut().zip(bytes_f32(piece)) {
+                    *d += v;
+                }
+            };
+            self.exchange(header(step), wire_bytes(send), recv_len, &mut add, deadline)?;
         }
         for step in 0..w - 1 {
             let send_idx = (self.rank + 1 + w - step) % w;
             let recv_idx = (self.rank + w - step) % w;
-            let send = f32_bytes(&data[chunks[send_idx].clone()]);
-            let mut recv = vec![0u8; chunks[recv_idx].len() * 4];
-            self.exchange(header(w - 1 + step), &send, &mut recv, deadline)?;
-            for (d, v) in data[chunks[recv_idx].clone()].iter_mut().zip(bytes_f32(&recv)) {
-                *d = v;
-            }
+            let (send, recv) = disjoint(data, chunks[send_idx].clone(), chunks[recv_idx].clone());
+            let recv_len = recv.len() * 4;
+            let mut copy = |offset: usize, piece: &[u8]| {
+                for (d, v) in recv[offset / 4..].iter_mut().zip(bytes_f32(piece)) {
+                    *d = v;
+                }
+            };
+            self.exchange(header(w - 1 + step), wire_bytes(send), recv_len, &mut copy, deadline)?;
         }
         Ok(())
     }
@@ -297,13 +362,14 @@ impl Collective for TcpRing {
         for step in 0..w.saturating_sub(1) {
             let send_idx = (self.rank + w - step) % w;
             let recv_idx = (self.rank + w - step - 1) % w;
-            let send = f32_bytes(&out[send_idx * n..(send_idx + 1) * n]);
-            let mut recv = vec![0u8; n * 4];
+            let (send, recv) = disjoint(&mut out, send_idx * n..(send_idx + 1) * n, recv_idx * n..(recv_idx + 1) * n);
+            let mut copy = |offset: usize, piece: &[u8]| {
+                for (d, v) in recv[offset / 4..].iter_mut().zip(bytes_f32(piece)) {
+                    *d = v;
+                }
+            };
             let header = Header { generation: self.generation, seq, op: Op::AllGather, part: step as u32, bytes: 0 };
-            self.exchange(header, &send, &mut recv, deadline)?;
-            for (d, v) in out[recv_idx * n..(recv_idx + 1) * n].iter_mut().zip(bytes_f32(&recv)) {
-                *d = v;
-            }
+            self.exchange(header, wire_bytes(send), n * 4, &mut copy, deadline)?;
         }
         Ok(out)
     }
@@ -352,7 +418,7 @@ impl Collective for TcpRing {
         // after the second, that everyone did.
         for part in 0..2 * self.world.saturating_sub(1) {
             let header = Header { generation: self.generation, seq, op: Op::Barrier, part: part as u32, bytes: 0 };
-            self.exchange(header, &[], &mut [], deadline)?;
+            self.exchange(header, &[], 0, &mut |_, _| {}, deadline)?;
         }
         Ok(())
     }

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+# libhdf5 (Debian's serial build) for reading NSD's HDF5 betas (`voxbridge data import-nsd`).
+pkg-config --exists hdf5 2>/dev/null || need_apt+=(libhdf5-dev)
 if ((${#need_apt[@]})); then
   echo "installing: ${need_apt[*]}"
   if [[ $(id -u) -eq 0 ]]; then apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"

@@ -273,6 +273,39 @@ pub enum DataCommand {
     Simulate(SimulateArgs),
     /// Check every file of a dataset against its manifest (size, sha256, Parquet, schema, rows).
     Verify(VerifyArgs),
+    /// Import one subject of the real NSD as MindEye2 released it (HDF5 betas, webdataset
+    /// behaviour tars, precomputed per-image targets) into shards and a manifest.
+    ImportNsd(ImportNsdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportNsdArgs {
+    /// NSD subject (1–8).
+    #[arg(long)]
+    pub subject: u8,
+    /// `betas_all_subj0X_fp32_renorm.hdf5` (dataset `betas`, one row per global trial).
+    #[arg(long)]
+    pub betas: std::path::PathBuf,
+    /// The release's `wds/` (or `wds/subj0X/`): `train/{session}.tar`, `new_test/0.tar`.
+    #[arg(long)]
+    pub wds: std::path::PathBuf,
+    /// Per-image targets keyed by the 73k index: `.safetensors`, `.h5`/`.hdf5`, or a directory
+    /// of `image_id.npy`, `clip_tokens.npy` [, `lowlevel.npy`, `captions.npy`].
+    #[arg(long)]
+    pub targets: std::path::PathBuf,
+    /// Output directory or object-store URL.
+    #[arg(long)]
+    pub out: String,
+    /// Voxels per betas row (default: the subject's nsdgeneral count).
+    #[arg(long)]
+    pub voxels: Option<usize>,
+    /// `as-released` (renorm betas, already z-scored per session), or for raw betas
+    /// `per-session` (notebook) or `train-set` (paper) z-scoring.
+    #[arg(long, default_value = "as-released", value_parser = ["as-released", "per-session", "train-set"])]
+    pub normalisation: String,
+    /// Dataset name in the manifest (default nsd-subj0X).
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -121,3 +121,35 @@ pub fn verify(manifest: &str) -> anyhow::Result<()> {
     }
     bail!("{} of {} files failed verification ({})", report.problems.len(), total, opened.origin)
 }
+
+/// `voxbridge data import-nsd`.
+pub fn import_nsd(args: &crate::args::ImportNsdArgs) -> anyhow::Result<()> {
+    use voxbridge_nsd::{ImportOptions, Normalisation};
+    let normalisation = match args.normalisation.as_str() {
+        "per-session" => Normalisation::PerSession,
+        "train-set" => Normalisation::TrainSet,
+        _ => Normalisation::AsReleased,
+    };
+    let started = std::time::Instant::now();
+    let summary = voxbridge_nsd::import_subject(&ImportOptions {
+        subject: args.subject,
+        betas: args.betas.clone(),
+        wds: args.wds.clone(),
+        targets: args.targets.clone(),
+        out: args.out.clone(),
+        voxels: args.voxels,
+        normalisation,
+        name: args.name.clone(),
+        targets_per_file: 1000,
+    })?;
+    tracing::info!(
+        subject = args.subject,
+        trials = summary.trials,
+        sessions = summary.sessions,
+        images = summary.manifest.targets.images,
+        seconds = started.elapsed().as_secs_f64(),
+        "imported into {}",
+        args.out
+    );
+    Ok(())
+}

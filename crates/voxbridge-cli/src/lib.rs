@@ -54,6 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Data(DataCommand::Simulate(a)) => data_cmd::simulate(&a).map(|_| ()),
         Command::Data(DataCommand::Verify(a)) => data_cmd::verify(&a.manifest),
+        Command::Data(DataCommand::ImportNsd(a)) => data_cmd::import_nsd(&a),
         Command::Config(ConfigCommand::Check { file }) => config_cmd::check(&file),
         Command::Demo(a) => demo::run(&a),
         Command::Ridge(a) => baseline::run(&a),

@@ -92,7 +92,7 @@ impl TrialRows {
             Arc::new(UInt32Array::from(self.image_id[range.clone()].to_vec())),
             Arc::new(BooleanArray::from(self.is_test[range.clone()].to_vec())),
             Arc::new(UInt8Array::from(self.repeat[range.clone()].to_vec())),
-            float_list(&self.voxels[range.start * v..range.end * v], v),
+            float_list(&self.voxels[range.start * v..range.end * v], v, range.len()),
         ];
         RecordBatch::try_new(schema.clone(), columns).expect("columns match the trials schema")
     }
@@ -145,18 +145,23 @@ impl TargetRows {
         let columns: Vec<ArrayRef> = vec![
             Arc::new(UInt32Array::from(self.image_id[range.clone()].to_vec())),
             Arc::new(BooleanArray::from(self.is_test[range.clone()].to_vec())),
-            float_list(&self.clip_tokens[range.start * c..range.end * c], c),
-            float_list(&self.lowlevel[range.start * l..range.end * l], l),
-            float_list(&self.captions[range.start * p..range.end * p], p),
+            float_list(&self.clip_tokens[range.start * c..range.end * c], c, range.len()),
+            float_list(&self.lowlevel[range.start * l..range.end * l], l, range.len()),
+            float_list(&self.captions[range.start * p..range.end * p], p, range.len()),
         ];
         RecordBatch::try_new(schema.clone(), columns).expect("columns match the targets schema")
     }
 }
 
-fn float_list(values: &[f32], len: usize) -> ArrayRef {
+/// `rows` lists of `len` values each; `len` may be 0 (a target kind the dataset lacks, e.g.
+/// imported data without caption embeddings).
+fn float_list(values: &[f32], len: usize, rows: usize) -> ArrayRef {
     let item = Arc::new(Field::new("item", DataType::Float32, false));
     let values = Arc::new(Float32Array::from(values.to_vec()));
-    Arc::new(FixedSizeListArray::new(item, len as i32, values, None))
+    Arc::new(
+        FixedSizeListArray::try_new_with_length(item, len as i32, values, None, rows)
+            .expect("values.len() == rows · len by construction"),
+    )
 }
 
 /// An encoded shard, ready to store, with what the manifest records about it.

@@ -194,13 +194,20 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
         for (name, t) in &tensors {
             let path = args.out.join(format!("{name}.npy"));
-            std::fs::write(&path, npy_bytes("<f4", &t.shape, t.data.iter().flat_map(|v| v.to_le_bytes())))
+            std::fs::write(&path, voxbridge_arrays::npy::write_f32(&t.shape, &t.data))
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         if let Some((name, ids)) = &ids {
             let path = args.out.join(format!("{name}.npy"));
-            std::fs::write(&path, npy_bytes("<u4", &[ids.len()], ids.iter().flat_map(|v| v.to_le_bytes())))
-                .with_context(|| format!("writing {}", path.display()))?;
+            std::fs::write(
+                &path,
+                voxbridge_arrays::npy::write(
+                    &[ids.len()],
+                    "<u4",
+                    &ids.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+                ),
+            )
+            .with_context(|| format!("writing {}", path.display()))?;
         }
     }
     eprintln!(
@@ -245,21 +252,6 @@ fn chosen_trials(
         bail!("no {which} trials of subject {subject} match --images");
     }
     Ok((HostTensor::new(vec![ids.len(), v], data), ids))
-}
-
-/// A NumPy `.npy` (format 1.0) of a C-order array.
-fn npy_bytes(descr: &str, shape: &[usize], data: impl Iterator<Item = u8>) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    let unpadded = 10 + header.len() + 1;
-    header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    out.extend(data);
-    out
 }
 
 /// DDIM (eta 1, no guidance) from the backbone tokens, with Gaussian draws from `seed`.

@@ -48,52 +48,12 @@ impl HostTensor {
 
     /// A NumPy `.npy` file's bytes (format 1.0–3.0, C order, little-endian float32 or float64).
     pub fn from_npy(bytes: &[u8], source_name: &str) -> Result<Self, LoadError> {
-        let bad = |message: &str| LoadError::Format {
-            source_name: source_name.to_string(),
-            format: "npy",
-            message: message.to_string(),
-        };
-        if !bytes.starts_with(b"\x93NUMPY") || bytes.len() < 10 {
-            return Err(bad("not an .npy file"));
+        let bad = |message: String| LoadError::Format { source_name: source_name.to_string(), format: "npy", message };
+        let array = voxbridge_arrays::npy::parse(bytes).map_err(bad)?;
+        if !matches!(array.descr.as_str(), "<f4" | "<f8") {
+            return Err(bad("dtype must be little-endian float32 ('<f4') or float64 ('<f8')".into()));
         }
-        let (header_len, start) = match bytes[6] {
-            1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-            2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
-            _ => return Err(bad("unsupported .npy version")),
-        };
-        let header = bytes
-            .get(start..start + header_len)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .ok_or_else(|| bad("bad header"))?;
-        if header.contains("'fortran_order': True") {
-            return Err(bad("Fortran-ordered arrays are not supported; save with np.ascontiguousarray"));
-        }
-        let shape = header
-            .split("'shape': (")
-            .nth(1)
-            .and_then(|s| s.split(')').next())
-            .ok_or_else(|| bad("header has no shape"))?
-            .split(',')
-            .filter(|s| !s.trim().is_empty())
-            .map(|s| s.trim().parse::<usize>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| bad("header shape is not a tuple of integers"))?;
-        let n: usize = shape.iter().product();
-        let body = &bytes[start + header_len..];
-        let data: Vec<f32> = if header.contains("'<f4'") {
-            body.chunks_exact(4).take(n).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-        } else if header.contains("'<f8'") {
-            body.chunks_exact(8)
-                .take(n)
-                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
-                .collect()
-        } else {
-            return Err(bad("dtype must be little-endian float32 ('<f4') or float64 ('<f8')"));
-        };
-        if data.len() != n {
-            return Err(bad(&format!("file holds {} values, shape {shape:?} needs {n}", data.len())));
-        }
-        Ok(HostTensor { shape, data })
+        Ok(HostTensor { shape: array.shape, data: array.values.into_iter().map(|v| v as f32).collect() })
     }
 
     /// From a burn tensor (any float dtype), read back to the host.
@@ -126,10 +86,8 @@ impl TensorMap {
         let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format_err(e.to_string()))?;
         let mut map = Self::new(source_name);
         for (name, view) in st.tensors() {
-            let data = safetensors_to_f32(view.dtype(), view.data()).map_err(|message| LoadError::Tensor {
-                source_name: source_name.to_string(),
-                key: name.clone(),
-                message,
+            let data = voxbridge_arrays::safetensors_f32(view.dtype(), view.data()).map_err(|message| {
+                LoadError::Tensor { source_name: source_name.to_string(), key: name.clone(), message }
             })?;
             map.insert(name, HostTensor::new(view.shape().to_vec(), data));
         }
@@ -267,40 +225,4 @@ fn spill(bytes: &[u8]) -> std::io::Result<tempfile::NamedTempFile> {
     file.write_all(bytes)?;
     file.flush()?;
     Ok(file)
-}
-
-fn safetensors_to_f32(dtype: safetensors::Dtype, bytes: &[u8]) -> Result<Vec<f32>, String> {
-    use safetensors::Dtype;
-    fn chunks<const N: usize>(bytes: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
-        bytes.chunks_exact(N).map(|c| c.try_into().expect("exact chunk"))
-    }
-    Ok(match dtype {
-        Dtype::F32 => chunks::<4>(bytes).map(f32::from_le_bytes).collect(),
-        Dtype::F64 => chunks::<8>(bytes).map(|b| f64::from_le_bytes(b) as f32).collect(),
-        Dtype::F16 => chunks::<2>(bytes).map(|b| half_to_f32(u16::from_le_bytes(b))).collect(),
-        Dtype::BF16 => chunks::<2>(bytes).map(|b| f32::from_bits((u16::from_le_bytes(b) as u32) << 16)).collect(),
-        Dtype::I64 => chunks::<8>(bytes).map(|b| i64::from_le_bytes(b) as f32).collect(),
-        Dtype::I32 => chunks::<4>(bytes).map(|b| i32::from_le_bytes(b) as f32).collect(),
-        Dtype::U8 => bytes.iter().map(|&b| b as f32).collect(),
-        Dtype::BOOL => bytes.iter().map(|&b| if b != 0 { 1.0 } else { 0.0 }).collect(),
-        other => return Err(format!("unsupported dtype {other:?}")),
-    })
-}
-
-/// IEEE half → f32.
-fn half_to_f32(h: u16) -> f32 {
-    half::f16::from_bits(h).to_f32()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn half_conversion_matches_known_values() {
-        assert_eq!(half_to_f32(0x3c00), 1.0);
-        assert_eq!(half_to_f32(0xc000), -2.0);
-        assert_eq!(half_to_f32(0x3555), 0.333_251_95);
-        assert_eq!(half_to_f32(0x0001), 5.960_464_5e-8);
-    }
 }

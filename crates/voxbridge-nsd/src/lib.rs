@@ -9,8 +9,9 @@ pub mod behav;
 pub mod betas;
 pub mod fixtures;
 pub mod import;
-pub mod npy;
 pub mod targets;
+
+pub use voxbridge_arrays::npy;
 
 pub use import::{ImportOptions, ImportSummary, Normalisation, import_subject};
 

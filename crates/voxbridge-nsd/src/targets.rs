@@ -64,7 +64,8 @@ pub fn read(path: &Path) -> Result<Targets, ImportError> {
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| err(format!("not safetensors: {e}")))?;
         for name in names {
             if let Ok(t) = st.tensor(name) {
-                let values = safetensor_values(&t).map_err(|e| err(format!("tensor `{name}`: {e}")))?;
+                let values = voxbridge_arrays::safetensors_f32(t.dtype(), t.data())
+                    .map_err(|e| err(format!("tensor `{name}`: {e}")))?;
                 arrays.insert(name, (t.shape().to_vec(), values));
             }
         }
@@ -80,21 +81,6 @@ pub fn read(path: &Path) -> Result<Targets, ImportError> {
         return Err(err("targets must be a .safetensors file, an .h5/.hdf5 file or a directory of .npy files".into()));
     }
     assemble(arrays, &file)
-}
-
-fn safetensor_values(t: &safetensors::tensor::TensorView<'_>) -> Result<Vec<f32>, String> {
-    use safetensors::Dtype;
-    let d = t.data();
-    Ok(match t.dtype() {
-        Dtype::F32 => d.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        Dtype::F16 => d.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        Dtype::BF16 => d.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        Dtype::F64 => d.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32).collect(),
-        Dtype::I64 => d.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32).collect(),
-        Dtype::I32 => d.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32).collect(),
-        Dtype::U32 => d.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32).collect(),
-        other => return Err(format!("dtype {other:?} is not supported")),
-    })
 }
 
 /// Checks the arrays' shapes against each other and builds the rows.

@@ -1,11 +1,19 @@
-//! `.npy` (NumPy format 1.0–3.0) of any plain numeric dtype, read as `f64` — behaviour tables
-//! are small, and their dtype (float64, float32 or an integer type) varies between releases.
+//! `.npy` (NumPy format 1.0–3.0) of any plain little-endian numeric dtype, read as `f64`
+//! (behaviour tables come as float64, float32 or integers, depending on the release), and
+//! written in format 1.0.
 
-/// A C-ordered array: shape and values.
+/// A C-ordered array: its dtype (`descr`, e.g. `<f4`), shape and values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NpyArray {
+    pub descr: String,
     pub shape: Vec<usize>,
     pub values: Vec<f64>,
+}
+
+impl NpyArray {
+    pub fn is_float(&self) -> bool {
+        matches!(self.descr.as_str(), "<f2" | "<f4" | "<f8")
+    }
 }
 
 /// Parses `bytes` (a whole `.npy` file); errors say what is wrong, the caller names the file.
@@ -42,7 +50,7 @@ pub fn parse(bytes: &[u8]) -> Result<NpyArray, String> {
         return Err(format!("{} data bytes for shape {shape:?} of {descr} (expected {})", data.len(), count * size));
     }
     let values = data.chunks_exact(size).map(kind).collect();
-    Ok(NpyArray { shape, values })
+    Ok(NpyArray { descr: descr.to_string(), shape, values })
 }
 
 type Decode = fn(&[u8]) -> f64;
@@ -82,7 +90,7 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     Some(rest)
 }
 
-/// Writes a C-ordered little-endian array (for fixtures and the `tools/` script's outputs).
+/// Writes float64 values.
 pub fn write_f64(shape: &[usize], values: &[f64]) -> Vec<u8> {
     write(shape, "<f8", &values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())
 }
@@ -92,7 +100,8 @@ pub fn write_f32(shape: &[usize], values: &[f32]) -> Vec<u8> {
     write(shape, "<f4", &values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())
 }
 
-fn write(shape: &[usize], descr: &str, data: &[u8]) -> Vec<u8> {
+/// A C-ordered array of dtype `descr` whose little-endian element bytes are `data`.
+pub fn write(shape: &[usize], descr: &str, data: &[u8]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
     let tuple = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
     let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {tuple}, }}");
@@ -115,7 +124,8 @@ mod tests {
     #[test]
     fn round_trips_and_reads_other_dtypes() {
         let bytes = write_f64(&[1, 3], &[1.0, -1.0, 73_000.0]);
-        assert_eq!(parse(&bytes).unwrap(), NpyArray { shape: vec![1, 3], values: vec![1.0, -1.0, 73_000.0] });
+        let want = NpyArray { descr: "<f8".into(), shape: vec![1, 3], values: vec![1.0, -1.0, 73_000.0] };
+        assert_eq!(parse(&bytes).unwrap(), want);
         let bytes = write(&[2], "<i8", &[5i64.to_le_bytes(), (-1i64).to_le_bytes()].concat());
         assert_eq!(parse(&bytes).unwrap().values, [5.0, -1.0]);
         assert_eq!(parse(&write_f32(&[3], &[0.5, 1.5, 2.5])).unwrap().shape, [3]);

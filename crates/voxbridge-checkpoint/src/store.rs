@@ -9,7 +9,6 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 use sha2::{Digest, Sha256};
-use url::Url;
 
 use crate::fault::FaultyStore;
 use crate::layout::{COMMIT_FILE, COMMIT_FORMAT, CheckpointId, CommitRecord, FileRecord};
@@ -53,34 +52,16 @@ impl std::fmt::Debug for CheckpointStore {
     }
 }
 
-/// A path or URL → URL; relative paths become absolute `file://` URLs.
-fn to_url(location: &str) -> Result<Url> {
-    let bad = |message: String| CheckpointError::Invalid { location: location.to_string(), message };
-    if location.contains("://") {
-        return Url::parse(location).map_err(|e| bad(format!("not a valid URL: {e}")));
-    }
-    let path = std::path::Path::new(location);
-    let absolute = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir().map_err(|e| bad(format!("cannot resolve a relative path: {e}")))?.join(path)
-    };
-    Url::from_directory_path(&absolute).map_err(|_| bad("cannot turn this path into a file URL".into()))
-}
-
 impl CheckpointStore {
     /// Opens a root given as a local path or a URL (`s3://`, `gs://`, `file://`, `memory://`).
     /// Credentials and endpoints come from the `AWS_*` / `GOOGLE_*` environment variables. Local
     /// directories are written with fsync (file and directory), so a commit is durable when the
     /// call returns. `VOXBRIDGE_FAULT` injects a fault (see [`crate::fault`]).
     pub fn open(location: &str) -> Result<Self> {
-        let url = to_url(location)?;
+        let url = voxbridge_objstore::location_url(location)
+            .map_err(|message| CheckpointError::Invalid { location: location.to_string(), message })?;
         let err = |message: String| CheckpointError::Invalid { location: url.to_string(), message };
-        let options = std::env::vars().filter_map(|(k, v)| {
-            let k = k.to_ascii_lowercase();
-            (k.starts_with("aws_") || k.starts_with("google_")).then_some((k, v))
-        });
-        let (store, root) = object_store::parse_url_opts(&url, options).map_err(|e| err(e.to_string()))?;
+        let (store, root) = voxbridge_objstore::open(&url).map_err(err)?;
         let store: Arc<dyn ObjectStore> =
             if url.scheme() == "file" { Arc::new(LocalFileSystem::new().with_fsync(true)) } else { Arc::from(store) };
         let store = match FaultyStore::from_env(store.clone()).map_err(err)? {

@@ -27,7 +27,7 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
             return ExitCode::from(e.exit_code() as u8);
         }
     };
-    init_logging(&cli.log);
+    voxbridge_coordinator::init_logging(&cli.log);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // `voxbridge ckpt ls … | head`: the reader left; that is not a failure.
@@ -37,16 +37,6 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging(default: &str) {
-    let filter = std::env::var("VOXBRIDGE_LOG").unwrap_or_else(|_| default.to_string());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {

@@ -220,22 +220,16 @@ fn receive_pieces(
     prev: usize,
     timeout: Duration,
 ) -> Result<()> {
-    let mut buf = vec![0u8; PIECE_BYTES.min(expected.bytes as usize)];
-    let mut offset = 0;
+    // The header (checked, and the read deadline set), then the body piece by piece.
+    receive(from_prev, expected, &mut [], deadline, rank, prev, timeout)?;
     let total = expected.bytes as usize;
-    let mut first = true;
-    while first || offset < total {
-        let n = PIECE_BYTES.min(total - offset);
-        let piece = &mut buf[..n];
-        if first {
-            receive(from_prev, expected, piece, deadline, rank, prev, timeout)?;
-            first = false;
-        } else {
-            let (op, seq) = (expected.op, expected.seq);
-            from_prev.read_exact(piece).map_err(|source| io_error(source, op, seq, prev, timeout))?;
-        }
+    let mut buf = vec![0u8; PIECE_BYTES.min(total)];
+    let mut offset = 0;
+    while offset < total {
+        let piece = &mut buf[..PIECE_BYTES.min(total - offset)];
+        from_prev.read_exact(piece).map_err(|source| io_error(source, expected.op, expected.seq, prev, timeout))?;
         into(offset, piece);
-        offset += n;
+        offset += piece.len();
     }
     Ok(())
 }

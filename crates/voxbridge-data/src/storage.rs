@@ -36,17 +36,8 @@ impl std::fmt::Debug for Storage {
 
 /// Turns a user-given location (path or URL) into a URL. Relative paths are made absolute.
 pub fn location_url(location: &str) -> Result<Url> {
-    let bad = |message: String| DataError::Storage { location: location.to_string(), message };
-    if location.contains("://") {
-        return Url::parse(location).map_err(|e| bad(format!("not a valid URL: {e}")));
-    }
-    let path = std::path::Path::new(location);
-    let absolute = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir().map_err(|e| bad(format!("cannot resolve relative path: {e}")))?.join(path)
-    };
-    Url::from_file_path(&absolute).map_err(|_| bad("cannot turn this path into a file URL".into()))
+    voxbridge_objstore::location_url(location)
+        .map_err(|message| DataError::Storage { location: location.to_string(), message })
 }
 
 impl Storage {
@@ -59,11 +50,7 @@ impl Storage {
 
     pub fn open_url(url: Url) -> Result<Self> {
         let err = |message: String| DataError::Storage { location: url.to_string(), message };
-        let options = std::env::vars().filter_map(|(k, v)| {
-            let k = k.to_ascii_lowercase();
-            (k.starts_with("aws_") || k.starts_with("google_")).then_some((k, v))
-        });
-        let (store, prefix) = object_store::parse_url_opts(&url, options).map_err(|e| err(e.to_string()))?;
+        let (store, prefix) = voxbridge_objstore::open(&url).map_err(err)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -75,8 +75,15 @@ impl<B: AutodiffBackend> AdamW<B> {
     /// The state of every parameter of `model` that has any, keyed by burn module path, in the
     /// model's parameter order (for checkpoints: ids change between processes, paths do not).
     pub fn export<M: Module<B>>(&self, model: &M) -> Vec<ParamMoments> {
+        self.export_matching(model, &|_| true)
+    }
+
+    /// [`AdamW::export`] of the parameters whose paths `keep` accepts (only those are copied
+    /// to the host).
+    pub fn export_matching<M: Module<B>>(&self, model: &M, keep: &dyn Fn(&str) -> bool) -> Vec<ParamMoments> {
         params_by_path(model)
             .into_iter()
+            .filter(|(path, ..)| keep(path))
             .filter_map(|(path, id, shape, _)| {
                 let state = self.moments.get(&id)?;
                 let values = |t: &Tensor<B::InnerBackend, 1>| t.clone().into_data().convert::<f32>().to_vec::<f32>();

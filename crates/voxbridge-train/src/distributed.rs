@@ -202,19 +202,19 @@ impl<B: AutodiffBackend> StepComm<B> for ShardComm<'_> {
         optim: &AdamW<B>,
         streams: &BalancedStreams,
     ) -> Result<Option<WholeState<B>>, String> {
-        let rank = self.collective.rank();
-        let Some((whole, ridge_moments)) = gather_ridges(model, Some(optim), &mut *self.collective, &self.placement)?
-        else {
-            // Still take part in the streams' broadcasts below.
-            broadcast_streams(streams, &mut *self.collective, &self.placement)?;
-            return Ok(None);
+        // The writer needs every moment; the other ranks only their ridges' (to send).
+        let exported = if self.collective.rank() == 0 {
+            optim.export(model)
+        } else {
+            optim.export_matching(model, &|path| ridge_subject(path).is_some())
         };
-        // Shared parameters' moments are the same on every rank.
-        let mut moments: Vec<ParamMoments> =
-            optim.export(model).into_iter().filter(|m| ridge_subject(&m.path).is_none()).collect();
-        moments.extend(ridge_moments);
+        let gathered = gather_ridges(model, &exported, &mut *self.collective, &self.placement)?;
         let streams = broadcast_streams(streams, &mut *self.collective, &self.placement)?;
-        debug_assert_eq!(rank, 0);
+        let Some((whole, ridge_moments)) = gathered else { return Ok(None) };
+        // Shared parameters' moments are the same on every rank; the ridges' came from owners.
+        let mut moments: Vec<ParamMoments> =
+            exported.into_iter().filter(|m| ridge_subject(&m.path).is_none()).collect();
+        moments.extend(ridge_moments);
         Ok(Some(WholeState { model: whole, moments, streams }))
     }
 
@@ -276,22 +276,21 @@ pub fn gather_model<B: AutodiffBackend>(
     collective: &mut dyn Collective,
     placement: &Placement,
 ) -> Result<Option<MindEye2<B>>, String> {
-    Ok(gather_ridges(model, None, collective, placement)?.map(|(m, _)| m))
+    Ok(gather_ridges(model, &[], collective, placement)?.map(|(m, _)| m))
 }
 
 /// The model with every subject's ridge, and those ridges' AdamW moments.
 type WholeRidges<B> = (MindEye2<B>, Vec<ParamMoments>);
 
-/// Every subject's ridge (and with `optim`, its AdamW moments) from its first owner, assembled
-/// on rank 0. The other ranks pass the bytes along the ring and drop them.
+/// Every subject's ridge (with its AdamW moments, those of `exported` under its path) from its
+/// first owner, assembled on rank 0. The other ranks pass the bytes along the ring and drop them.
 fn gather_ridges<B: AutodiffBackend>(
     model: &MindEye2<B>,
-    optim: Option<&AdamW<B>>,
+    exported: &[ParamMoments],
     collective: &mut dyn Collective,
     placement: &Placement,
 ) -> Result<Option<WholeRidges<B>>, String> {
     let rank = collective.rank();
-    let exported = optim.map(|o| o.export(model)).unwrap_or_default();
     let device = model.backbone.backbone_linear.weight.device();
     let mut whole = (rank == 0).then(|| model.clone());
     let mut moments = Vec::new();

@@ -100,11 +100,13 @@ pub fn write_betas(path: &Path, rows: usize, voxels: usize, f: impl Fn(usize, us
 }
 
 /// A directory of `image_id.npy`, `clip_tokens.npy` `[N, tokens, dim]` and `lowlevel.npy`
-/// `[N, 2, 4, 4]` for `images`, with values g(image, k).
+/// `[N, C, H, W]` for `images`, with values g(image, k) (`k` counts from 0 in the CLIP tokens
+/// and from 1000 in the latent).
 pub fn write_targets_npy(
     dir: &Path,
     images: &[u32],
     [tokens, dim]: [usize; 2],
+    lowlevel: [usize; 3],
     g: impl Fn(u32, usize) -> f32,
 ) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
@@ -114,7 +116,9 @@ pub fn write_targets_npy(
     let clip: Vec<f32> =
         images.iter().flat_map(|&i| (0..tokens * dim).map(move |k| (i, k))).map(|(i, k)| g(i, k)).collect();
     std::fs::write(dir.join("clip_tokens.npy"), npy::write_f32(&[n, tokens, dim], &clip))?;
+    let per_image: usize = lowlevel.iter().product();
     let low: Vec<f32> =
-        images.iter().flat_map(|&i| (0..32).map(move |k| (i, k))).map(|(i, k)| g(i, 1000 + k)).collect();
-    std::fs::write(dir.join("lowlevel.npy"), npy::write_f32(&[n, 2, 4, 4], &low))
+        images.iter().flat_map(|&i| (0..per_image).map(move |k| (i, k))).map(|(i, k)| g(i, 1000 + k)).collect();
+    let [c, h, w] = lowlevel;
+    std::fs::write(dir.join("lowlevel.npy"), npy::write_f32(&[n, c, h, w], &low))
 }

@@ -26,8 +26,10 @@ impl Inputs {
         let mut images: Vec<u32> = trials.iter().map(|t| t.image).collect();
         images.sort_unstable();
         images.dedup();
-        fixtures::write_targets_npy(&root.join("targets"), &images, [2, 8], |i, k| i as f32 + k as f32 / 100.0)
-            .unwrap();
+        fixtures::write_targets_npy(&root.join("targets"), &images, [2, 8], [2, 4, 4], |i, k| {
+            i as f32 + k as f32 / 100.0
+        })
+        .unwrap();
         Inputs { _dir: dir, root, trials }
     }
 
@@ -153,7 +155,7 @@ fn a_behaviour_row_past_the_betas_names_the_member() {
 #[test]
 fn an_image_without_a_target_names_the_targets_and_the_trial() {
     let inputs = Inputs::new();
-    fixtures::write_targets_npy(&inputs.root.join("targets"), &[0, 1, 2], [2, 8], |_, _| 0.0).unwrap();
+    fixtures::write_targets_npy(&inputs.root.join("targets"), &[0, 1, 2], [2, 8], [2, 4, 4], |_, _| 0.0).unwrap();
     refused(&inputs, inputs.options(), "targets", "has no target");
 }
 

@@ -16,41 +16,94 @@ impl NpyArray {
     }
 }
 
+/// A `.npy` header: the dtype, the shape and where the data starts, so rows can be read from
+/// a file without holding the whole array.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Header {
+    pub descr: String,
+    pub shape: Vec<usize>,
+    /// Bytes before the data.
+    pub data_offset: usize,
+    /// Bytes per element.
+    pub item_size: usize,
+}
+
+impl Header {
+    /// Bytes of the header prefix `parse` needs at most to find the header length.
+    pub const PREFIX: usize = 12;
+
+    /// The header length the first `PREFIX` (or more) bytes announce, counted from the start
+    /// of the file (a caller reading from a file fetches this many bytes, then calls `parse`).
+    pub fn total_len(prefix: &[u8]) -> Result<usize, String> {
+        if prefix.len() < 10 || &prefix[..6] != b"\x93NUMPY" {
+            return Err("not a .npy file (no \\x93NUMPY magic)".into());
+        }
+        match prefix[6] {
+            1 => Ok(10 + u16::from_le_bytes([prefix[8], prefix[9]]) as usize),
+            2 | 3 if prefix.len() >= 12 => {
+                Ok(12 + u32::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]]) as usize)
+            }
+            v => Err(format!(".npy format version {v} is not supported")),
+        }
+    }
+
+    /// Parses the header at the start of `bytes` (the whole file, or at least `total_len`).
+    pub fn parse(bytes: &[u8]) -> Result<Header, String> {
+        let end = Self::total_len(bytes)?;
+        let start = if bytes[6] == 1 { 10 } else { 12 };
+        let header = bytes.get(start..end).ok_or("truncated .npy header")?;
+        let header = std::str::from_utf8(header).map_err(|_| "the .npy header is not text")?;
+        let descr = dict_value(header, "descr").ok_or("the .npy header has no 'descr'")?;
+        let descr = descr.trim().trim_matches(|c| c == '\'' || c == '"');
+        if dict_value(header, "fortran_order").is_some_and(|v| v.trim().starts_with("True")) {
+            return Err("Fortran-ordered arrays are not supported (save with C order)".into());
+        }
+        let shape_text = dict_value(header, "shape").ok_or("the .npy header has no 'shape'")?;
+        let shape_text = shape_text.trim().trim_start_matches('(');
+        let shape_text = &shape_text[..shape_text.find(')').ok_or("unclosed shape tuple")?];
+        let shape = shape_text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse::<usize>().map_err(|_| format!("bad dimension {s:?} in the .npy shape")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (_, item_size) = dtype(descr)?;
+        Ok(Header { descr: descr.to_string(), shape, data_offset: end, item_size })
+    }
+
+    /// Bytes of the data (every element).
+    pub fn data_len(&self) -> usize {
+        self.shape.iter().product::<usize>() * self.item_size
+    }
+
+    /// Bytes of one row (the elements under one index of the first axis).
+    pub fn row_len(&self) -> usize {
+        self.shape.iter().skip(1).product::<usize>() * self.item_size
+    }
+}
+
+/// Elements of dtype `descr` (little-endian bytes) as `f32`.
+pub fn decode_f32(descr: &str, bytes: &[u8]) -> Result<Vec<f32>, String> {
+    let (kind, size) = dtype(descr)?;
+    Ok(bytes.chunks_exact(size).map(|b| kind(b) as f32).collect())
+}
+
 /// Parses `bytes` (a whole `.npy` file); errors say what is wrong, the caller names the file.
 pub fn parse(bytes: &[u8]) -> Result<NpyArray, String> {
-    let magic = b"\x93NUMPY";
-    if bytes.len() < 10 || &bytes[..6] != magic {
-        return Err("not a .npy file (no \\x93NUMPY magic)".into());
+    let header = Header::parse(bytes)?;
+    let data = &bytes[header.data_offset..];
+    if data.len() != header.data_len() {
+        return Err(format!(
+            "{} data bytes for shape {:?} of {} (expected {})",
+            data.len(),
+            header.shape,
+            header.descr,
+            header.data_len()
+        ));
     }
-    let (header_len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
-        v => return Err(format!(".npy format version {v} is not supported")),
-    };
-    let header = bytes.get(start..start + header_len).ok_or("truncated .npy header")?;
-    let header = std::str::from_utf8(header).map_err(|_| "the .npy header is not text")?;
-    let descr = dict_value(header, "descr").ok_or("the .npy header has no 'descr'")?;
-    let descr = descr.trim().trim_matches(|c| c == '\'' || c == '"');
-    if dict_value(header, "fortran_order").is_some_and(|v| v.trim().starts_with("True")) {
-        return Err("Fortran-ordered arrays are not supported (save with C order)".into());
-    }
-    let shape_text = dict_value(header, "shape").ok_or("the .npy header has no 'shape'")?;
-    let shape_text = shape_text.trim().trim_start_matches('(');
-    let shape_text = &shape_text[..shape_text.find(')').ok_or("unclosed shape tuple")?];
-    let shape = shape_text
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| format!("bad dimension {s:?} in the .npy shape")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let count: usize = shape.iter().product();
-    let data = &bytes[start + header_len..];
-    let (kind, size) = dtype(descr)?;
-    if data.len() != count * size {
-        return Err(format!("{} data bytes for shape {shape:?} of {descr} (expected {})", data.len(), count * size));
-    }
+    let (kind, size) = dtype(&header.descr)?;
     let values = data.chunks_exact(size).map(kind).collect();
-    Ok(NpyArray { descr: descr.to_string(), shape, values })
+    Ok(NpyArray { descr: header.descr, shape: header.shape, values })
 }
 
 type Decode = fn(&[u8]) -> f64;

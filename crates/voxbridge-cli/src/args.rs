@@ -306,6 +306,10 @@ pub struct ImportNsdArgs {
     /// Dataset name in the manifest (default nsd-subj0X).
     #[arg(long)]
     pub name: Option<String>,
+    /// Add this subject to the dataset an earlier import wrote at `--out` (same normalisation
+    /// and target shapes); the images it already holds are not written again.
+    #[arg(long)]
+    pub append: bool,
 }
 
 #[derive(Debug, Args)]

@@ -141,6 +141,7 @@ pub fn import_nsd(args: &crate::args::ImportNsdArgs) -> anyhow::Result<()> {
         normalisation,
         name: args.name.clone(),
         targets_per_file: 1000,
+        append: args.append,
     })?;
     tracing::info!(
         subject = args.subject,

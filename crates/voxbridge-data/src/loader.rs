@@ -211,6 +211,16 @@ impl Dataset {
 
     /// Loads the targets of `images` (all targets when `None`).
     pub fn load_targets(&self, images: Option<&HashSet<u32>>) -> Result<Targets> {
+        let targets = self.load_targets_held(images)?;
+        if let Some(missing) = images.and_then(|keep| keep.iter().find(|id| !targets.index.contains_key(id))) {
+            return Err(DataError::Selection(format!("image {missing} has no target in {}", self.opened.origin)));
+        }
+        Ok(targets)
+    }
+
+    /// The targets of those of `images` (all when `None`) the dataset holds; an image it
+    /// does not hold is left out, not an error (an import adding images asks this).
+    pub fn load_targets_held(&self, images: Option<&HashSet<u32>>) -> Result<Targets> {
         let manifest = &self.opened.manifest;
         let mut rows = TargetRows::new(manifest.targets.shapes);
         for entry in manifest.target_files() {
@@ -236,9 +246,6 @@ impl Dataset {
             if index.insert(id, r).is_some() {
                 return Err(DataError::Selection(format!("image {id} has two target rows in {}", self.opened.origin)));
             }
-        }
-        if let Some(missing) = images.and_then(|keep| keep.iter().find(|id| !index.contains_key(id))) {
-            return Err(DataError::Selection(format!("image {missing} has no target in {}", self.opened.origin)));
         }
         Ok(Targets { rows, index })
     }

@@ -24,6 +24,12 @@ impl DatasetWriter {
         Self { root, files: Vec::new() }
     }
 
+    /// A writer that adds to a dataset whose manifest lists `files` (they stay listed; the
+    /// new manifest replaces the old one only in `finish`).
+    pub fn extending(root: Storage, files: Vec<FileEntry>) -> Self {
+        Self { root, files }
+    }
+
     pub fn root(&self) -> &Storage {
         &self.root
     }

@@ -1,11 +1,14 @@
 //! One subject's import: every input is read and checked before the first shard is written;
-//! trial shards (one per session), then target shards, then the manifest, last.
+//! trial shards (one per session), then target shards, then the manifest, last. With
+//! `append`, the subject is added to a dataset an earlier import wrote: its shards stay, the
+//! images it already has keep their shards, and the new manifest (old files + new ones)
+//! replaces the old one in a single put at the end, so a failed append leaves it as it was.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use voxbridge_data::manifest::{Generator, SubjectInfo, TargetsInfo};
-use voxbridge_data::{DatasetWriter, MANIFEST_FILE, Manifest, SCHEMA_VERSION, Storage, TrialRows};
+use voxbridge_data::{Dataset, DatasetWriter, MANIFEST_FILE, Manifest, SCHEMA_VERSION, Storage, TrialRows};
 
 use crate::ImportError;
 use crate::behav::{BehavRow, read_tar};
@@ -51,7 +54,12 @@ pub struct ImportOptions {
     pub name: Option<String>,
     /// Images per target shard.
     pub targets_per_file: usize,
+    /// Add the subject to the dataset already at `out` (written by an earlier import).
+    pub append: bool,
 }
+
+/// The generator name import-nsd writes in manifests (and requires of a dataset it extends).
+pub const GENERATOR: &str = "voxbridge data import-nsd";
 
 #[derive(Debug, Clone)]
 pub struct ImportSummary {
@@ -74,9 +82,7 @@ pub fn import_subject(options: &ImportOptions) -> Result<ImportSummary, ImportEr
         return Err(ImportError::new("--subject", format!("{subject} is not an NSD subject (1–8)")));
     }
     let out = Storage::open(&options.out).map_err(|e| ImportError::new(&options.out, e.to_string()))?;
-    if out.exists(MANIFEST_FILE).map_err(|e| ImportError::new(&options.out, e.to_string()))? {
-        return Err(ImportError::new(&out.display(MANIFEST_FILE), "already holds a dataset; choose another --out"));
-    }
+    let existing = existing_dataset(&out, options)?;
 
     // 1. Betas and the subject's voxel count.
     let betas = Betas::open(&options.betas)?;
@@ -99,9 +105,23 @@ pub fn import_subject(options: &ImportOptions) -> Result<ImportSummary, ImportEr
     // 2. Behaviour rows of every tar, checked against the subject and the betas.
     let rows = behaviour_rows(&wds_dir(&options.wds, subject), subject, &betas)?;
 
-    // 3. Targets: every image shown needs one.
-    let targets = crate::targets::read(&options.targets)?;
+    // 3. Targets: every image shown needs one (rows are read only when shards are written).
+    let targets = crate::targets::open(&options.targets)?;
     let targets_file = options.targets.display().to_string();
+    if let Some(dataset) = &existing {
+        let held = dataset.manifest().targets.shapes;
+        if held != targets.shapes {
+            return Err(ImportError::new(
+                &targets_file,
+                format!(
+                    "targets of shapes {:?} but the dataset at {} holds {:?}",
+                    targets.shapes,
+                    dataset.opened().origin,
+                    held
+                ),
+            ));
+        }
+    }
     for l in &rows {
         if !targets.index.contains_key(&l.row.image) {
             return Err(ImportError::new(
@@ -149,7 +169,10 @@ pub fn import_subject(options: &ImportOptions) -> Result<ImportSummary, ImportEr
     };
 
     // 5. Trial shards, one per session.
-    let mut writer = DatasetWriter::new(out);
+    let mut writer = match &existing {
+        Some(dataset) => DatasetWriter::extending(out, dataset.manifest().files.clone()),
+        None => DatasetWriter::new(out),
+    };
     let mut trials_written = 0;
     let mut per_session = 0;
     for (&session, trials) in &sessions {
@@ -188,50 +211,154 @@ pub fn import_subject(options: &ImportOptions) -> Result<ImportSummary, ImportEr
         per_session = per_session.max(trials.len());
     }
 
-    // 6. Target shards: the images shown, in image order.
+    // 6. Target shards: the images shown that the dataset does not hold yet, in image order.
     let test_images: HashSet<u32> = rows.iter().filter(|l| l.row.shared1000).map(|l| l.row.image).collect();
-    let mut images: Vec<u32> = rows.iter().map(|l| l.row.image).collect::<HashSet<_>>().into_iter().collect();
+    let shown: HashSet<u32> = rows.iter().map(|l| l.row.image).collect();
+    let held = match &existing {
+        Some(dataset) => images_held(dataset, &shown, &targets)?,
+        None => HashSet::new(),
+    };
+    let mut images: Vec<u32> = shown.difference(&held).copied().collect();
     images.sort_unstable();
-    for (part, chunk) in images.chunks(options.targets_per_file.max(1)).enumerate() {
+    let first_part = existing.as_ref().map_or(0, |d| next_target_part(d.manifest()));
+    for (i, chunk) in images.chunks(options.targets_per_file.max(1)).enumerate() {
         let keyed: Vec<(u32, bool)> = chunk.iter().map(|&i| (i, test_images.contains(&i))).collect();
-        let target_rows = targets.select(&keyed, &targets_file)?;
-        let path = voxbridge_data::targets_path(part);
+        let target_rows = targets.select(&keyed)?;
+        let path = voxbridge_data::targets_path(first_part + i);
         let shown = writer.root().display(&path);
         writer.write_targets(&path, &target_rows, 256).map_err(|e| ImportError::new(&shown, e.to_string()))?;
     }
 
     // 7. The manifest, last.
-    let mut params = toml::Table::new();
-    params.insert("subject".into(), i64::from(subject).into());
-    params.insert("betas".into(), file_name(&options.betas).into());
-    params.insert("wds".into(), file_name(&options.wds).into());
-    params.insert("targets".into(), file_name(&options.targets).into());
-    let manifest = Manifest {
-        name: options.name.clone().unwrap_or_else(|| format!("nsd-subj{subject:02}")),
-        schema_version: SCHEMA_VERSION,
-        root: None,
-        normalisation: options.normalisation.describe().into(),
-        trials_per_session: per_session,
-        generator: Generator {
-            name: "voxbridge data import-nsd".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            preset: None,
-            seed: None,
-            params,
-        },
-        targets: TargetsInfo { shapes: targets.shapes, images: images.len(), test_images: test_images.len() },
-        subjects: vec![SubjectInfo {
-            subject,
-            voxels,
-            sessions: sessions.len() as u16,
-            trials: trials_written,
-            test_images: test_images.len(),
-        }],
-        files: Vec::new(),
-        oracle: None,
+    let mut inputs = toml::Table::new();
+    inputs.insert("betas".into(), file_name(&options.betas).into());
+    inputs.insert("wds".into(), file_name(&options.wds).into());
+    inputs.insert("targets".into(), file_name(&options.targets).into());
+    let new_test = images.iter().filter(|i| test_images.contains(i)).count();
+    let subject_info = SubjectInfo {
+        subject,
+        voxels,
+        sessions: sessions.len() as u16,
+        trials: trials_written,
+        test_images: test_images.len(),
     };
+    let mut manifest = match existing {
+        Some(dataset) => {
+            let mut manifest = dataset.manifest().clone();
+            manifest.targets.images += images.len();
+            manifest.targets.test_images += new_test;
+            manifest.trials_per_session = manifest.trials_per_session.max(per_session);
+            manifest
+        }
+        None => Manifest {
+            name: options.name.clone().unwrap_or_else(|| format!("nsd-subj{subject:02}")),
+            schema_version: SCHEMA_VERSION,
+            root: None,
+            normalisation: options.normalisation.describe().into(),
+            trials_per_session: per_session,
+            generator: Generator {
+                name: GENERATOR.into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                preset: None,
+                seed: None,
+                params: toml::Table::new(),
+            },
+            targets: TargetsInfo { shapes: targets.shapes, images: images.len(), test_images: new_test },
+            subjects: Vec::new(),
+            files: Vec::new(),
+            oracle: None,
+        },
+    };
+    if let Some(name) = &options.name {
+        manifest.name = name.clone();
+    }
+    // Each subject's inputs, so the dataset can be made again.
+    manifest.generator.params.insert(format!("subj{subject:02}"), inputs.into());
+    manifest.subjects.push(subject_info);
+    manifest.subjects.sort_by_key(|s| s.subject);
     let manifest = writer.finish(manifest).map_err(|e| ImportError::new(&options.out, e.to_string()))?;
     Ok(ImportSummary { manifest, trials: trials_written, sessions: sessions.len() })
+}
+
+/// The dataset already at `out`, when there is one and `--append` asks to extend it; every
+/// reason it cannot take this subject is an error naming its manifest.
+fn existing_dataset(out: &Storage, options: &ImportOptions) -> Result<Option<Dataset>, ImportError> {
+    let manifest_at = out.display(MANIFEST_FILE);
+    if !out.exists(MANIFEST_FILE).map_err(|e| ImportError::new(&options.out, e.to_string()))? {
+        return Ok(None);
+    }
+    let subject = options.subject;
+    if !options.append {
+        return Err(ImportError::new(
+            &manifest_at,
+            format!("already holds a dataset; pass --append to add subject {subject} to it, or choose another --out"),
+        ));
+    }
+    let dataset = Dataset::open(&manifest_at).map_err(|e| ImportError::new(&manifest_at, e.to_string()))?;
+    let manifest = dataset.manifest();
+    let refuse = |message: String| Err(ImportError::new(&manifest_at, message));
+    if manifest.generator.name != GENERATOR {
+        return refuse(format!(
+            "was written by `{}`; --append extends datasets of `{GENERATOR}` only",
+            manifest.generator.name
+        ));
+    }
+    if let Some(root) = &manifest.root {
+        return refuse(format!("its files live under root = {root:?}; --append writes beside the manifest only"));
+    }
+    if manifest.subject(subject).is_some() {
+        return refuse(format!("already holds subject {subject}"));
+    }
+    let wanted = options.normalisation.describe();
+    if manifest.normalisation != wanted {
+        return refuse(format!(
+            "holds betas normalised as \"{}\"; this import would be \"{wanted}\" (--normalisation)",
+            manifest.normalisation
+        ));
+    }
+    Ok(Some(dataset))
+}
+
+/// The images of `shown` the dataset already holds; each must have the same target in the
+/// file being imported (targets from another model or preprocessing would mix silently).
+fn images_held(
+    dataset: &Dataset,
+    shown: &HashSet<u32>,
+    targets: &crate::targets::Targets,
+) -> Result<HashSet<u32>, ImportError> {
+    let origin = &dataset.opened().origin;
+    let held = dataset.load_targets_held(Some(shown)).map_err(|e| ImportError::new(origin, e.to_string()))?;
+    let rows = &held.rows;
+    let keyed: Vec<(u32, bool)> = rows.image_id.iter().zip(&rows.is_test).map(|(&i, &t)| (i, t)).collect();
+    let imported = targets.select(&keyed)?;
+    let (c, l, p) = (rows.shapes.clip_len(), rows.shapes.lowlevel_len(), rows.shapes.captions_len());
+    for (r, image) in rows.image_id.iter().enumerate() {
+        let same = |a: &[f32], b: &[f32], n: usize| a[r * n..(r + 1) * n] == b[r * n..(r + 1) * n];
+        if !(same(&rows.clip_tokens, &imported.clip_tokens, c)
+            && same(&rows.lowlevel, &imported.lowlevel, l)
+            && same(&rows.captions, &imported.captions, p))
+        {
+            return Err(ImportError::new(
+                &targets.file,
+                format!(
+                    "image {image}: its target differs from the one {origin} already holds \
+                     (targets computed with another model or preprocessing?)"
+                ),
+            ));
+        }
+    }
+    Ok(rows.image_id.iter().copied().collect())
+}
+
+/// The first `targets/part-NNNNN.parquet` number after those a manifest lists.
+fn next_target_part(manifest: &Manifest) -> usize {
+    manifest
+        .target_files()
+        .iter()
+        .filter_map(|f| f.path.strip_prefix("targets/part-")?.strip_suffix(".parquet")?.parse::<usize>().ok())
+        .map(|n| n + 1)
+        .max()
+        .unwrap_or(0)
 }
 
 fn file_name(path: &Path) -> String {

@@ -5,76 +5,146 @@
 //! (`tools/nsd_targets.py` computes them from the images.)
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use voxbridge_data::{TargetRows, TargetShapes};
 
 use crate::{ImportError, npy};
 
-/// An array as read: shape and values.
-type Array = (Vec<usize>, Vec<f32>);
+/// The arrays a targets file may hold, in this order.
+const NAMES: [&str; 4] = ["image_id", "clip_tokens", "lowlevel", "captions"];
 
-/// All targets of a file, by image.
+/// Where one array's rows are: its shape, and how to read row `r` as `f32`.
+#[derive(Debug)]
+struct Array {
+    name: &'static str,
+    shape: Vec<usize>,
+    source: Source,
+}
+
+/// Rows are read on demand, so a file of all 73k images (≈125 GB of bigG tokens) is never
+/// held in memory: only the rows of the images a subject saw are.
+#[derive(Debug)]
+enum Source {
+    /// Little-endian elements laid out row after row from `data_offset` (`.npy`, safetensors).
+    Bytes { file: File, data_offset: u64, row_len: usize, dtype: Dtype },
+    /// An HDF5 dataset; libhdf5 converts to f32.
+    Hdf5(hdf5::Dataset),
+}
+
 #[derive(Debug, Clone)]
+enum Dtype {
+    Npy(String),
+    Safetensors(safetensors::Dtype),
+}
+
+impl Array {
+    fn rows(&self) -> usize {
+        self.shape.first().copied().unwrap_or(0)
+    }
+
+    /// Every element (for the small `image_id`).
+    fn read_all(&self) -> Result<Vec<f32>, String> {
+        match &self.source {
+            Source::Bytes { file, data_offset, row_len, dtype } => {
+                let mut bytes = vec![0; row_len * self.rows()];
+                file.read_exact_at(&mut bytes, *data_offset).map_err(|e| format!("reading `{}`: {e}", self.name))?;
+                match dtype {
+                    Dtype::Npy(descr) => npy::decode_f32(descr, &bytes),
+                    Dtype::Safetensors(d) => voxbridge_arrays::safetensors_f32(*d, &bytes),
+                }
+            }
+            Source::Hdf5(dataset) => {
+                dataset.read_raw::<f32>().map_err(|e| format!("reading dataset `{}`: {e}", self.name))
+            }
+        }
+    }
+
+    /// Row `r`, appended to `out`.
+    fn read_row(&self, r: usize, out: &mut Vec<f32>) -> Result<(), String> {
+        match &self.source {
+            Source::Bytes { file, data_offset, row_len, dtype } => {
+                let mut bytes = vec![0; *row_len];
+                file.read_exact_at(&mut bytes, data_offset + (r * row_len) as u64)
+                    .map_err(|e| format!("reading row {r} of `{}`: {e}", self.name))?;
+                let values = match dtype {
+                    Dtype::Npy(descr) => npy::decode_f32(descr, &bytes)?,
+                    Dtype::Safetensors(d) => voxbridge_arrays::safetensors_f32(*d, &bytes)?,
+                };
+                out.extend(values);
+            }
+            Source::Hdf5(dataset) => {
+                let mut slab = vec![hdf5::SliceOrIndex::from(r..r + 1)];
+                slab.extend((1..self.shape.len()).map(|_| hdf5::SliceOrIndex::from(..)));
+                let row = dataset
+                    .read_slice::<f32, _, ndarray::IxDyn>(hdf5::Selection::from(hdf5::Hyperslab::from(slab)))
+                    .map_err(|e| format!("reading row {r} of dataset `{}`: {e}", self.name))?;
+                out.extend(row.iter().copied());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The targets of a file, by image; rows are read when selected.
+#[derive(Debug)]
 pub struct Targets {
+    pub file: String,
     pub shapes: TargetShapes,
     /// Row of each image.
     pub index: HashMap<u32, usize>,
-    pub rows: TargetRows,
+    clip: Array,
+    lowlevel: Option<Array>,
+    captions: Option<Array>,
 }
 
 impl Targets {
-    /// Targets of `images`, in that order; an image without a target is an error naming it.
-    pub fn select(&self, images: &[(u32, bool)], file: &str) -> Result<TargetRows, ImportError> {
-        let s = &self.shapes;
-        let (c, l, p) = (s.clip_len(), s.lowlevel_len(), s.captions_len());
-        let mut out = TargetRows::new(*s);
+    /// Targets of `images` (image, is_test), in that order; an image without a target is an
+    /// error naming it.
+    pub fn select(&self, images: &[(u32, bool)]) -> Result<TargetRows, ImportError> {
+        let mut out = TargetRows::new(self.shapes);
         for &(image, is_test) in images {
             let Some(&r) = self.index.get(&image) else {
-                return Err(ImportError::new(file, format!("image {image} (73k index) has no target")));
+                return Err(ImportError::new(&self.file, format!("image {image} (73k index) has no target")));
             };
             out.image_id.push(image);
             out.is_test.push(is_test);
-            out.clip_tokens.extend_from_slice(&self.rows.clip_tokens[r * c..(r + 1) * c]);
-            out.lowlevel.extend_from_slice(&self.rows.lowlevel[r * l..(r + 1) * l]);
-            out.captions.extend_from_slice(&self.rows.captions[r * p..(r + 1) * p]);
+            let err = |e: String| ImportError::new(&self.file, e);
+            self.clip.read_row(r, &mut out.clip_tokens).map_err(err)?;
+            if let Some(a) = &self.lowlevel {
+                a.read_row(r, &mut out.lowlevel).map_err(err)?;
+            }
+            if let Some(a) = &self.captions {
+                a.read_row(r, &mut out.captions).map_err(err)?;
+            }
         }
         Ok(out)
     }
 }
 
-/// Reads a targets file or directory (format by extension).
-pub fn read(path: &Path) -> Result<Targets, ImportError> {
+/// Opens a targets file or directory (format by extension): reads the image ids and every
+/// array's shape; rows are read by [`Targets::select`].
+pub fn open(path: &Path) -> Result<Targets, ImportError> {
     let file = path.display().to_string();
     let err = |message: String| ImportError::new(&file, message);
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let mut arrays: HashMap<&'static str, Array> = HashMap::new();
-    let names = ["image_id", "clip_tokens", "lowlevel", "captions"];
     if path.is_dir() {
-        for name in names {
+        for name in NAMES {
             let f = path.join(format!("{name}.npy"));
             if f.exists() {
-                let bytes = std::fs::read(&f).map_err(|e| err(format!("{name}.npy: {e}")))?;
-                let a = npy::parse(&bytes).map_err(|e| err(format!("{name}.npy: {e}")))?;
-                arrays.insert(name, (a.shape, a.values.into_iter().map(|v| v as f32).collect()));
+                arrays.insert(name, open_npy(&f, name).map_err(|e| err(format!("{name}.npy: {e}")))?);
             }
         }
     } else if ext == "safetensors" {
-        let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| err(format!("not safetensors: {e}")))?;
-        for name in names {
-            if let Ok(t) = st.tensor(name) {
-                let values = voxbridge_arrays::safetensors_f32(t.dtype(), t.data())
-                    .map_err(|e| err(format!("tensor `{name}`: {e}")))?;
-                arrays.insert(name, (t.shape().to_vec(), values));
-            }
-        }
+        arrays = open_safetensors(path).map_err(err)?;
     } else if ext == "h5" || ext == "hdf5" {
         let h5 = hdf5::File::open(path).map_err(|e| err(format!("not a readable HDF5 file: {e}")))?;
-        for name in names {
+        for name in NAMES {
             if let Ok(ds) = h5.dataset(name) {
-                let values = ds.read_raw::<f32>().map_err(|e| err(format!("dataset `{name}`: {e}")))?;
-                arrays.insert(name, (ds.shape(), values));
+                arrays.insert(name, Array { name, shape: ds.shape(), source: Source::Hdf5(ds) });
             }
         }
     } else {
@@ -83,49 +153,198 @@ pub fn read(path: &Path) -> Result<Targets, ImportError> {
     assemble(arrays, &file)
 }
 
-/// Checks the arrays' shapes against each other and builds the rows.
+fn open_npy(path: &Path, name: &'static str) -> Result<Array, String> {
+    let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut prefix = vec![0; npy::Header::PREFIX.min(len as usize)];
+    file.read_exact_at(&mut prefix, 0).map_err(|e| e.to_string())?;
+    let mut head = vec![0; npy::Header::total_len(&prefix)?.min(len as usize)];
+    file.read_exact_at(&mut head, 0).map_err(|e| e.to_string())?;
+    let header = npy::Header::parse(&head)?;
+    let expected = (header.data_offset + header.data_len()) as u64;
+    if len != expected {
+        return Err(format!(
+            "{len} bytes for shape {:?} of {} (expected {expected}; truncated?)",
+            header.shape, header.descr
+        ));
+    }
+    let source = Source::Bytes {
+        file,
+        data_offset: header.data_offset as u64,
+        row_len: header.row_len(),
+        dtype: Dtype::Npy(header.descr.clone()),
+    };
+    Ok(Array { name, shape: header.shape, source })
+}
+
+/// A safetensors header entry.
+#[derive(serde::Deserialize)]
+struct TensorInfo {
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    data_offsets: (usize, usize),
+}
+
+fn open_safetensors(path: &Path) -> Result<HashMap<&'static str, Array>, String> {
+    let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut n = [0; 8];
+    file.read_exact_at(&mut n, 0).map_err(|e| format!("not safetensors: {e}"))?;
+    let n = u64::from_le_bytes(n);
+    if n.saturating_add(8) > len || n > 100 << 20 {
+        return Err(format!("not safetensors: a header of {n} bytes in a file of {len}"));
+    }
+    let mut header = vec![0; n as usize];
+    file.read_exact_at(&mut header, 8).map_err(|e| format!("not safetensors: {e}"))?;
+    let mut entries: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| format!("not safetensors: the header is not JSON: {e}"))?;
+    entries.remove("__metadata__");
+    let data_start = 8 + n;
+    let mut arrays = HashMap::new();
+    for name in NAMES {
+        let Some(value) = entries.remove(name) else { continue };
+        let info: TensorInfo =
+            serde_json::from_value(value).map_err(|e| format!("tensor `{name}`: unreadable header entry: {e}"))?;
+        let (begin, end) = info.data_offsets;
+        let count: usize = info.shape.iter().product();
+        // Whole-byte dtypes only (the sub-byte ones cannot be read a row at a time).
+        let item = info.dtype.bitsize() / 8;
+        if item == 0 || !info.dtype.bitsize().is_multiple_of(8) {
+            return Err(format!("tensor `{name}`: dtype {:?} is not supported", info.dtype));
+        }
+        if end < begin || data_start + end as u64 > len || end - begin != count * item {
+            return Err(format!(
+                "tensor `{name}`: offsets {begin}..{end} do not hold shape {:?} of {:?} in a file of {len} bytes (truncated?)",
+                info.shape, info.dtype
+            ));
+        }
+        let row_len = info.shape.iter().skip(1).product::<usize>() * item;
+        let source = Source::Bytes {
+            file: file.try_clone().map_err(|e| e.to_string())?,
+            data_offset: data_start + begin as u64,
+            row_len,
+            dtype: Dtype::Safetensors(info.dtype),
+        };
+        arrays.insert(name, Array { name, shape: info.shape, source });
+    }
+    Ok(arrays)
+}
+
+/// Checks the arrays' shapes against each other and reads the image ids.
 fn assemble(mut arrays: HashMap<&'static str, Array>, file: &str) -> Result<Targets, ImportError> {
     let err = |message: String| ImportError::new(file, message);
-    let (id_shape, ids) = arrays.remove("image_id").ok_or_else(|| err("no `image_id` array".into()))?;
-    let (clip_shape, clip) = arrays.remove("clip_tokens").ok_or_else(|| err("no `clip_tokens` array".into()))?;
-    let n = ids.len();
-    if id_shape.len() != 1 {
-        return Err(err(format!("`image_id` has shape {id_shape:?}; expected [N]")));
+    let ids = arrays.remove("image_id").ok_or_else(|| err("no `image_id` array".into()))?;
+    let clip = arrays.remove("clip_tokens").ok_or_else(|| err("no `clip_tokens` array".into()))?;
+    if ids.shape.len() != 1 {
+        return Err(err(format!("`image_id` has shape {:?}; expected [N]", ids.shape)));
     }
-    let rows_of = |name: &str, shape: &[usize], rank: usize| -> Result<Vec<usize>, ImportError> {
-        if shape.len() != rank || shape[0] != n {
+    let n = ids.rows();
+    let check = |a: &Array, rank: usize| -> Result<Vec<usize>, ImportError> {
+        if a.shape.len() != rank || a.shape[0] != n {
             return Err(err(format!(
-                "`{name}` has shape {shape:?}; expected {rank} dimensions with {n} rows (one per image_id)"
+                "`{}` has shape {:?}; expected {rank} dimensions with {n} rows (one per image_id)",
+                a.name, a.shape
             )));
         }
-        Ok(shape[1..].to_vec())
+        Ok(a.shape[1..].to_vec())
     };
-    let clip_dims = rows_of("clip_tokens", &clip_shape, 3)?;
-    let low = arrays.remove("lowlevel").map(|(s, v)| rows_of("lowlevel", &s, 4).map(|d| (d, v))).transpose()?;
-    let cap = arrays.remove("captions").map(|(s, v)| rows_of("captions", &s, 3).map(|d| (d, v))).transpose()?;
+    let clip_dims = check(&clip, 3)?;
+    let lowlevel = arrays.remove("lowlevel");
+    let captions = arrays.remove("captions");
+    let low_dims = lowlevel.as_ref().map(|a| check(a, 4)).transpose()?;
+    let cap_dims = captions.as_ref().map(|a| check(a, 3)).transpose()?;
     let shapes = TargetShapes {
         clip_tokens: [clip_dims[0], clip_dims[1]],
-        lowlevel: low.as_ref().map_or([0, 0, 0], |(d, _)| [d[0], d[1], d[2]]),
-        captions: cap.as_ref().map_or([0, 0], |(d, _)| [d[0], d[1]]),
+        lowlevel: low_dims.map_or([0, 0, 0], |d| [d[0], d[1], d[2]]),
+        captions: cap_dims.map_or([0, 0], |d| [d[0], d[1]]),
     };
+    let id_values = ids.read_all().map_err(err)?;
     let mut index = HashMap::with_capacity(n);
-    let mut image_id = Vec::with_capacity(n);
-    for (row, &id) in ids.iter().enumerate() {
+    for (row, &id) in id_values.iter().enumerate() {
         if id < 0.0 || id.fract() != 0.0 || id >= 16_777_216.0 {
             return Err(err(format!("image_id row {row}: {id} is not a 73k image index")));
         }
         if index.insert(id as u32, row).is_some() {
             return Err(err(format!("image_id row {row}: image {id} appears twice")));
         }
-        image_id.push(id as u32);
     }
-    let rows = TargetRows {
-        shapes,
-        image_id,
-        is_test: vec![false; n],
-        clip_tokens: clip,
-        lowlevel: low.map(|(_, v)| v).unwrap_or_default(),
-        captions: cap.map(|(_, v)| v).unwrap_or_default(),
-    };
-    Ok(Targets { shapes, index, rows })
+    Ok(Targets { file: file.to_string(), shapes, index, clip, lowlevel, captions })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const N: usize = 6;
+
+    /// Image ids 100, 110, …; value (image, k) = image + k/1000.
+    fn values(shape: &[usize]) -> Vec<f32> {
+        let per: usize = shape[1..].iter().product();
+        (0..N).flat_map(|r| (0..per).map(move |k| (100 + 10 * r) as f32 + k as f32 / 1000.0)).collect()
+    }
+
+    fn ids() -> Vec<f32> {
+        (0..N).map(|r| (100 + 10 * r) as f32).collect()
+    }
+
+    /// Images 150 then 120: rows 5 and 2, in that order, from any format.
+    fn check(path: &Path) {
+        let targets = open(path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(targets.shapes.clip_tokens, [2, 3]);
+        assert_eq!(targets.shapes.lowlevel, [1, 2, 2]);
+        let rows = targets.select(&[(150, true), (120, false)]).unwrap();
+        assert_eq!(rows.image_id, [150, 120]);
+        assert_eq!(rows.is_test, [true, false]);
+        let expect = |image: f32, n: usize| (0..n).map(move |k| image + k as f32 / 1000.0);
+        let clip: Vec<f32> = expect(150.0, 6).chain(expect(120.0, 6)).collect();
+        let low: Vec<f32> = expect(150.0, 4).chain(expect(120.0, 4)).collect();
+        for (a, b) in rows.clip_tokens.iter().zip(&clip) {
+            assert!((a - b).abs() < 0.05, "{:?} vs {clip:?}", rows.clip_tokens);
+        }
+        assert_eq!(rows.lowlevel, low);
+        let err = targets.select(&[(999, false)]).unwrap_err().to_string();
+        assert!(err.contains("image 999 (73k index) has no target"), "{err}");
+    }
+
+    #[test]
+    fn npy_safetensors_and_hdf5_targets_read_the_selected_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (clip, low) = ([N, 2, 3], [N, 1, 2, 2]);
+
+        let npy_dir = dir.path().join("npy");
+        std::fs::create_dir_all(&npy_dir).unwrap();
+        let ids64: Vec<f64> = ids().iter().map(|&v| f64::from(v)).collect();
+        std::fs::write(npy_dir.join("image_id.npy"), npy::write_f64(&[N], &ids64)).unwrap();
+        std::fs::write(npy_dir.join("clip_tokens.npy"), npy::write_f32(&clip, &values(&clip))).unwrap();
+        std::fs::write(npy_dir.join("lowlevel.npy"), npy::write_f32(&low, &values(&low))).unwrap();
+        check(&npy_dir);
+
+        // safetensors: ids as int64, tokens as float16 (as a bigG export may hold them).
+        let id_bytes: Vec<u8> = ids().iter().flat_map(|&v| (v as i64).to_le_bytes()).collect();
+        let clip_bytes: Vec<u8> = values(&clip).iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
+        let low_bytes: Vec<u8> = values(&low).iter().flat_map(|v| v.to_le_bytes()).collect();
+        use safetensors::{Dtype, tensor::TensorView};
+        let tensors = [
+            ("image_id", TensorView::new(Dtype::I64, vec![N], &id_bytes).unwrap()),
+            ("clip_tokens", TensorView::new(Dtype::F16, clip.to_vec(), &clip_bytes).unwrap()),
+            ("lowlevel", TensorView::new(Dtype::F32, low.to_vec(), &low_bytes).unwrap()),
+        ];
+        let st = dir.path().join("targets.safetensors");
+        safetensors::serialize_to_file(tensors, None, &st).unwrap();
+        check(&st);
+
+        let h5 = dir.path().join("targets.h5");
+        let file = hdf5::File::create(&h5).unwrap();
+        file.new_dataset::<f64>().shape([N]).create("image_id").unwrap().write_raw(&ids64).unwrap();
+        file.new_dataset::<f32>().shape(clip).create("clip_tokens").unwrap().write_raw(&values(&clip)).unwrap();
+        file.new_dataset::<f32>().shape(low).create("lowlevel").unwrap().write_raw(&values(&low)).unwrap();
+        drop(file);
+        check(&h5);
+
+        // A cut-off .npy is named, not read past its end.
+        let bytes = std::fs::read(npy_dir.join("clip_tokens.npy")).unwrap();
+        std::fs::write(npy_dir.join("clip_tokens.npy"), &bytes[..bytes.len() - 4]).unwrap();
+        let err = open(&npy_dir).unwrap_err().to_string();
+        assert!(err.contains("clip_tokens.npy") && err.contains("truncated"), "{err}");
+    }
 }

@@ -44,6 +44,7 @@ impl Inputs {
             normalisation: Normalisation::AsReleased,
             name: None,
             targets_per_file: 5,
+            append: false,
         }
     }
 
@@ -168,4 +169,85 @@ fn a_truncated_tar_names_the_file() {
         std::fs::write(&tar, &bytes[..cut]).unwrap();
         refused(&inputs, inputs.options(), "new_test/0.tar", "truncated");
     }
+}
+
+/// Subject 2 beside subject 1's inputs: its own betas, tars and targets (the shared images
+/// 0–2 with the same targets as subject 1's; its other images 1501+ are its own).
+fn subject2(inputs: &Inputs, g: impl Fn(u32, usize) -> f32) -> ImportOptions {
+    let trials: Vec<FixtureTrial> = fixtures::design(2, 8)
+        .into_iter()
+        .map(|t| FixtureTrial { image: if t.shared1000 { t.image } else { t.image + 500 }, ..t })
+        .collect();
+    let root = &inputs.root;
+    fixtures::write_betas(&root.join("betas2.hdf5"), trials.len(), VOXELS, |r, v| (r * 10 + v) as f32).unwrap();
+    fixtures::write_wds(&root.join("wds"), 2, &trials).unwrap();
+    let mut images: Vec<u32> = trials.iter().map(|t| t.image).collect();
+    images.sort_unstable();
+    images.dedup();
+    fixtures::write_targets_npy(&root.join("targets2"), &images, [2, 8], [2, 4, 4], g).unwrap();
+    ImportOptions {
+        subject: 2,
+        betas: root.join("betas2.hdf5"),
+        targets: root.join("targets2"),
+        append: true,
+        ..inputs.options()
+    }
+}
+
+fn same_targets(i: u32, k: usize) -> f32 {
+    i as f32 + k as f32 / 100.0
+}
+
+#[test]
+fn appending_a_subject_keeps_the_first_and_writes_each_image_once() {
+    let inputs = Inputs::new();
+    let first = import_subject(&inputs.options()).unwrap().manifest;
+    let second = import_subject(&subject2(&inputs, same_targets)).unwrap().manifest;
+
+    let dataset = Dataset::open(&inputs.out().join(MANIFEST_FILE).display().to_string()).unwrap();
+    let report = voxbridge_data::verify::verify(dataset.opened(), |_, _| {});
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let subjects: Vec<u8> = second.subjects.iter().map(|s| s.subject).collect();
+    assert_eq!(subjects, [1, 2]);
+    // The first import's files are still listed, unchanged (same bytes and checksums).
+    for file in &first.files {
+        assert!(second.files.contains(file), "{} was rewritten or dropped", file.path);
+    }
+    // 3 shared + 10 + 10 own images, each in exactly one target shard (load_targets refuses
+    // an image with two rows); subject 2 added parts after subject 1's.
+    let targets = dataset.load_targets(None).unwrap();
+    assert_eq!((targets.rows.len(), second.targets.images, second.targets.test_images), (23, 23, 3));
+    assert!(second.files.iter().any(|f| f.path == "targets/part-00003.parquet"), "{:?}", second.files);
+    let two = dataset.load_subject(2, Sessions::All).unwrap();
+    assert_eq!((two.train.len(), two.test.len()), (10, 6));
+    assert_eq!(two.train.voxels_of(0)[3], (two.train.global_trial[0] as usize * 10 + 3) as f32);
+    for subject in ["subj01", "subj02"] {
+        assert!(second.generator.params.contains_key(subject), "{:?}", second.generator.params);
+    }
+}
+
+#[test]
+fn an_append_that_cannot_fit_names_the_reason_and_leaves_the_dataset_as_it_was() {
+    let inputs = Inputs::new();
+    import_subject(&inputs.options()).unwrap();
+    let manifest = inputs.out().join(MANIFEST_FILE);
+    let before = std::fs::read(&manifest).unwrap();
+    let refused_append = |options: ImportOptions, what: &str| {
+        let err = import_subject(&options).expect_err("must be refused").to_string();
+        assert!(err.contains(what), "error does not say {what:?}: {err}");
+        assert_eq!(std::fs::read(&manifest).unwrap(), before, "the manifest changed after: {err}");
+    };
+    refused_append(ImportOptions { append: false, ..subject2(&inputs, same_targets) }, "pass --append");
+    refused_append(ImportOptions { subject: 1, append: true, ..inputs.options() }, "already holds subject 1");
+    refused_append(
+        ImportOptions { normalisation: Normalisation::PerSession, ..subject2(&inputs, same_targets) },
+        "--normalisation",
+    );
+    // Shared image 1 with another target than the one the dataset holds.
+    let other = subject2(&inputs, |i, k| if i == 1 { -1.0 } else { same_targets(i, k) });
+    refused_append(other, "image 1: its target differs");
+    // Targets of another shape.
+    let options = subject2(&inputs, same_targets);
+    fixtures::write_targets_npy(&options.targets, &[0, 1, 2], [2, 4], [2, 4, 4], same_targets).unwrap();
+    refused_append(options, "targets of shapes");
 }

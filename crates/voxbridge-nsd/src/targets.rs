@@ -335,7 +335,9 @@ mod tests {
 
         let h5 = dir.path().join("targets.h5");
         let file = hdf5::File::create(&h5).unwrap();
-        file.new_dataset::<f64>().shape([N]).create("image_id").unwrap().write_raw(&ids64).unwrap();
+        // int64 ids, as tools/nsd_targets.py writes them.
+        let ids_i64: Vec<i64> = ids().iter().map(|&v| v as i64).collect();
+        file.new_dataset::<i64>().shape([N]).create("image_id").unwrap().write_raw(&ids_i64).unwrap();
         file.new_dataset::<f32>().shape(clip).create("clip_tokens").unwrap().write_raw(&values(&clip)).unwrap();
         file.new_dataset::<f32>().shape(low).create("lowlevel").unwrap().write_raw(&values(&low)).unwrap();
         drop(file);

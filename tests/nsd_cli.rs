@@ -124,3 +124,34 @@ fn imported_release_files_verify_train_and_evaluate() {
         assert!(column(name).iter().all(|l| l.is_finite() && *l > 0.0), "{name}: {steps}");
     }
 }
+
+/// The import writes to object storage (a moto S3 server, started by the README's test
+/// command) and `--append` adds a second subject there; verify reads both back from S3.
+#[test]
+fn import_to_s3_then_append_a_subject() {
+    let Ok(endpoint) = std::env::var("AWS_ENDPOINT") else {
+        eprintln!("skipped: AWS_ENDPOINT is not set (scripts/test.sh starts a moto S3 server and sets it)");
+        return;
+    };
+    let bucket = std::env::var("AWS_BUCKET").unwrap_or_else(|_| "test-bucket".into());
+    let dir = tempfile::tempdir().unwrap();
+    let unique = dir.path().file_name().unwrap().to_string_lossy().to_string();
+    let url = format!("s3://{bucket}/{unique}/nsd");
+    let (one, two) = (dir.path().join("subj01"), dir.path().join("subj02"));
+    for (root, subject) in [(&one, 1), (&two, 2)] {
+        std::fs::create_dir_all(root).unwrap();
+        write_release(root, subject, 2);
+    }
+    assert_success(&import(&one, 1, Path::new(&url), &[]));
+    let refused = assert_exit(&import(&two, 2, Path::new(&url), &[]), 1);
+    assert!(refused.contains("pass --append"), "{refused}");
+    assert_success(&import(&two, 2, Path::new(&url), &["--append"]));
+    let manifest = format!("{url}/manifest.toml");
+    let verified = assert_success(&voxbridge(&["data", "verify", &manifest]));
+    assert!(verified.contains("ok") || verified.contains("OK"), "{endpoint}: {verified}");
+    let dataset = voxbridge_data::Dataset::open(&manifest).unwrap();
+    let subjects: Vec<u8> = dataset.manifest().subjects.iter().map(|s| s.subject).collect();
+    assert_eq!(subjects, [1, 2]);
+    // Both subjects saw the same 3 shared and 14 other images: each target written once.
+    assert_eq!(dataset.manifest().targets.images, 17);
+}

@@ -57,6 +57,13 @@ PY
 export AWS_ENDPOINT="http://127.0.0.1:$s3_port" AWS_ALLOW_HTTP=true AWS_ACCESS_KEY_ID=testing \
        AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1 AWS_BUCKET=test-bucket
 
+# Cluster tests submit jobs to a real one-node SLURM (slurmctld + slurmd; installs slurm-wlm and
+# munge on first use, then starts in about a second). Its state lives in the scratch directory.
+echo "== one-node SLURM"
+bash scripts/slurm-up.sh "$scratch/slurm"
+export SLURM_CONF="$scratch/slurm/slurm.conf"
+trap 'scancel --full --user="$(id -un)" 2>/dev/null; bash scripts/slurm-down.sh "$scratch/slurm"; kill "$moto_pid" 2>/dev/null; rm -rf "$scratch"' EXIT
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -21,8 +21,15 @@ use tempfile::TempDir;
 pub const BINARIES: [&str; 3] = ["voxbridge", "voxbridge-coordinator", "voxbridge-worker"];
 
 /// The workspace root (the parent of this package's directory).
+///
+/// Read at run time (`cargo test` sets `CARGO_MANIFEST_DIR` for the test process): the value
+/// compiled in can name another checkout when two share a `CARGO_TARGET_DIR` (cargo reuses the
+/// compiled harness across checkouts), and the tests would then build and run that checkout's
+/// binaries.
 pub fn workspace_root() -> PathBuf {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let here = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
     here.parent().expect("the e2e package lives inside the workspace").to_path_buf()
 }
 

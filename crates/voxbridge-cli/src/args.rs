@@ -49,6 +49,49 @@ pub enum Command {
     /// Training checkpoints in object storage or a local directory.
     #[command(subcommand)]
     Ckpt(CkptCommand),
+    /// Submit an experiment (or a sweep, as a job array) to SLURM: coordinator on the first
+    /// node, one worker per GPU through srun; job ids are recorded in the run directory.
+    Submit(SubmitArgs),
+    /// SLURM job states of a submitted run or sweep, with progress from its metrics and
+    /// checkpoints.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Experiment or sweep TOML file.
+    pub target: PathBuf,
+    /// Site file (cluster/<site>.toml); default: this machine's SLURM, 2 CPU workers per node.
+    #[arg(long)]
+    pub cluster: Option<PathBuf>,
+    /// Print the job scripts; submit nothing, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Nodes per run (workers per node come from the site).
+    #[arg(long, default_value_t = 1)]
+    pub nodes: u32,
+    /// Run directory (sweep: the sweep's directory); default runs/<name>.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// After the pretraining job: one fine-tuning job per subject, each `afterok` on it.
+    #[arg(long)]
+    pub finetune_all: bool,
+    /// Subjects to fine-tune (default: the experiment's train_subjects).
+    #[arg(long, value_delimiter = ',')]
+    pub finetune_subjects: Vec<u8>,
+    /// Sessions each fine-tune uses (MindEye2: one session, one hour of data).
+    #[arg(long, default_value_t = 1)]
+    pub finetune_sessions: u32,
+    /// Directory of voxbridge-coordinator and voxbridge-worker on the cluster (default: the
+    /// site's bin_dir, else this binary's directory).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Run (or sweep) directory `voxbridge submit` recorded its jobs in.
+    pub run: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,6 +4,7 @@
 mod args;
 mod baseline;
 mod ckpt_cmd;
+mod cluster_cmd;
 mod config_cmd;
 mod data_cmd;
 mod demo;
@@ -66,6 +67,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Submit(a) => cluster_cmd::submit(&a),
+        Command::Status(a) => cluster_cmd::status(&a),
         Command::Ckpt(args::CkptCommand::Ls { url }) => ckpt_cmd::ls(&url),
         Command::Ckpt(args::CkptCommand::Inspect { url }) => ckpt_cmd::inspect(&url),
     }

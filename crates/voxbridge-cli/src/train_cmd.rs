@@ -71,7 +71,13 @@ fn train_workers(args: &TrainArgs, workers: usize, name: &str, dir: &Path) -> an
     let experiment = std::fs::canonicalize(&args.experiment)
         .with_context(|| format!("cannot read {}", args.experiment.display()))?;
     let launch = voxbridge_coordinator::local_launch(&worker, &experiment, dir, options, args.step_timeout_s);
-    voxbridge_coordinator::run_blocking("127.0.0.1:0", launch)?;
+    if let voxbridge_coordinator::Outcome::Stopped { steps_done } =
+        voxbridge_coordinator::run_blocking("127.0.0.1:0", launch)?
+    {
+        anyhow::bail!(
+            "the workers stopped on request after step {steps_done}; run again with --resume auto to continue"
+        );
+    }
     let r = read_report(dir)?.with_context(|| format!("the workers finished but {} has no report", dir.display()))?;
     println!("run {name} in {} ({workers} workers)", dir.display());
     print_report(&r);

@@ -46,7 +46,7 @@ pub use location::line_col;
 pub use raw::{
     RawCheckpoint, RawData, RawEval, RawExperiment, RawModel, RawOptim, RawSessions, RawTrain, parse_experiment,
 };
-pub use sweep::{SweepRun, expand as expand_sweep, load_sweep};
+pub use sweep::{SweepRun, derive as derive_experiment, expand as expand_sweep, load_sweep};
 pub use validated::{
     BackboneKind, CheckpointConfig, DataConfig, EvalConfig, ExperimentConfig, ModelConfig, ModelFamily, NewSubjectBias,
     OptimConfig, SessionSelection, TrainConfig, load_experiment,

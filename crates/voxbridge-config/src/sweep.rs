@@ -121,6 +121,52 @@ pub fn expand(sweep_text: &str, origin: &str, base_text: &str) -> Result<Vec<Swe
     Ok(runs)
 }
 
+/// An experiment derived from `base_text`: named `name`, with `overrides` set and the dotted
+/// keys of `remove` taken out (e.g. a per-subject fine-tune of a pretraining experiment).
+/// Returns the text it saves and the validated config.
+pub fn derive(
+    base_text: &str,
+    origin: &str,
+    name: &str,
+    overrides: &[(String, toml::Value)],
+    remove: &[&str],
+) -> Result<(String, ExperimentConfig), ConfigError> {
+    let invalid = |field: &str, message: String| ConfigError::Invalid {
+        file: origin.to_string(),
+        problems: vec![crate::Problem { field: field.to_string(), line: None, column: None, message }],
+    };
+    let mut doc: toml::Table = toml::from_str(base_text).map_err(|e| {
+        let (line, column) = crate::line_col(base_text, e.span().map_or(0, |s| s.start));
+        ConfigError::Parse {
+            file: origin.to_string(),
+            line,
+            column,
+            key: None,
+            message: e.message().trim().to_string(),
+        }
+    })?;
+    doc.insert("name".into(), toml::Value::String(name.to_string()));
+    for key in remove {
+        let parts: Vec<&str> = key.split('.').collect();
+        if let Some((last, tables)) = parts.split_last() {
+            let mut table = Some(&mut doc);
+            for part in tables {
+                table = table.and_then(|t| t.get_mut(*part)).and_then(|v| v.as_table_mut());
+            }
+            if let Some(t) = table {
+                t.remove(*last);
+            }
+        }
+    }
+    for (key, value) in overrides {
+        set_dotted(&mut doc, key, value.clone()).map_err(|message| invalid(key, message))?;
+    }
+    let text = toml::to_string(&doc).map_err(|e| invalid("name", e.to_string()))?;
+    let run_origin = format!("{origin} ({name})");
+    let config = parse_experiment(&text, &run_origin)?.validate(&run_origin, Some(&text))?;
+    Ok((text, config))
+}
+
 /// Sets `a.b.c = value`, creating tables on the way; a non-table in the way is an error.
 fn set_dotted(doc: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), String> {
     let parts: Vec<&str> = key.split('.').collect();

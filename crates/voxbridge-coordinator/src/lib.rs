@@ -8,7 +8,7 @@ pub mod decide;
 pub mod protocol;
 mod run;
 
-pub use run::{CoordinatorError, Launch, run};
+pub use run::{CoordinatorError, Launch, Outcome, run};
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -42,12 +42,26 @@ pub fn local_launch(
         "--step-timeout-s".into(),
         step_timeout_s.to_string().into(),
     ];
-    Launch { program: worker.to_path_buf(), args, env: Vec::new(), options }
+    Launch { program: Some(worker.to_path_buf()), args, env: Vec::new(), options }
+}
+
+/// Replaces SIGTERM's default (exit) with a handler that only records it: under SLURM the
+/// signal is meant for the workers, and the coordinator must stay to hear them finish.
+pub fn ignore_sigterm() -> std::io::Result<()> {
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, seen).map(|_| ())
+}
+
+/// A job whose workers are started elsewhere (one per GPU by `srun`) and join on their own.
+/// Nothing here can start them again, so a failure ends the job (restarts are SLURM's:
+/// resubmitting resumes from the newest checkpoint).
+pub fn external_launch(options: decide::Options) -> Launch {
+    Launch { program: None, args: Vec::new(), env: Vec::new(), options: decide::Options { max_restarts: 0, ..options } }
 }
 
 /// Runs a local job on a fresh runtime: the coordinator on `listen` (port 0 picks one) and
 /// `options.world_size` workers.
-pub fn run_blocking(listen: &str, launch: Launch) -> Result<(), CoordinatorError> {
+pub fn run_blocking(listen: &str, launch: Launch) -> Result<Outcome, CoordinatorError> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen).await?;

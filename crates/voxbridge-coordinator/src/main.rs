@@ -34,7 +34,13 @@ struct Args {
     /// Seconds allowed for every collective after the first step.
     #[arg(long, default_value_t = 60)]
     step_timeout_s: u64,
+    /// Start no workers: they are started by the cluster (`srun`) and join this coordinator.
+    #[arg(long)]
+    external_workers: bool,
 }
+
+/// The coordinator's exit code when the workers stopped on request (EX_TEMPFAIL: try again).
+const STOPPED_EXIT_CODE: u8 = 75;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -49,10 +55,28 @@ fn main() -> ExitCode {
         heartbeat_timeout_ms: args.heartbeat_timeout_s * 1000,
         max_restarts: args.max_restarts,
     };
-    let launch =
-        voxbridge_coordinator::local_launch(&worker, &args.experiment, &args.out, options, args.step_timeout_s);
+    let launch = if args.external_workers {
+        // SIGTERM (preemption, the time limit) goes to the workers, which checkpoint and report
+        // done; the coordinator keeps running until they have.
+        if let Err(e) = voxbridge_coordinator::ignore_sigterm() {
+            eprintln!("voxbridge-coordinator: {e}");
+            return ExitCode::FAILURE;
+        }
+        voxbridge_coordinator::external_launch(options)
+    } else {
+        voxbridge_coordinator::local_launch(&worker, &args.experiment, &args.out, options, args.step_timeout_s)
+    };
     match voxbridge_coordinator::run_blocking(&args.listen, launch) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(voxbridge_coordinator::Outcome::Finished) => ExitCode::SUCCESS,
+        Ok(voxbridge_coordinator::Outcome::Stopped { steps_done }) => {
+            // Not an error, but not the end of the run: SLURM records the job as failed with this
+            // code, so jobs waiting on it (`afterok`) do not start on an unfinished model.
+            eprintln!(
+                "voxbridge-coordinator: stopped on request after step {steps_done} with a committed checkpoint; \
+                 resubmit the job to resume (exit code {STOPPED_EXIT_CODE})"
+            );
+            ExitCode::from(STOPPED_EXIT_CODE)
+        }
         Err(e) => {
             eprintln!("voxbridge-coordinator: {e}");
             ExitCode::FAILURE

@@ -13,6 +13,9 @@ pub enum FromWorker {
     Heartbeat { steps: u64 },
     /// Training finished (rank 0 also wrote the run directory).
     Done,
+    /// Training stopped on request (SIGTERM: preemption, the time limit) after every rank
+    /// committed the checkpoint of `steps_done` steps; a resubmitted job resumes from it.
+    Stopped { steps_done: u64 },
     /// Training failed; the worker exits non-zero after sending this.
     Failed { error: String },
 }

@@ -16,10 +16,11 @@ use tokio::time::Instant;
 use crate::decide::{self, Action, Failure, Options, Phase, State, Worker};
 use crate::protocol::{FromWorker, ToWorker, encode};
 
-/// How workers are started: `program args… --coordinator ADDR --generation G` for each.
+/// How workers are started: `program args… --coordinator ADDR --generation G` for each; with
+/// no program, workers are started by someone else (SLURM's `srun`) and only join.
 #[derive(Debug, Clone)]
 pub struct Launch {
-    pub program: PathBuf,
+    pub program: Option<PathBuf>,
     pub args: Vec<OsString>,
     pub env: Vec<(String, String)>,
     pub options: Options,
@@ -50,14 +51,23 @@ enum Event {
     Exited { generation: u32, pid: u32, status: std::io::Result<ExitStatus> },
 }
 
-/// Runs one distributed job to its end: `Ok` when every worker finished, an error with every
+/// How a job that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every worker trained to the end.
+    Finished,
+    /// The workers stopped on request after committing the checkpoint of `steps_done` steps.
+    Stopped { steps_done: u64 },
+}
+
+/// Runs one distributed job to its end: `Ok` when every worker finished (or stopped on request), an error with every
 /// failure when the restart budget is spent (or the rendezvous failed). When `shutdown`
 /// completes first, every worker is killed and the result is [`CoordinatorError::Shutdown`].
 pub async fn run(
     listener: TcpListener,
     launch: Launch,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), CoordinatorError> {
+) -> Result<Outcome, CoordinatorError> {
     tokio::pin!(shutdown);
     let addr = listener.local_addr()?;
     let (events, mut inbox) = mpsc::unbounded_channel::<Event>();
@@ -71,6 +81,7 @@ pub async fn run(
     let mut conns: HashMap<u64, (u32, usize, Option<tokio::net::tcp::OwnedWriteHalf>)> = HashMap::new();
     let mut ring_addrs: Vec<Option<String>> = vec![None; options.world_size];
     let mut pids: HashMap<u32, usize> = HashMap::new();
+    let mut stopped_after: Option<u64> = None;
     loop {
         let d = decide::decide(now(), &state, &options);
         match d.action {
@@ -108,14 +119,17 @@ pub async fn run(
             }
             Action::Finish => {
                 tracing::info!("{}", d.reason);
-                return Ok(());
+                return Ok(match stopped_after {
+                    Some(steps_done) => Outcome::Stopped { steps_done },
+                    None => Outcome::Finished,
+                });
             }
             Action::Wait { until_ms } => {
                 let wait = Duration::from_millis(until_ms.saturating_sub(now()).max(1));
                 tokio::select! {
                     received = tokio::time::timeout(wait, inbox.recv()) => {
                         if let Ok(Some(event)) = received {
-                            handle(event, now(), &mut state, &mut conns, &mut ring_addrs, &mut pids);
+                            handle(event, now(), &mut state, &mut conns, &mut ring_addrs, &mut pids, &mut stopped_after);
                         }
                     }
                     () = &mut shutdown => {
@@ -135,6 +149,7 @@ fn handle(
     conns: &mut HashMap<u64, (u32, usize, Option<tokio::net::tcp::OwnedWriteHalf>)>,
     ring_addrs: &mut [Option<String>],
     pids: &mut HashMap<u32, usize>,
+    stopped_after: &mut Option<u64>,
 ) {
     match event {
         Event::Message { conn, message: FromWorker::Join { generation, pid, ring_addr }, writer } => {
@@ -164,6 +179,10 @@ fn handle(
                     }
                 }
                 FromWorker::Done => *slot = Worker::Done,
+                FromWorker::Stopped { steps_done } => {
+                    *slot = Worker::Done;
+                    *stopped_after = Some(steps_done);
+                }
                 FromWorker::Failed { error } => *slot = Worker::Failed { why: error },
                 FromWorker::Join { .. } => {}
             }
@@ -239,8 +258,9 @@ fn spawn_workers(
     events: &mpsc::UnboundedSender<Event>,
 ) -> std::io::Result<watch::Sender<bool>> {
     let (kill, _) = watch::channel(false);
+    let Some(program) = &launch.program else { return Ok(kill) };
     for _ in 0..launch.options.world_size {
-        let mut child = tokio::process::Command::new(&launch.program)
+        let mut child = tokio::process::Command::new(program)
             .args(&launch.args)
             .arg("--coordinator")
             .arg(&coordinator)
@@ -285,8 +305,12 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let options =
             Options { world_size: 2, join_timeout_ms: 600_000, heartbeat_timeout_ms: 10_000, max_restarts: 0 };
-        let launch =
-            Launch { program: "sh".into(), args: vec!["-c".into(), "exec sleep 600".into()], env: Vec::new(), options };
+        let launch = Launch {
+            program: Some("sh".into()),
+            args: vec!["-c".into(), "exec sleep 600".into()],
+            env: Vec::new(),
+            options,
+        };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let job = tokio::spawn(run(listener, launch, async {
             let _ = rx.await;
@@ -303,7 +327,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let options =
             Options { world_size: 1, join_timeout_ms: 600_000, heartbeat_timeout_ms: 10_000, max_restarts: 0 };
-        let launch = Launch { program: "false".into(), args: Vec::new(), env: Vec::new(), options };
+        let launch = Launch { program: Some("false".into()), args: Vec::new(), env: Vec::new(), options };
         let result = tokio::time::timeout(Duration::from_secs(20), run(listener, launch, std::future::pending())).await;
         let Ok(Err(CoordinatorError::GaveUp { failures, .. })) = result else { panic!("{result:?}") };
         assert_eq!(failures.len(), 1);

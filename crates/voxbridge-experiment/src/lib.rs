@@ -30,5 +30,5 @@ pub type CpuBackend = burn::backend::Flex;
 /// [`CpuBackend`] with autodiff.
 pub type TrainBackend = burn::backend::Autodiff<CpuBackend>;
 
-pub use run::{ResumeFrom, RunOptions, RunReport, RunSummary, run_experiment};
+pub use run::{Preempted, ResumeFrom, RunOptions, RunReport, RunSummary, run_experiment};
 pub use sweep::{SweepReport, run_sweep};

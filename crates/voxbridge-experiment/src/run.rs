@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -49,6 +51,19 @@ pub struct RunOptions {
     pub step_timeout: std::time::Duration,
     /// How many times the launcher has restarted this run (fault drills can target one).
     pub generation: u32,
+    /// Set (by a SIGTERM handler) to stop: the step under way finishes, every rank agrees on
+    /// the step, a checkpoint is committed, and the run returns [`Preempted`].
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+/// A run stopped on request (preemption, the job's time limit) after committing a checkpoint
+/// of `steps_done` steps; running it again with `--resume auto` continues from there.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "stopped on request after step {steps_done} with a committed checkpoint; run again with --resume auto to continue"
+)]
+pub struct Preempted {
+    pub steps_done: u64,
 }
 
 impl RunOptions {
@@ -62,6 +77,7 @@ impl RunOptions {
             checkpoint_url: None,
             step_timeout: std::time::Duration::from_secs(60),
             generation: 0,
+            stop: None,
         }
     }
 }
@@ -296,6 +312,7 @@ pub fn run_experiment_on(
         step_fault.filter(|f| f.applies_to_generation(options.generation)).map(|f| (f, rank)),
     )?;
     observer.evaluate_epochs = primary;
+    observer.stop = options.stop.clone();
     let started = Instant::now();
     let trained = match collective.as_deref_mut() {
         Some(c) if world > 1 => {
@@ -316,6 +333,10 @@ pub fn run_experiment_on(
     observer.finish();
     if let Some(e) = observer.error.take() {
         return Err(e);
+    }
+    if let Some(steps_done) = observer.stopped_after {
+        tracing::warn!(run = %config.name, steps_done, "stopped on request; checkpoint committed");
+        return Err(Preempted { steps_done }.into());
     }
     let mut model = trained.with_context(|| format!("run `{}` stopped", config.name))?;
     if let Some(c) = collective.as_mut()
@@ -685,6 +706,9 @@ struct RunObserver<'a> {
     /// Evaluate at epoch ends (rank 0 of a data-parallel run only).
     evaluate_epochs: bool,
     error: Option<anyhow::Error>,
+    /// The stop request (RunOptions::stop), and the step a stop happened after.
+    stop: Option<Arc<AtomicBool>>,
+    stopped_after: Option<u64>,
 }
 
 impl<'a> RunObserver<'a> {
@@ -732,6 +756,8 @@ impl<'a> RunObserver<'a> {
             step_fault,
             evaluate_epochs: true,
             error: None,
+            stop: None,
+            stopped_after: None,
         };
         let current_epoch = (steps_done / plan.iters_per_epoch as u64) as usize;
         for row in rows {
@@ -828,13 +854,26 @@ impl TrainObserver<TrainBackend> for RunObserver<'_> {
         if let Some(e) = self.error.take() {
             return Err(e.into());
         }
+        // A stop request on any rank stops every rank after the same step (one 4-byte sum).
+        let stop = match &self.stop {
+            Some(flag) if !p.run_finished => {
+                let mut asked = [if flag.load(Ordering::SeqCst) { 1.0 } else { 0.0 }];
+                comm.sum(&mut asked)?;
+                asked[0] > 0.0
+            }
+            _ => false,
+        };
         if let Some(c) = &self.checkpointer
-            && checkpoint_due(p.steps_done, p.epoch_finished, p.run_finished, c.every_steps)
+            && (stop || checkpoint_due(p.steps_done, p.epoch_finished, p.run_finished, c.every_steps))
         {
             // Metrics up to this step are on disk before the checkpoint that a resume starts from.
             self.metrics.flush()?;
             let last_loss = self.last_loss;
             self.bar.suspend(|| c.save(p, comm, last_loss))?;
+        }
+        if stop {
+            self.stopped_after = Some(p.steps_done);
+            return Err(Box::new(Preempted { steps_done: p.steps_done }));
         }
         if let Some((fault, rank)) = &self.step_fault
             && let Some(signal) = fault.signal_after_step(*rank, p.steps_done)

@@ -27,12 +27,34 @@ pub struct WorkerArgs {
     pub step_timeout: Duration,
     /// Reduce over NCCL on this CUDA device (feature `nccl`); the TCP ring otherwise.
     pub nccl_device: Option<usize>,
+    /// Continue from the newest committed checkpoint (if any) even in generation 0: a job
+    /// resubmitted after preemption.
+    pub resume: bool,
+    /// Set on SIGTERM: finish the step, commit a checkpoint, report done, exit 0.
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+/// Connects to the coordinator, retrying until `within` has passed: under SLURM the workers
+/// may start before the coordinator listens.
+fn connect(addr: &str, within: Duration) -> anyhow::Result<TcpStream> {
+    let deadline = std::time::Instant::now() + within;
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match TcpStream::connect(addr) {
+            Ok(stream) => return Ok(stream),
+            Err(e) if std::time::Instant::now() + wait < deadline => {
+                tracing::debug!(%addr, "coordinator not reachable yet: {e}");
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot reach the coordinator at {addr}")),
+        }
+    }
 }
 
 pub fn run(args: &WorkerArgs) -> anyhow::Result<()> {
     let config = voxbridge_config::load_experiment(&args.experiment)?;
-    let stream = TcpStream::connect(&args.coordinator)
-        .with_context(|| format!("cannot reach the coordinator at {}", args.coordinator))?;
+    let stream = connect(&args.coordinator, args.init_timeout)?;
     // The ring listens on the interface that reaches the coordinator.
     let host = stream.local_addr()?.ip();
     let listener = TcpListener::bind((host, 0)).context("cannot open the collective's port")?;
@@ -61,26 +83,41 @@ pub fn run(args: &WorkerArgs) -> anyhow::Result<()> {
             }
         })
     };
-    let result = (|| -> anyhow::Result<()> {
+    let result = (|| -> anyhow::Result<Option<u64>> {
         let addrs = ring_addrs.iter().map(|a| a.parse()).collect::<Result<Vec<_>, _>>()?;
         let ring = TcpRing::connect(rank, &addrs, listener, generation, args.init_timeout)?;
         let mut collective = collective(ring, args.nccl_device)?;
-        // A restarted generation continues from the newest committed checkpoint.
-        let resume = if generation > 0 { ResumeFrom::Auto } else { ResumeFrom::Never };
-        let options =
-            RunOptions { step_timeout: args.step_timeout, resume, generation, ..RunOptions::new(args.out.clone()) };
-        run_experiment_on(&config, &options, Some(&mut *collective))?;
-        Ok(())
+        // A restarted generation, or a resubmitted job, continues from the newest checkpoint.
+        let resume = if generation > 0 || args.resume { ResumeFrom::Auto } else { ResumeFrom::Never };
+        let options = RunOptions {
+            step_timeout: args.step_timeout,
+            resume,
+            generation,
+            stop: args.stop.clone(),
+            ..RunOptions::new(args.out.clone())
+        };
+        match run_experiment_on(&config, &options, Some(&mut *collective)) {
+            Ok(_) => Ok(None),
+            // Stopped on request: the checkpoint is committed; this worker's part is done.
+            Err(e) => match e.downcast_ref::<voxbridge_experiment::Preempted>() {
+                Some(p) => {
+                    tracing::warn!(rank, "{e}");
+                    Ok(Some(p.steps_done))
+                }
+                None => Err(e),
+            },
+        }
     })();
     alive.store(false, Ordering::SeqCst);
     heartbeat.thread().unpark();
     let _ = heartbeat.join();
     let report = match &result {
-        Ok(()) => FromWorker::Done,
+        Ok(None) => FromWorker::Done,
+        Ok(Some(steps_done)) => FromWorker::Stopped { steps_done: *steps_done },
         Err(e) => FromWorker::Failed { error: format!("rank {rank}: {e:#}") },
     };
     let _ = writer.write_all(encode(&report).as_bytes());
-    result
+    result.map(|_| ())
 }
 
 /// The TCP ring, or NCCL on `device` with the ring for control.

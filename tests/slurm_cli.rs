@@ -1,0 +1,266 @@
+//! `voxbridge submit` and `voxbridge status` against a real one-node SLURM (slurmctld +
+//! slurmd, started by the README's test command through scripts/slurm-up.sh, which exports
+//! SLURM_CONF). Without SLURM_CONF the cluster tests skip with a printed reason; the dry-run and
+//! error tests need no cluster.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use voxbridge_e2e::{SimDataset, assert_success, bin_path, describe, stderr, voxbridge};
+
+fn slurm_available() -> bool {
+    match std::env::var("SLURM_CONF") {
+        Ok(conf) if Path::new(&conf).is_file() => true,
+        _ => {
+            eprintln!("skipped: SLURM_CONF is not set (scripts/test.sh starts a one-node SLURM and sets it)");
+            false
+        }
+    }
+}
+
+/// Two subjects of `tiny`, 4 rows each per batch, checkpoints every 5 steps; `epochs` of 5 steps.
+fn experiment(dir: &Path, data: &SimDataset, name: &str, epochs: u32, hidden: u32) -> PathBuf {
+    let text = format!(
+        "name = \"{name}\"\n[data]\nmanifest = {:?}\ntrain_subjects = [2, 3]\n\
+         [train]\nseed = 5\nbatch_size = 8\nepochs = {epochs}\nsamples_per_epoch = 40\nmixup_pct = 0.25\n\
+         [model]\nhidden = {hidden}\nblocks = 1\nprior_depth = 1\nprior_dim_head = 16\ndropout = 0.0\n\
+         [eval]\nloops = 3\nprior_steps = 0\n[checkpoint]\nevery_steps = 5\n",
+        data.manifest_str()
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn bin_dir() -> PathBuf {
+    bin_path("voxbridge").parent().unwrap().to_path_buf()
+}
+
+/// `voxbridge submit <experiment> --out <run> --bin-dir … extra…`; the job id it printed.
+fn submit(experiment: &Path, run: &Path, extra: &[&str]) -> String {
+    let bin = bin_dir();
+    let mut args = vec!["submit", experiment.to_str().unwrap(), "--out", run.to_str().unwrap()];
+    args.extend(["--bin-dir", bin.to_str().unwrap()]);
+    args.extend(extra);
+    let out = assert_success(&voxbridge(&args));
+    out.split_whitespace()
+        .skip_while(|w| *w != "job")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no job id in {out}"))
+        .to_string()
+}
+
+/// `JobState` and `ExitCode` of a job, from `scontrol show job`.
+fn job_state(id: &str) -> (String, String) {
+    let out = Command::new("scontrol").args(["show", "job", id]).output().expect("scontrol runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |key: &str| {
+        text.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{key}="))).unwrap_or("").to_string()
+    };
+    (field("JobState"), field("ExitCode"))
+}
+
+/// Polls `done` every 100 ms until it holds or `within` passes (then panics with `what`).
+fn wait_until(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_for_end(id: &str, run: &Path) -> (String, String) {
+    let mut last = (String::new(), String::new());
+    wait_until(Duration::from_secs(300), &format!("job {id} to end (log in {})", run.join("slurm").display()), || {
+        last = job_state(id);
+        !matches!(last.0.as_str(), "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "")
+    });
+    last
+}
+
+fn log_of(run: &Path) -> String {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(run.join("slurm")).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().ends_with(".out") {
+            text += &std::fs::read_to_string(entry.path()).unwrap_or_default();
+        }
+    }
+    text
+}
+
+fn committed_step(run: &Path) -> Option<u64> {
+    let store = voxbridge_checkpoint::CheckpointStore::open(run.join("checkpoints").to_str().unwrap()).unwrap();
+    store.latest_committed().unwrap().map(|id| id.step)
+}
+
+/// Columns `step` and `loss` of a run's steps.csv.
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    let csv = std::fs::read_to_string(run.join("metrics/steps.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let (s, l) = (col("step"), col("loss"));
+    lines
+        .map(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            (f[s].parse().unwrap(), f[l].parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn a_two_task_tiny_run_completes_and_commits_its_checkpoint() {
+    if !slurm_available() {
+        return;
+    }
+    let data = SimDataset::tiny(0);
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), &data, "slurm-tiny", 4, 32);
+    let run = dir.path().join("runs/slurm-tiny");
+    let id = submit(&exp, &run, &[]);
+    let (state, exit) = wait_for_end(&id, &run);
+    assert_eq!((state.as_str(), exit.as_str()), ("COMPLETED", "0:0"), "{}", log_of(&run));
+    // 2 workers (the local site's tasks per node) trained 4 epochs of 5 steps.
+    assert!(log_of(&run).contains("all 2 workers joined"), "{}", log_of(&run));
+    assert_eq!(committed_step(&run), Some(20));
+    assert!(run.join("report.json").is_file());
+    let records = voxbridge_cluster::read_records(&run).unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].job_id, id);
+    let status = assert_success(&voxbridge(&["status", run.to_str().unwrap()]));
+    assert!(status.contains(&format!("job {id} slurm-tiny (train): COMPLETED")), "{status}");
+    assert!(status.contains("20 steps logged: checkpoint at step 20 committed: finished"), "{status}");
+}
+
+#[test]
+fn a_cancelled_run_resumes_on_resubmission_with_the_same_losses() {
+    if !slurm_available() {
+        return;
+    }
+    let data = SimDataset::tiny(1);
+    let dir = tempfile::tempdir().unwrap();
+    // Wide enough that the run is still training when it is cancelled: 40 epochs, 200 steps.
+    let exp = experiment(dir.path(), &data, "slurm-preempt", 40, 256);
+    let (reference, preempted) = (dir.path().join("runs/reference"), dir.path().join("runs/preempted"));
+    let reference_id = submit(&exp, &reference, &[]);
+    let id = submit(&exp, &preempted, &[]);
+    wait_until(Duration::from_secs(300), "3 logged steps", || {
+        std::fs::read_to_string(preempted.join("metrics/steps.csv")).is_ok_and(|t| t.lines().count() > 3)
+    });
+    // SIGTERM to the job's steps, as SLURM sends it before preemption or the time limit.
+    let cancel = Command::new("scancel").args(["--signal=TERM", &id]).output().unwrap();
+    assert!(cancel.status.success(), "{}", String::from_utf8_lossy(&cancel.stderr));
+    let (state, exit) = wait_for_end(&id, &preempted);
+    let log = log_of(&preempted);
+    // The workers finished their step, committed a checkpoint and exited 0; the coordinator
+    // marks the job unfinished (75) so nothing waiting on it starts.
+    assert_eq!((state.as_str(), exit.as_str()), ("FAILED", "75:0"), "{log}");
+    let stopped_at = committed_step(&preempted).expect("a committed checkpoint");
+    assert!(stopped_at < 200, "stopped at {stopped_at}");
+    assert!(log.contains(&format!("stopped on request after step {stopped_at}")), "{log}");
+    assert!(!preempted.join("report.json").exists());
+
+    let again = submit(&exp, &preempted, &[]);
+    let (state, _) = wait_for_end(&again, &preempted);
+    assert_eq!(state, "COMPLETED", "{}", log_of(&preempted));
+    let log = log_of(&preempted);
+    assert!(log.contains(&format!("steps_done={stopped_at} total=200")) && log.contains("resuming"), "{log}");
+    let (state, _) = wait_for_end(&reference_id, &reference);
+    assert_eq!(state, "COMPLETED", "{}", log_of(&reference));
+    let (a, b) = (losses(&reference), losses(&preempted));
+    assert_eq!(a.len(), 200);
+    assert_eq!(a.iter().map(|r| r.0).collect::<Vec<_>>(), b.iter().map(|r| r.0).collect::<Vec<_>>());
+    for ((step, x), (_, y)) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-12), "step {step}: {x} vs {y}");
+    }
+    assert_eq!(voxbridge_cluster::read_records(&preempted).unwrap().len(), 2);
+}
+
+#[test]
+fn submit_refuses_what_slurm_cannot_run() {
+    if !slurm_available() {
+        return;
+    }
+    let data = SimDataset::tiny(2);
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), &data, "refused", 1, 32);
+    let site = dir.path().join("nope.toml");
+    std::fs::write(&site, "name = \"nope\"\npartition = \"nope\"\ngpus_per_node = 0\ntasks_per_node = 2\n").unwrap();
+    let bin = bin_dir();
+    let run = dir.path().join("run");
+    let args = |extra: &[&str]| {
+        let mut a = vec!["submit", exp.to_str().unwrap(), "--out", run.to_str().unwrap(), "--bin-dir"];
+        a.push(bin.to_str().unwrap());
+        a.extend(extra);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let out = voxbridge(&args(&["--cluster", site.to_str().unwrap()]));
+    assert!(
+        stderr(&out).contains("unknown partition \"nope\"") && stderr(&out).contains("debug"),
+        "{}",
+        describe(&out)
+    );
+    // More memory than any node has: sbatch refuses, and its own message is shown.
+    let huge = dir.path().join("huge.toml");
+    std::fs::write(&huge, "name = \"huge\"\ngpus_per_node = 0\ntasks_per_node = 2\nmem = \"100000000G\"\n").unwrap();
+    let out = voxbridge(&args(&["--cluster", huge.to_str().unwrap()]));
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        err.contains("sbatch --parsable") && err.contains("Requested node configuration is not available"),
+        "{err}"
+    );
+    assert!(voxbridge_cluster::read_records(&run).unwrap().is_empty());
+}
+
+#[test]
+fn finetune_all_dry_run_shows_one_job_per_subject_after_the_pretraining() {
+    let data = SimDataset::tiny(3);
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), &data, "pre", 2, 32);
+    let run = dir.path().join("runs/pre");
+    let out = assert_success(&voxbridge(&[
+        "submit",
+        exp.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--finetune-all",
+        "--dry-run",
+    ]));
+    let jobs: Vec<&str> = out.lines().filter(|l| l.starts_with("# ---- ")).collect();
+    assert_eq!(jobs.len(), 3, "{out}");
+    assert!(jobs[0].contains("train job pre "), "{out}");
+    for (job, subject) in jobs[1..].iter().zip([2, 3]) {
+        assert!(job.contains(&format!("finetune job pre-finetune-subj{subject:02}")), "{out}");
+    }
+    assert_eq!(out.matches("#SBATCH --dependency=afterok:<job id of pre>").count(), 2, "{out}");
+    assert!(out.contains("#SBATCH --signal=TERM@90"), "{out}");
+    assert!(!dir.path().join("runs").exists(), "a dry run writes nothing");
+
+    // Ranks that cannot place the batch: one subject, 2 rows per batch, 4 workers.
+    let site = dir.path().join("four.toml");
+    std::fs::write(&site, "name = \"four\"\ngpus_per_node = 4\n").unwrap();
+    let small = dir.path().join("small.toml");
+    std::fs::write(
+        &small,
+        std::fs::read_to_string(&exp)
+            .unwrap()
+            .replace("batch_size = 8", "batch_size = 2")
+            .replace("train_subjects = [2, 3]", "train_subjects = [2]"),
+    )
+    .unwrap();
+    let out = voxbridge(&["submit", small.to_str().unwrap(), "--cluster", site.to_str().unwrap(), "--dry-run"]);
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("4 ranks") && err.contains("train.batch_size"), "{}", describe(&out));
+
+    // A sweep with an empty grid value expands to no runs.
+    let sweep = dir.path().join("sweep.toml");
+    std::fs::write(
+        &sweep,
+        format!("name = \"s\"\nbase = {:?}\n[grid]\n\"train.seed\" = []\n", exp.file_name().unwrap()),
+    )
+    .unwrap();
+    let out = voxbridge(&["submit", sweep.to_str().unwrap(), "--dry-run"]);
+    assert!(!out.status.success() && stderr(&out).contains("grid.train.seed"), "{}", describe(&out));
+}

@@ -264,3 +264,19 @@ fn finetune_all_dry_run_shows_one_job_per_subject_after_the_pretraining() {
     let out = voxbridge(&["submit", sweep.to_str().unwrap(), "--dry-run"]);
     assert!(!out.status.success() && stderr(&out).contains("grid.train.seed"), "{}", describe(&out));
 }
+
+#[test]
+fn submit_without_sbatch_says_where_to_run_and_records_nothing() {
+    let data = SimDataset::tiny(4);
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), &data, "nosbatch", 1, 32);
+    let run = dir.path().join("run");
+    let bin = bin_dir();
+    let out = voxbridge_e2e::voxbridge_env(
+        &["submit", exp.to_str().unwrap(), "--out", run.to_str().unwrap(), "--bin-dir", bin.to_str().unwrap()],
+        &[("PATH", "/nonexistent")],
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("`sbatch` is not on PATH") && err.contains("--dry-run"), "{err}");
+    assert!(voxbridge_cluster::read_records(&run).unwrap().is_empty());
+}

@@ -280,3 +280,29 @@ fn submit_without_sbatch_says_where_to_run_and_records_nothing() {
     assert!(!out.status.success() && err.contains("`sbatch` is not on PATH") && err.contains("--dry-run"), "{err}");
     assert!(voxbridge_cluster::read_records(&run).unwrap().is_empty());
 }
+
+#[test]
+fn a_sweep_runs_as_a_job_array() {
+    if !slurm_available() {
+        return;
+    }
+    let data = SimDataset::tiny(5);
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), &data, "base", 1, 32);
+    let sweep = dir.path().join("seeds.toml");
+    let text = format!("name = \"seeds\"\nbase = {:?}\n[grid]\n\"train.seed\" = [1, 2]\n", exp.file_name().unwrap());
+    std::fs::write(&sweep, text).unwrap();
+    let out_dir = dir.path().join("runs/seeds");
+    let id = submit(&sweep, &out_dir, &[]);
+    for task in 0..2 {
+        let run = out_dir.join(format!("seeds-seed{}", task + 1));
+        let (state, exit) = wait_for_end(&format!("{id}_{task}"), &out_dir);
+        assert_eq!((state.as_str(), exit.as_str()), ("COMPLETED", "0:0"), "{}", log_of(&out_dir));
+        assert!(run.join("report.json").is_file(), "{}", log_of(&out_dir));
+        let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+        assert!(config.contains(&format!("seed = {}", task + 1)), "{config}");
+    }
+    let status = assert_success(&voxbridge(&["status", out_dir.to_str().unwrap()]));
+    assert!(status.contains(&format!("{id}_0=COMPLETED")) && status.contains(&format!("{id}_1=COMPLETED")), "{status}");
+    assert!(status.contains("seeds-seed2: 5 steps logged"), "{status}");
+}

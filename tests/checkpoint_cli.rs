@@ -246,3 +246,28 @@ fn s3_and_local_checkpoints_are_byte_identical() {
         Err(e) => eprintln!("python check skipped: {e}"),
     }
 }
+
+/// SIGTERM (a scheduler's preemption notice) after step 7: the run finishes its step, commits a
+/// checkpoint, stops with a message saying how to continue; `--resume auto` then finishes it
+/// with the per-step losses, epoch means and evaluation of an uninterrupted run.
+#[test]
+fn sigterm_stops_at_a_committed_checkpoint_and_resume_auto_finishes_the_run() {
+    let data = SimDataset::tiny(11);
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), "term", &data, "every_steps = 5", "");
+    let (reference, stopped) = (dir.path().join("reference"), dir.path().join("stopped"));
+    assert_success(&train(&exp, &reference, &[], &[]));
+    let out = train(&exp, &stopped, &[], &[("VOXBRIDGE_FAULT", "term-rank-after-step:0:7")]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let store = CheckpointStore::open(stopped.join("checkpoints").to_str().unwrap()).unwrap();
+    let at = store.latest_committed().unwrap().expect("a committed checkpoint").step;
+    // The signal lands during step 8's work at the latest: the run stops after step 8 or 9.
+    assert!((8..=9).contains(&at), "stopped at {at}: {err}");
+    assert!(err.contains(&format!("stopped on request after step {at}")) && err.contains("--resume auto"), "{err}");
+    assert!(!stopped.join("report.json").exists());
+    assert_success(&train(&exp, &stopped, &["--resume", "auto"], &[]));
+    assert_eq!(step_rows(&stopped), step_rows(&reference));
+    assert_eq!(epoch_rows(&stopped), epoch_rows(&reference));
+    assert_eq!(final_image_top1(&stopped), final_image_top1(&reference));
+}

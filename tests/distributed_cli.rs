@@ -249,3 +249,45 @@ fn a_killed_worker_restarts_all_from_the_last_checkpoint_and_the_run_matches() {
         }
     }
 }
+
+/// SIGTERM to rank 1 alone after step 7: every rank agrees on the step to stop after, the
+/// checkpoint there is committed once (rank 0 writes it), the workers exit 0 and the launcher
+/// says how to continue; one process resuming it finishes with the losses of an uninterrupted
+/// 2-worker run.
+#[test]
+fn sigterm_on_one_rank_stops_every_rank_after_the_same_step() {
+    let data = SimDataset::tiny(13);
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), &data);
+    let (reference, stopped) = (dir.path().join("reference"), dir.path().join("stopped"));
+    assert_success(&train_workers(&exp, &reference, 2, &[], &[]));
+    let out = train_workers(&exp, &stopped, 2, &[], &[("VOXBRIDGE_FAULT", "term-rank-after-step:1:7")]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let store = voxbridge_checkpoint::CheckpointStore::open(stopped.join("checkpoints").to_str().unwrap()).unwrap();
+    let at = store.latest_committed().unwrap().expect("a committed checkpoint").step;
+    assert!((8..=9).contains(&at), "stopped at {at}: {err}");
+    assert!(err.contains(&format!("the workers stopped on request after step {at}")), "{err}");
+    for rank in [0, 1] {
+        assert!(err.contains(&format!("stopped on request after step {at} with a committed checkpoint; run again with --resume auto to continue rank={rank}")), "rank {rank}: {err}");
+    }
+    let resumed = voxbridge_env(
+        &[
+            "train".as_ref(),
+            exp.as_os_str(),
+            "--out".as_ref(),
+            stopped.as_os_str(),
+            "--resume".as_ref(),
+            "auto".as_ref(),
+        ],
+        &[],
+    );
+    assert_success(&resumed);
+    let (a, b) = (losses(&reference), losses(&stopped));
+    assert_eq!(a.len(), b.len());
+    for (step, (x, y)) in a.iter().zip(&b).enumerate() {
+        for k in 0..3 {
+            assert!((x[k] - y[k]).abs() <= 1e-5 * x[k].abs().max(1e-12), "step {step}: {x:?} vs {y:?}");
+        }
+    }
+}

@@ -38,16 +38,19 @@ pub enum Fault {
     KillAfterStep { rank: Option<usize>, step: u64, generation: Option<u32> },
     /// SIGSTOP (the process hangs, as a stuck rank does) once this many steps are done on `rank`.
     StopAfterStep { rank: usize, step: u64 },
+    /// SIGTERM (a scheduler's preemption notice) once this many steps are done on `rank`.
+    TermAfterStep { rank: usize, step: u64 },
 }
 
 impl Fault {
-    /// The signal-based fault due on `rank` after `steps_done` steps: `Some("KILL" | "STOP")`.
+    /// The signal-based fault due on `rank` after `steps_done` steps: `Some("KILL" | "STOP" | "TERM")`.
     pub fn signal_after_step(&self, rank: usize, steps_done: u64) -> Option<&'static str> {
         match *self {
             Fault::KillAfterStep { rank: r, step, .. } if step == steps_done && r.is_none_or(|r| r == rank) => {
                 Some("KILL")
             }
             Fault::StopAfterStep { rank: r, step } if step == steps_done && r == rank => Some("STOP"),
+            Fault::TermAfterStep { rank: r, step } if step == steps_done && r == rank => Some("TERM"),
             _ => None,
         }
     }
@@ -62,12 +65,12 @@ impl Fault {
 }
 
 /// Parses `fail-put:K`, `kill-put:K`, `kill-after-step:N`, `kill-rank-after-step:R:N[:G]`
-/// (only in generation G when given) or `stop-rank-after-step:R:N`.
+/// (only in generation G when given), `stop-rank-after-step:R:N` or `term-rank-after-step:R:N`.
 pub fn parse_fault(spec: &str) -> Result<Fault, String> {
     let bad = || {
         format!(
-            "{FAULT_ENV}={spec:?}: expected fail-put:K, kill-put:K, kill-after-step:N, kill-rank-after-step:R:N or \
-             stop-rank-after-step:R:N"
+            "{FAULT_ENV}={spec:?}: expected fail-put:K, kill-put:K, kill-after-step:N, kill-rank-after-step:R:N, \
+             stop-rank-after-step:R:N or term-rank-after-step:R:N"
         )
     };
     let mut parts = spec.split(':');
@@ -84,6 +87,7 @@ pub fn parse_fault(spec: &str) -> Result<Fault, String> {
             Ok(Fault::KillAfterStep { rank: Some(*r as usize), step: *n, generation: Some(*g as u32) })
         }
         ("stop-rank-after-step", [r, n]) => Ok(Fault::StopAfterStep { rank: *r as usize, step: *n }),
+        ("term-rank-after-step", [r, n]) => Ok(Fault::TermAfterStep { rank: *r as usize, step: *n }),
         _ => Err(bad()),
     }
 }
@@ -228,6 +232,8 @@ mod tests {
         assert_eq!(stop.signal_after_step(1, 5), Some("STOP"));
         assert_eq!(stop.signal_after_step(0, 5), None);
         assert_eq!(parse_fault("kill-rank-after-step:0:2").unwrap().signal_after_step(0, 2), Some("KILL"));
+        let term = parse_fault("term-rank-after-step:1:4").unwrap();
+        assert_eq!((term.signal_after_step(1, 4), term.signal_after_step(0, 4)), (Some("TERM"), None));
         let err = parse_fault("kill:3").unwrap_err();
         assert!(err.contains("expected fail-put:K, kill-put:K, kill-after-step:N"), "{err}");
     }

@@ -28,11 +28,16 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         Some("auto") => ResumeFrom::Auto,
         Some(location) => ResumeFrom::At(location.to_string()),
     };
+    // SIGTERM (a scheduler's preemption or time limit): finish the step, commit a checkpoint,
+    // stop with a message saying how to continue.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone()).context("cannot handle SIGTERM")?;
     let options = RunOptions {
         progress: progress(),
         resume,
         allow_config_change: args.allow_config_change.clone(),
         checkpoint_url: args.checkpoint_url.clone(),
+        stop: Some(stop),
         ..RunOptions::new(dir)
     };
     let summary = run_experiment(&config, &options)?;

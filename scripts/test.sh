@@ -62,7 +62,7 @@ export AWS_ENDPOINT="http://127.0.0.1:$s3_port" AWS_ALLOW_HTTP=true AWS_ACCESS_K
 echo "== one-node SLURM"
 bash scripts/slurm-up.sh "$scratch/slurm"
 export SLURM_CONF="$scratch/slurm/slurm.conf"
-trap 'scancel --full --user="$(id -un)" 2>/dev/null; bash scripts/slurm-down.sh "$scratch/slurm"; kill "$moto_pid" 2>/dev/null; rm -rf "$scratch"' EXIT
+trap 'scancel --full --user="$(id -un)" 2>/dev/null; bash scripts/slurm-down.sh "$scratch/slurm"; kill "$moto_pid" 2>/dev/null; rm -rf "$scratch" || true' EXIT
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

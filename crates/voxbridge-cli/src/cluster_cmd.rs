@@ -63,14 +63,14 @@ pub fn submit(args: &SubmitArgs) -> anyhow::Result<()> {
             bail!("--finetune-all follows a pretraining experiment, not a sweep ({})", args.target.display());
         }
         let runs = voxbridge_config::load_sweep(&args.target)?;
-        let Some(first) = runs.first() else {
+        if runs.is_empty() {
             bail!("{}: the sweep expands to zero runs", args.target.display());
-        };
-        let sweep_name = first.name.split('-').next().unwrap_or("sweep").to_string();
+        }
+        // load_sweep has checked the file, `name` included.
         let sweep_name = toml::from_str::<toml::Table>(&text)
             .ok()
             .and_then(|t| t.get("name").and_then(|v| v.as_str()).map(str::to_string))
-            .unwrap_or(sweep_name);
+            .unwrap_or_else(|| "sweep".into());
         let dir = absolute(&args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&sweep_name)))?;
         let mut specs = Vec::new();
         let mut experiments = Vec::new();

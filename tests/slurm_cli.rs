@@ -140,15 +140,28 @@ fn a_cancelled_run_resumes_on_resubmission_with_the_same_losses() {
     }
     let data = SimDataset::tiny(1);
     let dir = tempfile::tempdir().unwrap();
-    // Wide enough that the run is still training when it is cancelled: 40 epochs, 200 steps.
-    let exp = experiment(dir.path(), &data, "slurm-preempt", 40, 256);
+    // Wide and long enough that the run is still training when it is cancelled: 400 steps.
+    let exp = experiment(dir.path(), &data, "slurm-preempt", 80, 256);
     let (reference, preempted) = (dir.path().join("runs/reference"), dir.path().join("runs/preempted"));
     let reference_id = submit(&exp, &reference, &[]);
     let id = submit(&exp, &preempted, &[]);
     wait_until(Duration::from_secs(300), "3 logged steps", || {
         std::fs::read_to_string(preempted.join("metrics/steps.csv")).is_ok_and(|t| t.lines().count() > 3)
     });
-    // SIGTERM to the job's steps, as SLURM sends it before preemption or the time limit.
+    // A second job for a run that is still training is refused.
+    let bin = bin_dir();
+    let twice = voxbridge(&[
+        "submit",
+        exp.to_str().unwrap(),
+        "--out",
+        preempted.to_str().unwrap(),
+        "--bin-dir",
+        bin.to_str().unwrap(),
+    ]);
+    assert!(!twice.status.success(), "{}", describe(&twice));
+    assert!(stderr(&twice).contains(&format!("job {id} is still")), "{}", describe(&twice));
+    // SIGTERM to the job's steps (the workers), as `--signal=TERM@grace_s` sends it before the
+    // time limit.
     let cancel = Command::new("scancel").args(["--signal=TERM", &id]).output().unwrap();
     assert!(cancel.status.success(), "{}", String::from_utf8_lossy(&cancel.stderr));
     let (state, exit) = wait_for_end(&id, &preempted);
@@ -157,7 +170,7 @@ fn a_cancelled_run_resumes_on_resubmission_with_the_same_losses() {
     // marks the job unfinished (75) so nothing waiting on it starts.
     assert_eq!((state.as_str(), exit.as_str()), ("FAILED", "75:0"), "{log}");
     let stopped_at = committed_step(&preempted).expect("a committed checkpoint");
-    assert!(stopped_at < 200, "stopped at {stopped_at}");
+    assert!(stopped_at < 400, "stopped at {stopped_at}");
     assert!(log.contains(&format!("stopped on request after step {stopped_at}")), "{log}");
     assert!(!preempted.join("report.json").exists());
 
@@ -165,11 +178,11 @@ fn a_cancelled_run_resumes_on_resubmission_with_the_same_losses() {
     let (state, _) = wait_for_end(&again, &preempted);
     assert_eq!(state, "COMPLETED", "{}", log_of(&preempted));
     let log = log_of(&preempted);
-    assert!(log.contains(&format!("steps_done={stopped_at} total=200")) && log.contains("resuming"), "{log}");
+    assert!(log.contains(&format!("steps_done={stopped_at} total=400")) && log.contains("resuming"), "{log}");
     let (state, _) = wait_for_end(&reference_id, &reference);
     assert_eq!(state, "COMPLETED", "{}", log_of(&reference));
     let (a, b) = (losses(&reference), losses(&preempted));
-    assert_eq!(a.len(), 200);
+    assert_eq!(a.len(), 400);
     assert_eq!(a.iter().map(|r| r.0).collect::<Vec<_>>(), b.iter().map(|r| r.0).collect::<Vec<_>>());
     for ((step, x), (_, y)) in a.iter().zip(&b) {
         assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-12), "step {step}: {x} vs {y}");

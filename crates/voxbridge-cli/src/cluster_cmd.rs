@@ -173,6 +173,11 @@ pub fn submit(args: &SubmitArgs) -> anyhow::Result<()> {
         }
     }
 
+    if !args.dry_run {
+        for p in &planned {
+            refuse_while_running(&p.record_dir)?;
+        }
+    }
     let mut ids: Vec<String> = Vec::new();
     for p in &mut planned {
         // Dependencies point to earlier jobs: their ids (or dry-run placeholders) are known.
@@ -210,6 +215,26 @@ pub fn submit(args: &SubmitArgs) -> anyhow::Result<()> {
             p.record_dir.display()
         );
         ids.push(id);
+    }
+    Ok(())
+}
+
+/// Two jobs must never train the same run directory: a job recorded for it that SLURM still
+/// lists as pending or running is an error (one it has forgotten counts as finished).
+fn refuse_while_running(dir: &Path) -> anyhow::Result<()> {
+    let records = voxbridge_cluster::read_records(dir)?;
+    if records.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = records.iter().map(|r| r.job_id.clone()).collect();
+    if let Some(state) = slurm::states(&ids)?.iter().find(|s| !s.is_finished()) {
+        bail!(
+            "{}: job {} is still {} for this run; wait for it to end or `scancel {}` before submitting again",
+            dir.display(),
+            state.id,
+            state.state,
+            state.id
+        );
     }
     Ok(())
 }

@@ -60,6 +60,16 @@ pub fn render(site: &Site, job: &Job, bin_dir: &Path) -> Result<String, ClusterE
     if job.nodes == 0 {
         return Err(ClusterError::Job(format!("job {}: nodes must be at least 1", job.name)));
     }
+    // `#SBATCH` lines are not shell words: whitespace splits them and `%` is a SLURM pattern.
+    for (what, path) in [("working directory", &job.workdir), ("log directory", &job.log_dir)] {
+        let text = path.display().to_string();
+        if text.chars().any(|c| c.is_whitespace() || c == '%') {
+            return Err(ClusterError::Job(format!(
+                "job {}: the {what} {text:?} holds whitespace or `%`, which #SBATCH lines cannot carry; choose another path",
+                job.name
+            )));
+        }
+    }
     let mut directives = vec![format!("--job-name={}", job.name)];
     directives.extend(site.partition.as_ref().map(|p| format!("--partition={p}")));
     directives.extend(site.account.as_ref().map(|a| format!("--account={a}")));
@@ -110,7 +120,8 @@ pub fn render(site: &Site, job: &Job, bin_dir: &Path) -> Result<String, ClusterE
         &[
             ("directives", directives.join("\n")),
             ("setup", setup.join("\n")),
-            ("bin", bin_dir.display().to_string()),
+            ("bin", quote_path(bin_dir)),
+            ("cpus_per_task", site.cpus_per_task.to_string()),
             ("world", job.world(site).to_string()),
             ("nodes", job.nodes.to_string()),
             ("tasks_per_node", site.tasks_per_node.to_string()),
@@ -192,7 +203,7 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("--workers 4 --listen"), "{s}");
-        assert!(s.contains("srun --ntasks=4 --kill-on-bad-exit=1 \"/opt/vb/voxbridge-worker\""), "{s}");
+        assert!(s.contains("srun --ntasks=4 --cpus-per-task=8 --kill-on-bad-exit=1 '/opt/vb'/voxbridge-worker"), "{s}");
         assert!(s.contains("--resume auto --nccl-device local"), "{s}");
         assert!(s.contains("RUNS=('/runs/r0')"), "{s}");
         assert!(!s.contains("{{"), "{s}");
@@ -203,7 +214,7 @@ mod tests {
         let s = render(&gpu_site(), &job(1, 3), Path::new("/opt/vb")).unwrap();
         assert!(directives(&s).contains(&"--nodes=3"), "{s}");
         assert!(s.contains("--workers 12 --listen"), "{s}");
-        assert!(s.contains("srun --nodes=3 --ntasks-per-node=4"), "{s}");
+        assert!(s.contains("srun --nodes=3 --ntasks-per-node=4 --cpus-per-task=8"), "{s}");
         assert!(s.contains("--coordinator \"$VOXBRIDGE_COORDINATOR\""), "{s}");
     }
 
@@ -232,5 +243,11 @@ mod tests {
         let err = fill("a {{nope}} b", &[]).unwrap_err().to_string();
         assert!(err.contains("{{nope}}"), "{err}");
         assert!(render(&Site::local(), &job(0, 1), Path::new("/b")).is_err());
+        let mut spaced = job(1, 1);
+        spaced.log_dir = "/my runs/slurm".into();
+        let err = render(&Site::local(), &spaced, Path::new("/b")).unwrap_err().to_string();
+        assert!(err.contains("\"/my runs/slurm\" holds whitespace"), "{err}");
+        let s = render(&Site::local(), &job(1, 1), Path::new("/it's")).unwrap();
+        assert!(s.contains(r"'/it'\''s'/voxbridge-worker"), "{s}");
     }
 }

@@ -116,6 +116,18 @@ impl Site {
         if !valid_time(&time_limit) {
             return Err(bad("time_limit", format!("{time_limit:?} is not a SLURM time ([D-]HH:MM:SS or minutes)")));
         }
+        let grace_s = raw.grace_s.unwrap_or(90);
+        if grace_s > 65_535 {
+            return Err(bad("grace_s", format!("{grace_s} s: SLURM's --signal takes at most 65535 s")));
+        }
+        if let Some(limit) = time_seconds(&time_limit)
+            && u64::from(grace_s) >= limit
+        {
+            return Err(bad(
+                "grace_s",
+                format!("{grace_s} s is not shorter than time_limit {time_limit}: every job would stop at once"),
+            ));
+        }
         for key in raw.env.keys() {
             if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(bad(&format!("env.{key}"), "not a shell variable name".into()));
@@ -131,13 +143,31 @@ impl Site {
             cpus_per_task: raw.cpus_per_task.unwrap_or(1).max(1),
             mem: raw.mem,
             time_limit,
-            grace_s: raw.grace_s.unwrap_or(90),
+            grace_s,
             bin_dir: raw.bin_dir,
             modules: raw.modules,
             env_files: raw.env_files.iter().map(|f| base.join(f)).collect(),
             env: raw.env,
         })
     }
+}
+
+/// Seconds of a valid SLURM time (see `valid_time`).
+fn time_seconds(t: &str) -> Option<u64> {
+    let (days, rest) = match t.split_once('-') {
+        Some((d, r)) => (d.parse::<u64>().ok()?, r),
+        None => (0, t),
+    };
+    let parts: Vec<u64> = rest.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    let seconds = match (t.contains('-'), parts.as_slice()) {
+        (false, [m]) => m * 60,
+        (false, [m, s]) => m * 60 + s,
+        (_, [h, m, s]) => h * 3600 + m * 60 + s,
+        (true, [h]) => h * 3600,
+        (true, [h, m]) => h * 3600 + m * 60,
+        _ => return None,
+    };
+    Some(days * 86_400 + seconds)
 }
 
 /// `MM`, `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`, `D-HH:MM:SS` (sbatch's `--time`).
@@ -186,5 +216,8 @@ mod tests {
         for bad in ["", "1h", "1:2:3:4", "x-10", "-10"] {
             assert!(!valid_time(bad), "{bad}");
         }
+        assert_eq!(time_seconds("30"), Some(1800));
+        assert_eq!(time_seconds("24:00:00"), Some(86_400));
+        assert_eq!(time_seconds("2-12"), Some(2 * 86_400 + 12 * 3600));
     }
 }

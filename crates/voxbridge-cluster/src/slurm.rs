@@ -43,7 +43,7 @@ pub fn sbatch(script: &Path) -> Result<String, ClusterError> {
 /// The partitions this cluster has (`sinfo`), the default one marked with its trailing `*`
 /// removed.
 pub fn partitions() -> Result<Vec<String>, ClusterError> {
-    let out = run("sinfo", &["-h", "-o", "%P"])?;
+    let out = run("sinfo", &["-a", "-h", "-o", "%P"])?;
     Ok(out.lines().map(|l| l.trim().trim_end_matches('*').to_string()).filter(|p| !p.is_empty()).collect())
 }
 
@@ -89,8 +89,11 @@ pub fn states(ids: &[String]) -> Result<Vec<JobState>, ClusterError> {
         states = parse_squeue(&out);
     }
     for id in ids {
-        if !states.iter().any(|s| s.id == *id || s.id.starts_with(&format!("{id}_"))) {
-            let out = run("scontrol", &["show", "job", id])?;
+        // A job the controller has already forgotten is left out (shown as unknown), not an
+        // error that would hide every other job's state.
+        if !states.iter().any(|s| s.id == *id || s.id.starts_with(&format!("{id}_")))
+            && let Ok(out) = run("scontrol", &["show", "job", id])
+        {
             states.extend(parse_scontrol(&out));
         }
     }

@@ -131,6 +131,16 @@ fn a_two_task_tiny_run_completes_and_commits_its_checkpoint() {
     let status = assert_success(&voxbridge(&["status", run.to_str().unwrap()]));
     assert!(status.contains(&format!("job {id} slurm-tiny (train): COMPLETED")), "{status}");
     assert!(status.contains("20 steps logged: checkpoint at step 20 committed: finished"), "{status}");
+
+    // Regression: a job killed after rank 1 wrote its report but before rank 0 wrote its own.
+    // Resubmitted, rank 1 must not call the run finished on its own (rank 0 would wait for it
+    // in a collective until the step deadline): both resume and rank 0 writes the report.
+    std::fs::remove_file(run.join("report.json")).unwrap();
+    assert!(run.join("rank-1/report.json").is_file());
+    let again = submit(&exp, &run, &[]);
+    let (state, exit) = wait_for_end(&again, &run);
+    assert_eq!((state.as_str(), exit.as_str()), ("COMPLETED", "0:0"), "{}", log_of(&run));
+    assert!(run.join("report.json").is_file(), "{}", log_of(&run));
 }
 
 #[test]

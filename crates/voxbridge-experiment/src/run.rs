@@ -174,18 +174,37 @@ pub fn run_experiment_on(
     let rank_dir = options.dir.join(format!("rank-{rank}"));
     let dir = if primary { &options.dir } else { &rank_dir };
     let hash = config.config_hash();
-    if let Some(existing) = read_report(dir)? {
-        if existing.config_hash == hash {
-            tracing::info!(run = %config.name, dir = %dir.display(), "already finished; reusing its report");
-            return Ok(RunSummary { dir: dir.clone(), report: existing, reused: true });
+    // Whether the run already finished is rank 0's report's to say: a rank whose own report
+    // survived a job killed before rank 0 wrote its report trains again with the others
+    // (deciding alone, it would leave rank 0 waiting in a collective).
+    let mut finished = None;
+    if primary && let Some(existing) = read_report(dir)? {
+        if existing.config_hash != hash {
+            bail!(
+                "{} already holds the finished run `{}` of another config (hash {}…); pass another output \
+                 directory or remove it",
+                dir.display(),
+                existing.name,
+                &existing.config_hash[..12]
+            );
         }
-        bail!(
-            "{} already holds the finished run `{}` of another config (hash {}…); pass another output \
-             directory or remove it",
-            dir.display(),
-            existing.name,
-            &existing.config_hash[..12]
-        );
+        finished = Some(existing);
+    }
+    if let Some(c) = collective.as_deref_mut()
+        && world > 1
+    {
+        let mut bytes = match &finished {
+            Some(report) => serde_json::to_vec(report)?,
+            None => Vec::new(),
+        };
+        c.broadcast(&mut bytes, 0).context("agreeing whether the run already finished")?;
+        if !primary && !bytes.is_empty() {
+            finished = Some(serde_json::from_slice(&bytes).context("rank 0's report")?);
+        }
+    }
+    if let Some(report) = finished {
+        tracing::info!(run = %config.name, dir = %dir.display(), "already finished; reusing its report");
+        return Ok(RunSummary { dir: dir.clone(), report, reused: true });
     }
     if config.model.family != ModelFamily::MindEye2 {
         bail!(

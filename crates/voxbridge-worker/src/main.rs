@@ -44,19 +44,53 @@ struct Args {
     resume: String,
 }
 
-/// `--nccl-device N|local`.
+/// `--nccl-device N|local`, reading SLURM's environment for `local`.
 fn nccl_device(arg: Option<&str>) -> Result<Option<usize>, String> {
+    let env = |k: &str| std::env::var(k).ok();
+    resolve_device(arg, env("SLURM_LOCALID").as_deref(), env("CUDA_VISIBLE_DEVICES").as_deref())
+}
+
+/// The CUDA device (an index among the visible ones) for `--nccl-device`: a number as given, or
+/// for `local` this task's GPU. Sites that bind one GPU per task show it alone in
+/// `CUDA_VISIBLE_DEVICES` (device 0); otherwise the task's local id picks among those visible.
+fn resolve_device(arg: Option<&str>, local_id: Option<&str>, visible: Option<&str>) -> Result<Option<usize>, String> {
     let Some(arg) = arg else { return Ok(None) };
-    let (text, from) = if arg == "local" {
-        (
-            std::env::var("SLURM_LOCALID")
-                .map_err(|_| "--nccl-device local: SLURM_LOCALID is not set (not under srun)")?,
-            "SLURM_LOCALID",
-        )
-    } else {
-        (arg.to_string(), "--nccl-device")
-    };
-    text.parse().map(Some).map_err(|_| format!("{from} = {text:?} is not a device number"))
+    if arg != "local" {
+        return arg.parse().map(Some).map_err(|_| format!("--nccl-device {arg:?} is not a device number or `local`"));
+    }
+    let local_id = local_id.ok_or("--nccl-device local: SLURM_LOCALID is not set (not started by srun)")?;
+    let local: usize =
+        local_id.parse().map_err(|_| format!("--nccl-device local: SLURM_LOCALID = {local_id:?} is not a number"))?;
+    let visible: Vec<&str> = visible.unwrap_or("").split(',').filter(|d| !d.trim().is_empty()).collect();
+    match visible.len() {
+        0 => Ok(Some(local)),
+        1 => Ok(Some(0)),
+        n if local < n => Ok(Some(local)),
+        n => Err(format!(
+            "--nccl-device local: task {local} on this node but CUDA_VISIBLE_DEVICES shows {n} GPUs ({}); \
+             one worker per GPU needs as many tasks per node as GPUs",
+            visible.join(",")
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_device;
+
+    #[test]
+    fn local_devices_follow_slurm_and_cuda_visibility() {
+        assert_eq!(resolve_device(None, Some("3"), None), Ok(None));
+        assert_eq!(resolve_device(Some("2"), None, None), Ok(Some(2)));
+        assert_eq!(resolve_device(Some("local"), Some("3"), None), Ok(Some(3)));
+        assert_eq!(resolve_device(Some("local"), Some("3"), Some("0,1,2,3")), Ok(Some(3)));
+        // One GPU bound to this task: it is device 0 whatever the local id.
+        assert_eq!(resolve_device(Some("local"), Some("3"), Some("5")), Ok(Some(0)));
+        let err = resolve_device(Some("local"), Some("4"), Some("0,1")).unwrap_err();
+        assert!(err.contains("shows 2 GPUs (0,1)"), "{err}");
+        assert!(resolve_device(Some("local"), None, None).unwrap_err().contains("SLURM_LOCALID is not set"));
+        assert!(resolve_device(Some("gpu0"), None, None).unwrap_err().contains("not a device number"));
+    }
 }
 
 fn main() -> ExitCode {

@@ -74,25 +74,6 @@ fn resolve_device(arg: Option<&str>, local_id: Option<&str>, visible: Option<&st
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::resolve_device;
-
-    #[test]
-    fn local_devices_follow_slurm_and_cuda_visibility() {
-        assert_eq!(resolve_device(None, Some("3"), None), Ok(None));
-        assert_eq!(resolve_device(Some("2"), None, None), Ok(Some(2)));
-        assert_eq!(resolve_device(Some("local"), Some("3"), None), Ok(Some(3)));
-        assert_eq!(resolve_device(Some("local"), Some("3"), Some("0,1,2,3")), Ok(Some(3)));
-        // One GPU bound to this task: it is device 0 whatever the local id.
-        assert_eq!(resolve_device(Some("local"), Some("3"), Some("5")), Ok(Some(0)));
-        let err = resolve_device(Some("local"), Some("4"), Some("0,1")).unwrap_err();
-        assert!(err.contains("shows 2 GPUs (0,1)"), "{err}");
-        assert!(resolve_device(Some("local"), None, None).unwrap_err().contains("SLURM_LOCALID is not set"));
-        assert!(resolve_device(Some("gpu0"), None, None).unwrap_err().contains("not a device number"));
-    }
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     voxbridge_coordinator::init_logging("info");
@@ -126,5 +107,24 @@ fn main() -> ExitCode {
             eprintln!("voxbridge-worker: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_device;
+
+    #[test]
+    fn local_devices_follow_slurm_and_cuda_visibility() {
+        assert_eq!(resolve_device(None, Some("3"), None), Ok(None));
+        assert_eq!(resolve_device(Some("2"), None, None), Ok(Some(2)));
+        assert_eq!(resolve_device(Some("local"), Some("3"), None), Ok(Some(3)));
+        assert_eq!(resolve_device(Some("local"), Some("3"), Some("0,1,2,3")), Ok(Some(3)));
+        // One GPU bound to this task: it is device 0 whatever the local id.
+        assert_eq!(resolve_device(Some("local"), Some("3"), Some("5")), Ok(Some(0)));
+        let err = resolve_device(Some("local"), Some("4"), Some("0,1")).unwrap_err();
+        assert!(err.contains("shows 2 GPUs (0,1)"), "{err}");
+        assert!(resolve_device(Some("local"), None, None).unwrap_err().contains("SLURM_LOCALID is not set"));
+        assert!(resolve_device(Some("gpu0"), None, None).unwrap_err().contains("not a device number"));
     }
 }

@@ -37,13 +37,18 @@ fn bin_dir() -> PathBuf {
     bin_path("voxbridge").parent().unwrap().to_path_buf()
 }
 
-/// `voxbridge submit <experiment> --out <run> --bin-dir … extra…`; the job id it printed.
-fn submit(experiment: &Path, run: &Path, extra: &[&str]) -> String {
+/// The arguments of `voxbridge submit <experiment> --out <run> --bin-dir <this build> extra…`.
+fn submit_args(experiment: &Path, run: &Path, extra: &[&str]) -> Vec<String> {
     let bin = bin_dir();
     let mut args = vec!["submit", experiment.to_str().unwrap(), "--out", run.to_str().unwrap()];
     args.extend(["--bin-dir", bin.to_str().unwrap()]);
     args.extend(extra);
-    let out = assert_success(&voxbridge(&args));
+    args.into_iter().map(str::to_string).collect()
+}
+
+/// Runs `voxbridge submit` (see [`submit_args`]); the job id it printed.
+fn submit(experiment: &Path, run: &Path, extra: &[&str]) -> String {
+    let out = assert_success(&voxbridge(&submit_args(experiment, run, extra)));
     out.split_whitespace()
         .skip_while(|w| *w != "job")
         .nth(1)
@@ -159,15 +164,7 @@ fn a_cancelled_run_resumes_on_resubmission_with_the_same_losses() {
         std::fs::read_to_string(preempted.join("metrics/steps.csv")).is_ok_and(|t| t.lines().count() > 3)
     });
     // A second job for a run that is still training is refused.
-    let bin = bin_dir();
-    let twice = voxbridge(&[
-        "submit",
-        exp.to_str().unwrap(),
-        "--out",
-        preempted.to_str().unwrap(),
-        "--bin-dir",
-        bin.to_str().unwrap(),
-    ]);
+    let twice = voxbridge(&submit_args(&exp, &preempted, &[]));
     assert!(!twice.status.success(), "{}", describe(&twice));
     assert!(stderr(&twice).contains(&format!("job {id} is still")), "{}", describe(&twice));
     // SIGTERM to the job's steps (the workers), as `--signal=TERM@grace_s` sends it before the
@@ -210,14 +207,8 @@ fn submit_refuses_what_slurm_cannot_run() {
     let exp = experiment(dir.path(), &data, "refused", 1, 32);
     let site = dir.path().join("nope.toml");
     std::fs::write(&site, "name = \"nope\"\npartition = \"nope\"\ngpus_per_node = 0\ntasks_per_node = 2\n").unwrap();
-    let bin = bin_dir();
     let run = dir.path().join("run");
-    let args = |extra: &[&str]| {
-        let mut a = vec!["submit", exp.to_str().unwrap(), "--out", run.to_str().unwrap(), "--bin-dir"];
-        a.push(bin.to_str().unwrap());
-        a.extend(extra);
-        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
-    };
+    let args = |extra: &[&str]| submit_args(&exp, &run, extra);
     let out = voxbridge(&args(&["--cluster", site.to_str().unwrap()]));
     assert!(
         stderr(&out).contains("unknown partition \"nope\"") && stderr(&out).contains("debug"),
@@ -294,11 +285,7 @@ fn submit_without_sbatch_says_where_to_run_and_records_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let exp = experiment(dir.path(), &data, "nosbatch", 1, 32);
     let run = dir.path().join("run");
-    let bin = bin_dir();
-    let out = voxbridge_e2e::voxbridge_env(
-        &["submit", exp.to_str().unwrap(), "--out", run.to_str().unwrap(), "--bin-dir", bin.to_str().unwrap()],
-        &[("PATH", "/nonexistent")],
-    );
+    let out = voxbridge_e2e::voxbridge_env(&submit_args(&exp, &run, &[]), &[("PATH", "/nonexistent")]);
     let err = stderr(&out);
     assert!(!out.status.success() && err.contains("`sbatch` is not on PATH") && err.contains("--dry-run"), "{err}");
     assert!(voxbridge_cluster::read_records(&run).unwrap().is_empty());

@@ -23,12 +23,10 @@ struct Planned {
     after: Option<usize>,
 }
 
-fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
-    Ok(if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir()?.join(path) })
-}
-
-/// The ranks of a job must place the experiment's batch (the same rule training applies).
-fn check_ranks(config: &ExperimentConfig, world: u32, site: &Site, nodes: u32) -> anyhow::Result<()> {
+/// The ranks of a job (`nodes` × the site's workers per node) must place the experiment's
+/// batch (the same rule training applies).
+fn check_ranks(config: &ExperimentConfig, site: &Site, nodes: u32) -> anyhow::Result<()> {
+    let world = nodes * site.tasks_per_node;
     let subjects = config.data.train_subjects.len();
     let per_subject = TrainPlan::per_subject(config.train.batch_size as usize, subjects);
     Placement::new(subjects, world as usize, per_subject).map_err(|e| {
@@ -43,22 +41,23 @@ fn check_ranks(config: &ExperimentConfig, world: u32, site: &Site, nodes: u32) -
     Ok(())
 }
 
-fn is_sweep(text: &str) -> bool {
-    toml::from_str::<toml::Table>(text).is_ok_and(|t| t.contains_key("grid"))
+/// A sweep file's name (it has a `[grid]`); `None` for an experiment file.
+fn sweep_name(text: &str) -> Option<String> {
+    let table = toml::from_str::<toml::Table>(text).ok().filter(|t| t.contains_key("grid"))?;
+    Some(table.get("name").and_then(|v| v.as_str()).unwrap_or("sweep").to_string())
 }
 
 pub fn submit(args: &SubmitArgs) -> anyhow::Result<()> {
     let site = match &args.cluster {
-        Some(path) => Site::load(&absolute(path)?)?,
+        Some(path) => Site::load(&std::path::absolute(path)?)?,
         None => Site::local(),
     };
     let nodes = args.nodes.max(1);
-    let world = nodes * site.tasks_per_node;
     let workdir = std::env::current_dir()?;
     let text =
         std::fs::read_to_string(&args.target).with_context(|| format!("cannot read {}", args.target.display()))?;
     let mut planned = Vec::new();
-    if is_sweep(&text) {
+    if let Some(sweep_name) = sweep_name(&text) {
         if args.finetune_all {
             bail!("--finetune-all follows a pretraining experiment, not a sweep ({})", args.target.display());
         }
@@ -66,16 +65,11 @@ pub fn submit(args: &SubmitArgs) -> anyhow::Result<()> {
         if runs.is_empty() {
             bail!("{}: the sweep expands to zero runs", args.target.display());
         }
-        // load_sweep has checked the file, `name` included.
-        let sweep_name = toml::from_str::<toml::Table>(&text)
-            .ok()
-            .and_then(|t| t.get("name").and_then(|v| v.as_str()).map(str::to_string))
-            .unwrap_or_else(|| "sweep".into());
-        let dir = absolute(&args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&sweep_name)))?;
+        let dir = std::path::absolute(args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&sweep_name)))?;
         let mut specs = Vec::new();
         let mut experiments = Vec::new();
         for run in &runs {
-            check_ranks(&run.config, world, &site, nodes)?;
+            check_ranks(&run.config, &site, nodes)?;
             let run_dir = dir.join(&run.name);
             let experiment = dir.join("slurm").join(format!("{}.toml", run.name));
             experiments.push((experiment.clone(), run.text.clone()));
@@ -86,8 +80,9 @@ pub fn submit(args: &SubmitArgs) -> anyhow::Result<()> {
     } else {
         let origin = args.target.display().to_string();
         let config = voxbridge_config::parse_experiment(&text, &origin)?.validate(&origin, Some(&text))?;
-        check_ranks(&config, world, &site, nodes)?;
-        let run_dir = absolute(&args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&config.name)))?;
+        check_ranks(&config, &site, nodes)?;
+        let run_dir =
+            std::path::absolute(args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&config.name)))?;
         let experiment = run_dir.join("slurm").join("experiment.toml");
         let job = Job {
             name: config.name.clone(),
@@ -127,7 +122,7 @@ pub fn submit(args: &SubmitArgs) -> anyhow::Result<()> {
                     &overrides,
                     &["checkpoint.url", "data.eval_subjects"],
                 )?;
-                check_ranks(&fine, site.tasks_per_node, &site, 1)?;
+                check_ranks(&fine, &site, 1)?;
                 let fine_dir = run_dir.parent().unwrap_or(&run_dir).join(&name);
                 let experiment = fine_dir.join("slurm").join("experiment.toml");
                 let job = Job {
@@ -150,7 +145,7 @@ pub fn submit(args: &SubmitArgs) -> anyhow::Result<()> {
     }
 
     let bin_dir = match (&args.bin_dir, &site.bin_dir) {
-        (Some(d), _) | (None, Some(d)) => absolute(d)?,
+        (Some(d), _) | (None, Some(d)) => std::path::absolute(d)?,
         (None, None) => {
             std::env::current_exe()?.parent().context("the voxbridge binary has no directory")?.to_path_buf()
         }

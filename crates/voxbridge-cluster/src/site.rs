@@ -24,6 +24,9 @@ use serde::Deserialize;
 
 use crate::ClusterError;
 
+/// `cluster/local.toml`: the default site.
+const LOCAL: &str = include_str!("../../../cluster/local.toml");
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSite {
@@ -67,24 +70,9 @@ pub struct Site {
 }
 
 impl Site {
-    /// The site used without `--cluster`: this machine's SLURM, 2 CPU workers per node, the
-    /// default partition.
+    /// The site used without `--cluster`: `cluster/local.toml`, embedded.
     pub fn local() -> Site {
-        Site {
-            name: "local".into(),
-            partition: None,
-            account: None,
-            gpus_per_node: 0,
-            tasks_per_node: 2,
-            cpus_per_task: 1,
-            mem: None,
-            time_limit: "01:00:00".into(),
-            grace_s: 90,
-            bin_dir: None,
-            modules: Vec::new(),
-            env_files: Vec::new(),
-            env: BTreeMap::new(),
-        }
+        Site::parse(LOCAL, Path::new("cluster/local.toml")).expect("cluster/local.toml is a valid site (tested)")
     }
 
     pub fn load(path: &Path) -> Result<Site, ClusterError> {
@@ -206,6 +194,13 @@ mod tests {
         let err =
             Site::parse("name = \"c\"\ngpus_per_node = 4\ntime_limit = \"1h\"\n", Path::new("c.toml")).unwrap_err();
         assert!(err.to_string().contains("time_limit"), "{err}");
+    }
+
+    #[test]
+    fn the_embedded_local_site_parses() {
+        let site = Site::local();
+        assert_eq!((site.gpus_per_node, site.tasks_per_node, site.grace_s), (0, 2, 90));
+        assert_eq!(site.time_limit, "01:00:00");
     }
 
     #[test]

@@ -52,25 +52,27 @@ pub fn load_sweep(path: &Path) -> Result<Vec<SweepRun>, ConfigError> {
 }
 
 fn parse_sweep(text: &str, origin: &str) -> Result<RawSweep, ConfigError> {
-    toml::from_str(text).map_err(|e| {
-        let (line, column) = crate::line_col(text, e.span().map_or(0, |s| s.start));
-        ConfigError::Parse {
-            file: origin.to_string(),
-            line,
-            column,
-            key: None,
-            message: e.message().trim().to_string(),
-        }
-    })
+    toml::from_str(text).map_err(|e| toml_error(text, origin, &e))
+}
+
+/// A TOML syntax or type error of `text`, at its line and column.
+fn toml_error(text: &str, origin: &str, e: &toml::de::Error) -> ConfigError {
+    let (line, column) = crate::line_col(text, e.span().map_or(0, |s| s.start));
+    ConfigError::Parse { file: origin.to_string(), line, column, key: None, message: e.message().trim().to_string() }
+}
+
+/// A problem with one field of `origin`, without a position.
+fn invalid(origin: &str, field: &str, message: String) -> ConfigError {
+    ConfigError::Invalid {
+        file: origin.to_string(),
+        problems: vec![crate::Problem { field: field.to_string(), line: None, column: None, message }],
+    }
 }
 
 /// Expands a sweep's text against its base experiment's text.
 pub fn expand(sweep_text: &str, origin: &str, base_text: &str) -> Result<Vec<SweepRun>, ConfigError> {
     let raw = parse_sweep(sweep_text, origin)?;
-    let invalid = |field: &str, message: String| ConfigError::Invalid {
-        file: origin.to_string(),
-        problems: vec![crate::Problem { field: field.to_string(), line: None, column: None, message }],
-    };
+    let invalid = |field: &str, message: String| invalid(origin, field, message);
     if raw.grid.is_empty() {
         return Err(invalid("grid", "a sweep needs at least one key to vary".into()));
     }
@@ -131,20 +133,8 @@ pub fn derive(
     overrides: &[(String, toml::Value)],
     remove: &[&str],
 ) -> Result<(String, ExperimentConfig), ConfigError> {
-    let invalid = |field: &str, message: String| ConfigError::Invalid {
-        file: origin.to_string(),
-        problems: vec![crate::Problem { field: field.to_string(), line: None, column: None, message }],
-    };
-    let mut doc: toml::Table = toml::from_str(base_text).map_err(|e| {
-        let (line, column) = crate::line_col(base_text, e.span().map_or(0, |s| s.start));
-        ConfigError::Parse {
-            file: origin.to_string(),
-            line,
-            column,
-            key: None,
-            message: e.message().trim().to_string(),
-        }
-    })?;
+    let invalid = |field: &str, message: String| invalid(origin, field, message);
+    let mut doc: toml::Table = toml::from_str(base_text).map_err(|e| toml_error(base_text, origin, &e))?;
     doc.insert("name".into(), toml::Value::String(name.to_string()));
     for key in remove {
         let parts: Vec<&str> = key.split('.').collect();

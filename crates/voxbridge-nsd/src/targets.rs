@@ -40,6 +40,16 @@ enum Dtype {
     Safetensors(safetensors::Dtype),
 }
 
+impl Dtype {
+    /// Little-endian elements as `f32`.
+    fn decode(&self, bytes: &[u8]) -> Result<Vec<f32>, String> {
+        match self {
+            Dtype::Npy(descr) => npy::decode_f32(descr, bytes),
+            Dtype::Safetensors(d) => voxbridge_arrays::safetensors_f32(*d, bytes),
+        }
+    }
+}
+
 impl Array {
     fn rows(&self) -> usize {
         self.shape.first().copied().unwrap_or(0)
@@ -51,10 +61,7 @@ impl Array {
             Source::Bytes { file, data_offset, row_len, dtype } => {
                 let mut bytes = vec![0; row_len * self.rows()];
                 file.read_exact_at(&mut bytes, *data_offset).map_err(|e| format!("reading `{}`: {e}", self.name))?;
-                match dtype {
-                    Dtype::Npy(descr) => npy::decode_f32(descr, &bytes),
-                    Dtype::Safetensors(d) => voxbridge_arrays::safetensors_f32(*d, &bytes),
-                }
+                dtype.decode(&bytes)
             }
             Source::Hdf5(dataset) => {
                 dataset.read_raw::<f32>().map_err(|e| format!("reading dataset `{}`: {e}", self.name))
@@ -69,11 +76,7 @@ impl Array {
                 let mut bytes = vec![0; *row_len];
                 file.read_exact_at(&mut bytes, data_offset + (r * row_len) as u64)
                     .map_err(|e| format!("reading row {r} of `{}`: {e}", self.name))?;
-                let values = match dtype {
-                    Dtype::Npy(descr) => npy::decode_f32(descr, &bytes)?,
-                    Dtype::Safetensors(d) => voxbridge_arrays::safetensors_f32(*d, &bytes)?,
-                };
-                out.extend(values);
+                out.extend(dtype.decode(&bytes)?);
             }
             Source::Hdf5(dataset) => {
                 let mut slab = vec![hdf5::SliceOrIndex::from(r..r + 1)];

@@ -47,7 +47,19 @@ CONF
 export SLURM_CONF="$dir/slurm.conf"
 install -d -o munge -g munge -m 0755 /run/munge /var/lib/munge /var/log/munge
 [[ -s /etc/munge/munge.key ]] || { dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null; chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key; }
-pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged
+# munged is shared by every run: start it unless its pid file names a live munged (a second
+# munged would fail on the socket lock). /proc and the pid file need nothing beyond bash, unlike
+# pgrep (procps, absent from a minimal Debian).
+munged_pid_file=/run/munge/munged.pid
+munged_running() {
+  local pid='' comm=''
+  [[ -r $munged_pid_file ]] || return 1
+  read -r pid < "$munged_pid_file" || [[ -n $pid ]] || return 1
+  [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/comm ]] || return 1
+  read -r comm < "/proc/$pid/comm" 2>/dev/null || return 1
+  [[ $comm == munged ]]
+}
+munged_running || runuser -u munge -- /usr/sbin/munged --pid-file="$munged_pid_file"
 slurmctld
 slurmd
 for _ in $(seq 300); do

@@ -130,6 +130,69 @@ fn a_save_killed_at_any_put_resumes_from_the_previous_checkpoint() {
     }
 }
 
+/// A committed checkpoint whose file was altered after the commit: `ckpt inspect` exits
+/// non-zero for it and for its root; `--resume auto` skips it (loudly, naming the file; never
+/// deleting it) and resumes from the newest intact one to the uninterrupted run's losses;
+/// retention keeps it without counting it, and leaves no empty checkpoint directories on disk.
+/// Every committed checkpoint damaged: resume auto refuses. (Before: inspect exited 0, resume
+/// auto refused at the damaged newest one, and deleted checkpoints left empty `step-…` dirs.)
+#[test]
+fn resume_auto_skips_a_damaged_checkpoint_and_inspect_fails_on_it() {
+    let data = SimDataset::tiny(5);
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), "damaged", &data, "every_steps = 5\nkeep_last = 2", "max_steps = 14");
+    let reference = dir.path().join("reference");
+    assert_success(&train(&exp, &reference, &[], &[]));
+    let want = step_rows(&reference);
+
+    let run = dir.path().join("run");
+    assert_killed(&train(&exp, &run, &[], &[("VOXBRIDGE_FAULT", "kill-after-step:11")]));
+    let ckpts = run.join("checkpoints");
+    let damaged = ckpts.join("step-000000010-gen-000");
+    voxbridge_e2e::flip_middle_byte(&damaged.join("model.safetensors"));
+
+    for target in [&damaged, &ckpts] {
+        let inspect = voxbridge(&["ckpt".as_ref(), "inspect".as_ref(), target.as_os_str()]);
+        assert!(!inspect.status.success(), "inspect of {} must fail\n{}", target.display(), describe(&inspect));
+        let out = voxbridge_e2e::stdout(&inspect);
+        assert!(out.contains("model.safetensors") && out.contains("BAD"), "{out}");
+        assert!(stderr(&inspect).contains("1 of 5 files failed verification"), "{}", describe(&inspect));
+    }
+
+    let resumed = train(&exp, &run, &["--resume", "auto"], &[]);
+    let log = stderr(&resumed);
+    assert_success(&resumed);
+    assert!(
+        log.contains("DAMAGED CHECKPOINT SKIPPED") && log.contains("step-000000010-gen-000/model.safetensors"),
+        "{log}"
+    );
+    assert!(log.contains("steps_done=5"), "{log}");
+    assert_eq!(step_rows(&run), want, "losses after resuming from the intact checkpoint");
+    assert!(damaged.join("model.safetensors").is_file() && damaged.join("COMMIT").is_file(), "never deleted");
+    let ls = assert_success(&voxbridge(&["ckpt".as_ref(), "ls".as_ref(), ckpts.as_os_str()]));
+    assert!(ls.contains("step-000000010-gen-000") && ls.contains("DAMAGED"), "{ls}");
+    // Retention: the two newest intact ones (10 and 14 of generation 1) are kept; 5 is gone.
+    assert!(ls.contains("step-000000014-gen-001") && ls.contains("step-000000010-gen-001"), "{ls}");
+    let mut dirs: Vec<String> =
+        std::fs::read_dir(&ckpts).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    dirs.sort();
+    assert_eq!(dirs, ["step-000000010-gen-000", "step-000000010-gen-001", "step-000000014-gen-001"], "{ls}");
+
+    // Nothing intact at all: refused, naming the root, and nothing deleted.
+    let run = dir.path().join("all-damaged");
+    assert_killed(&train(&exp, &run, &[], &[("VOXBRIDGE_FAULT", "kill-after-step:11")]));
+    let ckpts = run.join("checkpoints");
+    for step in ["step-000000005-gen-000", "step-000000010-gen-000"] {
+        voxbridge_e2e::flip_middle_byte(&ckpts.join(step).join("state.json"));
+    }
+    let refused = train(&exp, &run, &["--resume", "auto"], &[]);
+    assert!(!refused.status.success(), "{}", describe(&refused));
+    assert!(stderr(&refused).contains("every committed checkpoint is damaged"), "{}", describe(&refused));
+    assert!(
+        ckpts.join("step-000000005-gen-000/COMMIT").is_file() && ckpts.join("step-000000010-gen-000/COMMIT").is_file()
+    );
+}
+
 #[test]
 fn resume_refuses_other_training_settings_by_name_unless_allowed() {
     let data = SimDataset::tiny(6);

@@ -20,7 +20,8 @@ use tempfile::TempDir;
 /// The binaries the tests drive; all are built together.
 pub const BINARIES: [&str; 3] = ["voxbridge", "voxbridge-coordinator", "voxbridge-worker"];
 
-/// The workspace root (the parent of this package's directory).
+/// The workspace root: the nearest ancestor of the running test's package directory whose
+/// `Cargo.toml` has a `[workspace]` table (the tests of any member crate may call this).
 ///
 /// Read at run time (`cargo test` sets `CARGO_MANIFEST_DIR` for the test process): the value
 /// compiled in can name another checkout when two share a `CARGO_TARGET_DIR` (cargo reuses the
@@ -30,24 +31,30 @@ pub fn workspace_root() -> PathBuf {
     let here = std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    here.parent().expect("the e2e package lives inside the workspace").to_path_buf()
+    let is_root = |dir: &Path| {
+        std::fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|t| t.lines().any(|l| l.trim() == "[workspace]"))
+    };
+    match here.ancestors().find(|dir| is_root(dir)) {
+        Some(root) => root.to_path_buf(),
+        None => here.parent().expect("the e2e package lives inside the workspace").to_path_buf(),
+    }
 }
 
-/// The PyTorch reference data `shared/reference/<name>`: `$VOXBRIDGE_REFERENCE/<name>`, else
-/// `shared/reference` next to the workspace or one of its ancestors (the project keeps it at
-/// `../shared`), else under `/work/shared`. Shared by every crate's parity tests.
+/// The PyTorch reference data `<name>` (`mindeye2-tiny`, `mindeye2-tiny-blurry`): the copy kept
+/// in the repository under `tests/reference/<name>` (see its README), so a clone runs its own
+/// parity tests. `$VOXBRIDGE_REFERENCE/<name>` overrides it (e.g. to test against a regenerated
+/// set). Shared by every crate's parity tests.
 pub fn reference_dir(name: &str) -> PathBuf {
-    if let Ok(dir) = std::env::var("VOXBRIDGE_REFERENCE") {
-        return PathBuf::from(dir).join(name);
-    }
-    let root = workspace_root();
-    let mut candidates: Vec<PathBuf> = root.ancestors().map(|a| a.join("shared/reference")).collect();
-    candidates.push(PathBuf::from("/work/shared/reference"));
-    candidates
-        .iter()
-        .map(|c| c.join(name))
-        .find(|p| p.is_dir())
-        .unwrap_or_else(|| panic!("reference {name} not found in {candidates:?}; set VOXBRIDGE_REFERENCE"))
+    let dir = match std::env::var_os("VOXBRIDGE_REFERENCE").filter(|d| !d.is_empty()) {
+        Some(root) => PathBuf::from(root).join(name),
+        None => workspace_root().join("tests/reference").join(name),
+    };
+    assert!(
+        dir.is_dir(),
+        "reference data {name} not found at {} (it ships in tests/reference; VOXBRIDGE_REFERENCE overrides the parent folder)",
+        dir.display()
+    );
+    dir
 }
 
 /// The cargo target directory the binaries are built into.

@@ -1,5 +1,5 @@
 //! End-to-end tests of `voxbridge params` and `voxbridge predict` against the PyTorch reference
-//! (`../shared/reference/mindeye2-tiny*`): checkpoints load with no model file, the architecture
+//! (`tests/reference/mindeye2-tiny*`): checkpoints load with no model file, the architecture
 //! is inferred and printed, and the outputs equal the reference outputs.
 
 use std::path::Path;

@@ -12,6 +12,9 @@ const VOXELS: usize = 24;
 /// low-level branch makes 7·2^k squares).
 const CLIP: [usize; 2] = [4, 16];
 const LATENT: [usize; 3] = [4, 7, 7];
+/// The low-level teacher of [`imported_convnext_teacher_trains_the_soft_contrastive_term`]:
+/// the branch's 7×7 positions, 8 wide (the run's maps projector takes this width), 2 views.
+const TEACHER: [usize; 2] = [49, 8];
 
 /// A value in [-1, 1) from (a, b): a fixed hash, so the fixtures are the same on every run.
 fn noise(a: u64, b: u64) -> f32 {
@@ -103,7 +106,11 @@ fn imported_release_files_verify_train_and_evaluate() {
 
     let run = dir.path().join("run");
     let exp = experiment(dir.path(), &manifest, "[1]");
-    assert_success(&voxbridge(&["train", exp.to_str().unwrap(), "--out", run.to_str().unwrap()]));
+    let trained = voxbridge(&["train", exp.to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    assert_success(&trained);
+    // These targets have no ConvNeXt teacher: the soft contrastive term is off, said once.
+    let log = String::from_utf8_lossy(&trained.stderr);
+    assert_eq!(log.matches("no low-level teacher features").count(), 1, "{log}");
     let report = read_json(&run.join("report.json"));
     let retrieval = &report["evaluation"]["subject1"]["retrieval"];
     let top1 = retrieval["image_top1"]["mean"].as_f64().unwrap_or_else(|| panic!("no retrieval in {report}"));
@@ -122,6 +129,54 @@ fn imported_release_files_verify_train_and_evaluate() {
     // The low-level branch trained on the imported VAE latents.
     for name in ["loss", "clip_loss", "prior_loss", "blur_loss"] {
         assert!(column(name).iter().all(|l| l.is_finite() && *l > 0.0), "{name}: {steps}");
+    }
+    assert!(column("blur_cont").iter().all(|c| c.is_nan()), "{steps}");
+}
+
+/// Targets with the ConvNeXt teacher (`convnext`, `convnext_aug`): the import records its shape,
+/// the run fits the maps projector to its width and trains the soft contrastive term
+/// (`blur_cont` in steps.csv, included in `loss`), with no "no teacher" line.
+#[test]
+fn imported_convnext_teacher_trains_the_soft_contrastive_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let release = dir.path().join("release");
+    std::fs::create_dir_all(&release).unwrap();
+    let trials = write_release(&release, 1, 3);
+    let mut images: Vec<u32> = trials.iter().map(|t| t.image).collect();
+    images.sort_unstable();
+    images.dedup();
+    let teacher = |image: u32, k: usize| noise(u64::from(image) + 50_000, k as u64);
+    fixtures::write_teacher_npy(&release.join("targets"), &images, TEACHER, 2, teacher).unwrap();
+    let out = dir.path().join("nsd");
+    assert_success(&import(&release, 1, &out, &[]));
+    let manifest = out.join("manifest.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    assert!(text.contains("teacher = [49, 8]") && text.contains("teacher_augs = 2"), "{text}");
+    assert_success(&voxbridge(&["data", "verify", manifest.to_str().unwrap()]));
+
+    let run = dir.path().join("run");
+    let exp = experiment(dir.path(), &manifest, "[1]");
+    let trained = voxbridge(&["train", exp.to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    assert_success(&trained);
+    let log = String::from_utf8_lossy(&trained.stderr);
+    assert!(!log.contains("no low-level teacher features"), "{log}");
+    let card = read_json(&run.join("checkpoint/model.json"));
+    assert_eq!(card["architecture"]["low_level"]["projector_width"], 8, "{card}");
+    let steps = std::fs::read_to_string(run.join("metrics/steps.csv")).unwrap();
+    let header: Vec<&str> = steps.lines().next().unwrap().split(',').collect();
+    assert_eq!(header.last(), Some(&"blur_cont"), "new column last: {steps}");
+    let column = |name: &str| -> Vec<f64> {
+        let at = header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no `{name}` in {steps}"));
+        steps.lines().skip(1).map(|l| l.split(',').nth(at).unwrap().parse().unwrap()).collect()
+    };
+    let (loss, clip, prior, blur, cont) =
+        (column("loss"), column("clip_loss"), column("prior_loss"), column("blur_loss"), column("blur_cont"));
+    assert_eq!(cont.len(), 9, "{steps}");
+    for i in 0..cont.len() {
+        assert!(cont[i].is_finite() && cont[i] > 0.0, "step {i}: {steps}");
+        // loss = 30·prior + 1·clip + 0.5·(L1 + 0.1·cont)
+        let total = 30.0 * prior[i] + clip[i] + 0.5 * (blur[i] + 0.1 * cont[i]);
+        assert!((loss[i] - total).abs() <= 1e-4 * total, "step {i}: {} vs {total}", loss[i]);
     }
 }
 

@@ -316,3 +316,82 @@ fn a_sweep_runs_as_a_job_array() {
     assert!(status.contains(&format!("{id}_0=COMPLETED")) && status.contains(&format!("{id}_1=COMPLETED")), "{status}");
     assert!(status.contains("seeds-seed2: 5 steps logged"), "{status}");
 }
+
+/// Whether this build's voxbridge-worker reduces over NCCL (`voxbridge-worker --capabilities`).
+fn worker_has_nccl() -> bool {
+    let out = voxbridge_e2e::run_bin("voxbridge-worker", &["--capabilities"]);
+    let text = assert_success(&out);
+    let caps: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    caps["nccl"].as_bool().unwrap_or_else(|| panic!("no `nccl` in {text}"))
+}
+
+/// A GPU site's workers reduce over NCCL (`--nccl-device local`): a worker built without the
+/// `nccl` feature would exit at start on every node, so `submit` (and `--dry-run`) refuses up
+/// front, naming the build command, and submits, records and writes nothing.
+#[test]
+fn a_gpu_site_needs_a_worker_built_with_nccl() {
+    let data = SimDataset::tiny(6);
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), &data, "gpu", 1, 32);
+    let site = dir.path().join("gpu-site.toml");
+    std::fs::write(&site, "name = \"gpu\"\ngpus_per_node = 2\n").unwrap();
+    let run = dir.path().join("run");
+    let dry = voxbridge(&submit_args(&exp, &run, &["--cluster", site.to_str().unwrap(), "--dry-run"]));
+    if worker_has_nccl() {
+        // A build with NCCL (scripts/test.sh builds one too): the scripts use it.
+        assert!(assert_success(&dry).contains("--nccl-device local"), "{}", describe(&dry));
+        return;
+    }
+    let worker = bin_dir().join("voxbridge-worker");
+    for out in [dry, voxbridge(&submit_args(&exp, &run, &["--cluster", site.to_str().unwrap()]))] {
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{}", describe(&out));
+        assert!(
+            err.contains("cargo build --release -p voxbridge-worker --features nccl")
+                && err.contains(&worker.display().to_string())
+                && err.contains("gpus_per_node = 2"),
+            "{}",
+            describe(&out)
+        );
+        assert!(!voxbridge_e2e::stdout(&out).contains("#SBATCH"), "{}", describe(&out));
+        assert!(!run.exists(), "nothing written: {}", describe(&out));
+    }
+    // The CPU site needs no NCCL.
+    assert_success(&voxbridge(&submit_args(&exp, &run, &["--dry-run"])));
+}
+
+/// Regression: the coordinator's port was `20000 + job id % 30000`, so a job collided with any
+/// program holding that port (another SLURM's job on the machine, a job 30000 ids away). Here
+/// the ports of the next job ids are held: the job still runs, on a port of its own, which the
+/// coordinator published in a file unique to the job.
+#[test]
+fn a_job_runs_when_the_port_its_id_once_implied_is_taken() {
+    if !slurm_available() {
+        return;
+    }
+    let data = SimDataset::tiny(7);
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), &data, "slurm-port", 1, 32);
+    let run = dir.path().join("runs/slurm-port");
+    // The latest job id: a throw-away job's.
+    let probe =
+        Command::new("sbatch").args(["--parsable", "--wrap=true", "--output=/dev/null"]).output().expect("sbatch runs");
+    assert!(probe.status.success(), "{}", String::from_utf8_lossy(&probe.stderr));
+    let last: u64 = String::from_utf8_lossy(&probe.stdout).trim().split(';').next().unwrap().parse().unwrap();
+    let old_port = |id: u64| u16::try_from(20000 + id % 30000).unwrap();
+    // Ports already in use elsewhere cannot be bound here, and collide all the same.
+    let held: Vec<std::net::TcpListener> =
+        (last + 1..=last + 40).filter_map(|id| std::net::TcpListener::bind(("0.0.0.0", old_port(id))).ok()).collect();
+    assert!(!held.is_empty());
+    let id = submit(&exp, &run, &[]);
+    let n: u64 = id.parse().unwrap();
+    assert!(n <= last + 40, "job {id} came after the ports held here (ids {}..={})", last + 1, last + 40);
+    let (state, exit) = wait_for_end(&id, &run);
+    assert_eq!((state.as_str(), exit.as_str()), ("COMPLETED", "0:0"), "{}", log_of(&run));
+    assert_eq!(committed_step(&run), Some(5), "{}", log_of(&run));
+    let file = run.join(format!("slurm/coordinator-{id}.addr"));
+    let addr = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let port: u16 = addr.trim().rsplit_once(':').unwrap().1.parse().unwrap();
+    assert_ne!(port, old_port(n), "{addr}");
+    drop(held);
+}

@@ -7,6 +7,8 @@ Writes one HDF5 file with the arrays voxbridge's importer reads, keyed by the NS
   clip_tokens  [N, 256, 1664]    float32  OpenCLIP ViT-bigG-14 (laion2b_s39b_b160k) patch tokens
   lowlevel     [N, 4, 28, 28]    float32  SD image-variation VAE latent × 0.18215   (--vae)
   captions     [N, K, 768]       float32  CLIP ViT-L-14 text embeddings of K captions (--captions)
+  convnext     [N, 49, 512]      float32  ConvNeXt-XL VICRegL maps-projector features  (--convnext)
+  convnext_aug [N, A, 49, 512]   float32  the same of A fixed augmentations of each image
 
 It follows MindEye2's released code (spec §1.5) so the targets match the released checkpoints:
   * CLIP: sgm's FrozenOpenCLIPImageEmbedder(output_tokens=True, only_tokens=True) with
@@ -16,13 +18,28 @@ It follows MindEye2's released code (spec §1.5) so the targets match the releas
     (the released models were trained on it). `--no-squash` feeds images as CLIP expects.
   * VAE: diffusers AutoencoderKL (blocks 128/256/512/512, 2 layers per block) loaded from
     `sd_image_var_autoenc.pth`; latent = encode(2·img − 1).latent_dist.mode() × 0.18215.
+  * ConvNeXt teacher of the low-level soft contrastive loss (spec §1.5, §2.1): MindEye2's
+    `ConvnextXL` (src/autoencoder/convnext.py of the MindEyeV2 repository, passed with
+    --convnext-code; not vendored here) loaded from `convnext_xlarge_alpha0.75_fullckpt.pth`;
+    features = the second output of cnx((img − mean)/std), mean (0.485, 0.456, 0.406), std
+    (0.228, 0.224, 0.225) (0.228 as released), [B, 49, 512], stored raw (training l2-normalises
+    each of the 49 rows, as Train.ipynb does).
+    DEVIATION: Train.ipynb computes the augmented teacher on a fresh random augmentation of every
+    image at every step (kornia: ColorJitter(0.4, 0.4, 0.2, 0.1, p=0.8), RandomGrayscale(p=0.1),
+    RandomSolarize(p=0.1), RandomResizedCrop(224, scale=(0.9, 0.9), ratio=(1, 1), p=1)).
+    voxbridge cannot run ConvNeXt while training, so this script stores A (--convnext-augs,
+    default 2) augmentations per image, each drawn with torch's generator seeded from
+    (--convnext-seed, image id, view) — the same views whatever the batch size or a resume —
+    and training picks one of them per image and step.
 
 Requirements (not installed by voxbridge; a GPU makes bigG practical — about 1.9 B parameters):
   pip install torch open_clip_torch==2.24.0 diffusers==0.23.0 h5py numpy
+  (+ kornia and MindEyeV2's src/ for --convnext)
 
 Usage:
   python tools/nsd_targets.py --images coco_images_224_float16.hdf5 --out nsd_targets.h5 \
       [--vae sd_image_var_autoenc.pth] [--captions captions.json] [--ids ids.npy] \
+      [--convnext convnext_xlarge_alpha0.75_fullckpt.pth --convnext-code MindEyeV2/src] \
       [--batch 32] [--device cuda]
   voxbridge data import-nsd --subject 1 ... --targets nsd_targets.h5
 
@@ -30,7 +47,9 @@ Usage:
 float16 in [0, 1]). `--ids` (a .npy or a text file of 73k indices) restricts the images; the
 default is all 73000 (about 125 GB of float32 tokens; the file is written batch by batch, so
 memory stays at one batch). An interrupted run continues where it stopped when started again
-with the same arguments (the file records how many rows are complete). `--captions` is a JSON
+with the same arguments (the file records how many rows are complete). The ConvNeXt features
+keep their own count, so `--convnext` can also be added to a finished file later (the other
+arrays are then not recomputed). `--captions` is a JSON
 object {"<73k index>": ["caption", ...]} (e.g. from COCO's annotations through
 nsd_stim_info_merged.csv's cocoId); each image's first K (--captions-per-image, default 5)
 captions are embedded, repeating the last when an image has fewer.
@@ -45,6 +64,9 @@ import numpy as np
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 VAE_SCALE = 0.18215
+# ConvnextXL's input normalisation as MindEye2 released it (0.228, not 0.229).
+CNX_MEAN = (0.485, 0.456, 0.406)
+CNX_STD = (0.228, 0.224, 0.225)
 
 
 def parse_args(argv):
@@ -55,6 +77,10 @@ def parse_args(argv):
     p.add_argument("--vae", help="sd_image_var_autoenc.pth: also write `lowlevel`")
     p.add_argument("--captions", help="JSON {73k index: [captions]}: also write `captions`")
     p.add_argument("--captions-per-image", type=int, default=5)
+    p.add_argument("--convnext", help="convnext_xlarge_alpha0.75_fullckpt.pth: also write `convnext`, `convnext_aug`")
+    p.add_argument("--convnext-code", help="directory holding autoencoder/convnext.py (MindEyeV2's src/)")
+    p.add_argument("--convnext-augs", type=int, default=2, help="augmented views stored per image")
+    p.add_argument("--convnext-seed", type=int, default=0, help="seed of the augmentations")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--device", default="cuda")
     p.add_argument("--no-squash", action="store_true",
@@ -146,6 +172,59 @@ class CaptionEmbeddings:
         return emb.view(len(ids), self.per_image, -1)
 
 
+class ConvnextTeacher:
+    """MindEye2's ConvnextXL (VICRegL, maps projector): clean and augmented [B, 49, 512] features."""
+
+    def __init__(self, ckpt, code, augs, seed, device):
+        import torch
+        from kornia.augmentation import ColorJitter, RandomGrayscale, RandomResizedCrop, RandomSolarize
+        from kornia.augmentation.container import AugmentationSequential
+
+        if code:
+            sys.path.insert(0, code)
+        try:
+            from autoencoder.convnext import ConvnextXL
+        except ImportError as e:
+            sys.exit(f"--convnext needs MindEyeV2's src/autoencoder/convnext.py (pass --convnext-code): {e}")
+        self.model = ConvnextXL(ckpt).eval().requires_grad_(False).to(device)
+        # Train.ipynb's blur_augs.
+        self.augment = AugmentationSequential(
+            ColorJitter(0.4, 0.4, 0.2, 0.1, p=0.8),
+            RandomGrayscale(p=0.1),
+            RandomSolarize(p=0.1),
+            RandomResizedCrop((224, 224), scale=(0.9, 0.9), ratio=(1.0, 1.0), p=1.0),
+            data_keys=["input"],
+        )
+        self.mean = torch.tensor(CNX_MEAN, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(CNX_STD, device=device).view(1, 3, 1, 1)
+        if augs < 1:
+            sys.exit("--convnext-augs must be at least 1")
+        self.augs, self.seed = augs, seed
+
+    def features(self, img):
+        _, maps = self.model((img - self.mean) / self.std)
+        return maps.reshape(img.shape[0], 49, 512) if maps.dim() != 3 else maps  # [B, 49, 512]
+
+    def views(self, img, ids):
+        """[B, A, 49, 512]: view a of image i is augmented with the generator seeded from
+        (seed, image id, a), so it does not depend on the batch or on a resume."""
+        import torch
+
+        state = torch.random.get_rng_state()
+        cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        out = []
+        for a in range(self.augs):
+            augmented = []
+            for k, i in enumerate(ids):
+                torch.manual_seed((self.seed * 1_000_003 + int(i)) * 64 + a)
+                augmented.append(self.augment(img[k:k + 1]))
+            out.append(self.features(torch.cat(augmented)))
+        torch.random.set_rng_state(state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state_all(cuda_state)
+        return torch.stack(out, dim=1)
+
+
 def main(argv=None):
     args = parse_args(argv)
     import h5py
@@ -157,9 +236,12 @@ def main(argv=None):
     clip = BigGTokens(args.device, squash=not args.no_squash)
     vae = VaeLatents(args.vae, args.device) if args.vae else None
     captions = CaptionEmbeddings(args.captions, args.captions_per_image, args.device) if args.captions else None
+    cnx = (ConvnextTeacher(args.convnext, args.convnext_code, args.convnext_augs, args.convnext_seed, args.device)
+           if args.convnext else None)
 
     out = h5py.File(args.out, "a")
-    if "image_id" in out:
+    fresh = "image_id" not in out
+    if not fresh:
         if not np.array_equal(out["image_id"][:], ids):
             sys.exit(f"{args.out} holds other images; remove it or choose another --out")
     else:
@@ -171,25 +253,54 @@ def main(argv=None):
             out.create_dataset("captions", (n, args.captions_per_image, 768), dtype="f4")
         out.attrs["rows_done"] = 0
         out.attrs["clip"] = "ViT-bigG-14 laion2b_s39b_b160k tokens" + ("" if args.no_squash else " (MindEye2 [0.5,1] input)")
+    if cnx:
+        if "convnext" in out:
+            held = (int(out.attrs.get("convnext_augs", -1)), int(out.attrs.get("convnext_seed", -1)))
+            if held != (args.convnext_augs, args.convnext_seed) or out["convnext_aug"].shape[1] != args.convnext_augs:
+                sys.exit(f"{args.out} holds ConvNeXt features of other augmentations (augs, seed) = {held}; "
+                         "pass the same --convnext-augs/--convnext-seed or choose another --out")
+        else:
+            out.create_dataset("convnext", (n, 49, 512), dtype="f4", chunks=(1, 49, 512))
+            out.create_dataset("convnext_aug", (n, args.convnext_augs, 49, 512), dtype="f4",
+                               chunks=(1, args.convnext_augs, 49, 512))
+            out.attrs["convnext_rows_done"] = 0
+            out.attrs["convnext_augs"] = args.convnext_augs
+            out.attrs["convnext_seed"] = args.convnext_seed
+            out.attrs["convnext"] = "ConvnextXL VICRegL alpha0.75 maps projector; aug views = blur_augs, seeded per image"
     start = int(out.attrs["rows_done"])
-    print(f"{n} images, {start} already done", file=sys.stderr)
+    cnx_start = int(out.attrs["convnext_rows_done"]) if cnx else n
+    if not fresh and start < n and (vae is None) != ("lowlevel" not in out):
+        sys.exit(f"{args.out} was started {'with' if 'lowlevel' in out else 'without'} --vae; resume it the same way")
+    print(f"{n} images, {start} already done" + (f", ConvNeXt {cnx_start}" if cnx else ""), file=sys.stderr)
 
     # h5py reads fancy indices in increasing order: sort each batch, then restore the order.
     with torch.no_grad():
-        for begin in range(start, n, args.batch):
-            batch_ids = ids[begin:begin + args.batch]
+        # Batches start at multiples of --batch from the earliest unfinished row; each array is
+        # written only past its own count (a resume never recomputes a finished row).
+        first = min(start, cnx_start)
+        for begin in range(first, n, args.batch):
+            end = min(begin + args.batch, n)
+            main_rows = slice(max(begin, start) - begin, end - begin)
+            cnx_rows = slice(max(begin, cnx_start) - begin, end - begin)
+            batch_ids = ids[begin:end]
             order = np.argsort(batch_ids)
             sorted_imgs = source[np.sort(batch_ids)]
             imgs = np.empty_like(sorted_imgs)
             imgs[order] = sorted_imgs
             img = torch.from_numpy(imgs.astype(np.float32)).to(args.device)
-            end = begin + len(batch_ids)
-            out["clip_tokens"][begin:end] = clip(img).float().cpu().numpy()
-            if vae:
-                out["lowlevel"][begin:end] = vae(img).float().cpu().numpy()
-            if captions:
-                out["captions"][begin:end] = captions(batch_ids).float().cpu().numpy()
-            out.attrs["rows_done"] = end
+            if main_rows.start < main_rows.stop:
+                part, rows = img[main_rows], slice(begin + main_rows.start, end)
+                out["clip_tokens"][rows] = clip(part).float().cpu().numpy()
+                if vae:
+                    out["lowlevel"][rows] = vae(part).float().cpu().numpy()
+                if captions:
+                    out["captions"][rows] = captions(batch_ids[main_rows]).float().cpu().numpy()
+                out.attrs["rows_done"] = end
+            if cnx and cnx_rows.start < cnx_rows.stop:
+                part, rows = img[cnx_rows], slice(begin + cnx_rows.start, end)
+                out["convnext"][rows] = cnx.features(part).float().cpu().numpy()
+                out["convnext_aug"][rows] = cnx.views(part, batch_ids[cnx_rows]).float().cpu().numpy()
+                out.attrs["convnext_rows_done"] = end
             out.flush()
             print(f"{end}/{n}", file=sys.stderr)
     out.close()

@@ -100,17 +100,30 @@ pub fn fault_from_env() -> Result<Option<Fault>, String> {
     }
 }
 
-/// SIGKILL to this process (no destructors, no flushing: a crash as the OS sees it).
-pub fn kill_self(why: &str) -> ! {
-    signal_self("KILL", why);
-    std::process::abort() // only if `kill` is missing
+/// Sending a fault-injection signal to this process failed.
+#[derive(Debug, thiserror::Error)]
+#[error("fault injection: cannot send SIG{signal} to this process: {reason}")]
+pub struct SignalError {
+    pub signal: String,
+    pub reason: String,
 }
 
-/// Sends `signal` (`KILL`, `STOP`) to this process.
-pub fn signal_self(signal: &str, why: &str) {
+/// SIGKILL to this process (no destructors, no flushing: a crash as the OS sees it). Returns only
+/// when the signal cannot be sent.
+pub fn kill_self(why: &str) -> Result<std::convert::Infallible, SignalError> {
+    signal_self("KILL", why)?;
+    // POSIX: an unblockable signal a process sends itself is delivered before kill() returns.
+    unreachable!("SIGKILL was sent to this process and it still runs")
+}
+
+/// Sends `signal` (`KILL`, `STOP`, `TERM`: the name without `SIG`) to this process, through the
+/// kill(2) system call (no external program).
+pub fn signal_self(signal: &str, why: &str) -> Result<(), SignalError> {
+    let error = |reason: String| SignalError { signal: signal.to_string(), reason };
+    let sig: nix::sys::signal::Signal =
+        format!("SIG{signal}").parse().map_err(|_| error("not a signal name".to_string()))?;
     eprintln!("fault injection: SIG{signal} ({why})");
-    let pid = std::process::id().to_string();
-    let _ = std::process::Command::new("kill").args([&format!("-{signal}"), &pid]).status();
+    nix::sys::signal::kill(nix::unistd::Pid::this(), sig).map_err(|e| error(e.to_string()))
 }
 
 /// Wraps a store; the `at`-th put (and only it) triggers `action`.
@@ -153,7 +166,10 @@ impl FaultyStore {
                 store: "FaultyStore",
                 source: format!("injected failure at put {k} ({location})").into(),
             }),
-            FaultAction::Kill => kill_self(&format!("at put {k}, {location}")),
+            FaultAction::Kill => {
+                let Err(e) = kill_self(&format!("at put {k}, {location}"));
+                Err(object_store::Error::Generic { store: "FaultyStore", source: Box::new(e) })
+            }
         }
     }
 }

@@ -7,6 +7,10 @@ use sha2::{Digest, Sha256};
 
 /// The marker object; written last, with `PutMode::Create`.
 pub const COMMIT_FILE: &str = "COMMIT";
+/// Written beside `COMMIT` when a committed checkpoint's files failed verification (by
+/// `--resume auto`, which then resumes from an older one): says which file and why. A damaged
+/// checkpoint is kept for inspection but never resumed from nor counted by retention.
+pub const DAMAGED_FILE: &str = "DAMAGED";
 /// Version of the marker's JSON layout.
 pub const COMMIT_FORMAT: u32 = 1;
 

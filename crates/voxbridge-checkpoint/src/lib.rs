@@ -17,7 +17,7 @@ mod layout;
 pub mod retention;
 mod store;
 
-pub use layout::{COMMIT_FILE, CheckpointId, CommitRecord, FileRecord};
+pub use layout::{COMMIT_FILE, CheckpointId, CommitRecord, DAMAGED_FILE, FileRecord};
 pub use store::{CheckpointListing, CheckpointStore, DEFAULT_PART_SIZE, Located, MAX_PARTS_IN_FLIGHT, locate};
 
 use thiserror::Error;
@@ -40,6 +40,19 @@ pub enum CheckpointError {
     AlreadyCommitted { location: String },
     #[error("{location}: {message}")]
     Invalid { location: String, message: String },
+}
+
+impl CheckpointError {
+    /// The stored bytes are wrong — a size or checksum that disagrees with the marker, an
+    /// unreadable marker, a listed file that is gone — as opposed to a store that failed to
+    /// answer (which may work on a retry).
+    pub fn is_damage(&self) -> bool {
+        match self {
+            CheckpointError::Corrupt { .. } => true,
+            CheckpointError::Store { source, .. } => matches!(source, object_store::Error::NotFound { .. }),
+            _ => false,
+        }
+    }
 }
 
 pub type Result<T, E = CheckpointError> = std::result::Result<T, E>;

@@ -31,6 +31,8 @@ impl RetentionPolicy {
 pub struct Seen {
     pub id: CheckpointId,
     pub committed: bool,
+    /// Committed, but its files failed verification ([`crate::DAMAGED_FILE`]).
+    pub damaged: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,16 +55,20 @@ impl Decision {
 
 /// One decision per checkpoint in `seen`, in the same order. `generation` is the caller's own: an
 /// uncommitted checkpoint of an earlier generation is a dead writer's leftover; one of the
-/// current generation is kept unless a newer checkpoint is already committed.
+/// current generation is kept unless a newer checkpoint is already committed. A damaged
+/// checkpoint is kept (for inspection) and never counted as one of the kept ones: the newest and
+/// the last `keep_last` are intact ones.
 pub fn decide(seen: &[Seen], generation: u32, policy: RetentionPolicy) -> Vec<Decision> {
-    let mut committed: Vec<CheckpointId> = seen.iter().filter(|s| s.committed).map(|s| s.id).collect();
+    let mut committed: Vec<CheckpointId> = seen.iter().filter(|s| s.committed && !s.damaged).map(|s| s.id).collect();
     committed.sort_unstable_by(|a, b| b.cmp(a));
     let newest = committed.first().copied();
     let recent = &committed[..committed.len().min(policy.keep_last)];
     seen.iter()
         .map(|s| {
             let id = s.id;
-            if s.committed {
+            if s.committed && s.damaged {
+                Decision::Keep { id, reason: "damaged: kept for inspection, not counted as kept" }
+            } else if s.committed {
                 if Some(id) == newest {
                     Decision::Keep { id, reason: "the newest committed checkpoint" }
                 } else if recent.contains(&id) {
@@ -95,7 +101,26 @@ mod tests {
     }
 
     fn seen(step: u64, generation: u32, committed: bool) -> Seen {
-        Seen { id: id(step, generation), committed }
+        Seen { id: id(step, generation), committed, damaged: false }
+    }
+
+    #[test]
+    fn a_damaged_checkpoint_is_kept_but_not_counted() {
+        let policy = RetentionPolicy::new(2, 0).unwrap();
+        let damaged = Seen { damaged: true, ..seen(30, 0, true) };
+        let listing = [seen(10, 0, true), seen(20, 0, true), damaged, seen(40, 1, true)];
+        let decisions = decide(&listing, 1, policy);
+        // Intact 20 and 40 are the two kept; 10 goes; the damaged 30 stays, uncounted.
+        let deleted: Vec<CheckpointId> = decisions.iter().filter(|d| d.is_delete()).map(Decision::id).collect();
+        assert_eq!(deleted, [id(10, 0)]);
+        assert_eq!(decisions[1], Decision::Keep { id: id(20, 0), reason: "among the last keep_last committed" });
+        assert_eq!(
+            decisions[2],
+            Decision::Keep { id: id(30, 0), reason: "damaged: kept for inspection, not counted as kept" }
+        );
+        // A damaged newest one is not "the newest committed": the intact ones before it stay.
+        let listing = [seen(10, 0, true), seen(20, 0, true), Seen { damaged: true, ..seen(30, 0, true) }];
+        assert!(decide(&listing, 0, policy).iter().all(|d| !d.is_delete()));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
 use sha2::{Digest, Sha256};
 
 use crate::fault::FaultyStore;
-use crate::layout::{COMMIT_FILE, COMMIT_FORMAT, CheckpointId, CommitRecord, FileRecord};
+use crate::layout::{COMMIT_FILE, COMMIT_FORMAT, CheckpointId, CommitRecord, DAMAGED_FILE, FileRecord};
 use crate::{CheckpointError, Result};
 
 /// Files above this size go out as a multipart upload of fixed-size parts.
@@ -25,6 +25,8 @@ pub const MAX_PARTS_IN_FLIGHT: usize = 2;
 pub struct CheckpointListing {
     pub id: CheckpointId,
     pub committed: bool,
+    /// A [`DAMAGED_FILE`] note lies beside the marker: its files failed verification.
+    pub damaged: bool,
     /// `(file name, bytes)` of every visible object under the checkpoint's prefix.
     pub objects: Vec<(String, u64)>,
 }
@@ -44,6 +46,9 @@ pub struct CheckpointStore {
     url: String,
     runtime: Arc<tokio::runtime::Runtime>,
     part_size: usize,
+    /// The root's directory when it is on local disk (empty checkpoint directories are removed
+    /// after a delete; object stores have no directories).
+    local_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for CheckpointStore {
@@ -68,7 +73,11 @@ impl CheckpointStore {
             Some(faulty) => Arc::new(faulty) as Arc<dyn ObjectStore>,
             None => store,
         };
-        Self::with_store(store, root, url.as_str())
+        let mut opened = Self::with_store(store, root, url.as_str())?;
+        if url.scheme() == "file" {
+            opened.local_dir = url.to_file_path().ok();
+        }
+        Ok(opened)
     }
 
     /// A root on a store built by the caller (tests wrap stores in [`FaultyStore`]).
@@ -82,6 +91,7 @@ impl CheckpointStore {
             url: url.trim_end_matches('/').to_string(),
             runtime: Arc::new(runtime),
             part_size: DEFAULT_PART_SIZE,
+            local_dir: None,
         })
     }
 
@@ -125,9 +135,14 @@ impl CheckpointStore {
             let parts: Vec<String> = meta.location.parts().skip(root_parts).map(|p| p.as_ref().to_string()).collect();
             let [dir, file] = parts.as_slice() else { continue };
             let Some(id) = CheckpointId::parse(dir) else { continue };
-            let entry =
-                by_id.entry(id).or_insert_with(|| CheckpointListing { id, committed: false, objects: Vec::new() });
+            let entry = by_id.entry(id).or_insert_with(|| CheckpointListing {
+                id,
+                committed: false,
+                damaged: false,
+                objects: Vec::new(),
+            });
             entry.committed |= file == COMMIT_FILE;
+            entry.damaged |= file == DAMAGED_FILE;
             entry.objects.push((file.clone(), meta.size));
         }
         let mut listings: Vec<CheckpointListing> = by_id.into_values().collect();
@@ -263,6 +278,23 @@ impl CheckpointStore {
         Ok(bytes)
     }
 
+    /// Reads every file of a committed checkpoint and checks it against the marker; the
+    /// failures, one per damaged or unreadable file (empty: intact).
+    pub fn verify(&self, record: &CommitRecord) -> Vec<CheckpointError> {
+        record.files.iter().filter_map(|f| self.read(record, &f.name).err()).collect()
+    }
+
+    /// Records beside the marker that this checkpoint is damaged (`why`: the failures). The
+    /// checkpoint itself is left as it is, for inspection.
+    pub fn mark_damaged(&self, id: CheckpointId, why: &str) -> Result<()> {
+        let what = format!("{}/{DAMAGED_FILE}", self.location(id));
+        let payload = PutPayload::from(format!("{why}\n").into_bytes());
+        self.runtime
+            .block_on(self.store.put(&self.path(id, DAMAGED_FILE), payload))
+            .map(|_| ())
+            .map_err(self.store_err(what, "write"))
+    }
+
     /// Deletes a checkpoint: the marker first (so a half-deleted checkpoint is not committed),
     /// then its other objects.
     pub fn delete(&self, id: CheckpointId) -> Result<()> {
@@ -278,7 +310,12 @@ impl CheckpointStore {
                 }
             }
             Ok(())
-        })
+        })?;
+        if let Some(dir) = &self.local_dir {
+            // Only if empty: a file someone put there is not ours to remove.
+            let _ = std::fs::remove_dir(dir.join(id.dir_name()));
+        }
+        Ok(())
     }
 }
 

@@ -353,6 +353,11 @@ pub struct ImportNsdArgs {
     /// and target shapes); the images it already holds are not written again.
     #[arg(long)]
     pub append: bool,
+    /// Import even when some betas rows have no behaviour row in the tars (a damaged tar);
+    /// without it such an import is refused. The count dropped is printed and recorded in the
+    /// manifest (`subjects[].missing_trials`).
+    #[arg(long)]
+    pub allow_missing_trials: bool,
 }
 
 #[derive(Debug, Args)]

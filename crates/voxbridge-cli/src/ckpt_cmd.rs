@@ -23,7 +23,11 @@ pub fn ls(url: &str) -> anyhow::Result<()> {
             l.id.dir_name(),
             l.id.step,
             l.id.generation,
-            if l.committed { "committed" } else { "partial" },
+            match (l.committed, l.damaged) {
+                (true, true) => "DAMAGED",
+                (true, false) => "committed",
+                (false, _) => "partial",
+            },
             l.bytes()
         )?;
     }
@@ -46,6 +50,8 @@ fn summary(store: &CheckpointStore, id: voxbridge_checkpoint::CheckpointId) -> S
     }
 }
 
+/// Prints one checkpoint (a root: its newest committed one) with every file verified; an error
+/// (non-zero exit) when any file fails its check, after printing what could be read.
 pub fn inspect(url: &str) -> anyhow::Result<()> {
     let found = resume::find_checkpoint(url)?.with_context(|| format!("{url}: no committed checkpoint"))?;
     let record = &found.record;
@@ -53,14 +59,42 @@ pub fn inspect(url: &str) -> anyhow::Result<()> {
     writeln!(out, "{} (committed)", found.location())?;
     writeln!(out, "  step {}, generation {}, {} bytes", record.id.step, record.id.generation, record.total_bytes())?;
     writeln!(out, "  files (size and sha256 verified against COMMIT):")?;
+    let mut bad = Vec::new();
     for file in &record.files {
         let status = match found.store.read(record, &file.name) {
             Ok(_) => "ok".to_string(),
-            Err(e) => format!("BAD: {e}"),
+            Err(e) => {
+                bad.push(file.name.clone());
+                format!("BAD: {e}")
+            }
         };
         writeln!(out, "    {:<24} {:>12}  {}  {status}", file.name, file.bytes, &file.sha256[..16])?;
     }
-    let state: TrainingState = serde_json::from_slice(&found.store.read(record, STATE_FILE)?)
+    if !bad.contains(&STATE_FILE.to_string()) {
+        print_state(&mut out, &found)?;
+    }
+    if !bad.contains(&resume::CONFIG_FILE.to_string()) {
+        let config = found.store.read(record, resume::CONFIG_FILE)?;
+        writeln!(out, "  config:")?;
+        for line in String::from_utf8_lossy(&config).lines() {
+            writeln!(out, "    {line}")?;
+        }
+    }
+    if !bad.is_empty() {
+        anyhow::bail!(
+            "{}: {} of {} files failed verification ({}); this checkpoint cannot be resumed from",
+            found.location(),
+            bad.len(),
+            record.files.len(),
+            bad.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The training state of a checkpoint whose state file verified.
+fn print_state(out: &mut impl Write, found: &resume::Found) -> anyhow::Result<()> {
+    let state: TrainingState = serde_json::from_slice(&found.store.read(&found.record, STATE_FILE)?)
         .with_context(|| format!("{}/{STATE_FILE}", found.location()))?;
     writeln!(out, "  run {} (config {}…), voxbridge {}", state.run, &state.config_hash[..12], state.voxbridge_version)?;
     writeln!(
@@ -81,10 +115,5 @@ pub fn inspect(url: &str) -> anyhow::Result<()> {
     }
     writeln!(out, "  optimizer: {} over {} parameters", state.optimizer.kind, state.optimizer.steps.len())?;
     writeln!(out, "  rng: seed {}; {}", state.rng.seed, state.rng.scheme)?;
-    let config = found.store.read(record, resume::CONFIG_FILE)?;
-    writeln!(out, "  config:")?;
-    for line in String::from_utf8_lossy(&config).lines() {
-        writeln!(out, "    {line}")?;
-    }
     Ok(())
 }

@@ -167,6 +167,12 @@ pub fn submit(args: &SubmitArgs) -> anyhow::Result<()> {
             }
         }
     }
+    // On a GPU site the worker the scripts start must reduce over NCCL: ask it before submitting
+    // (a dry run too, when the worker is here: its bin dir may be the cluster's alone).
+    let worker = bin_dir.join("voxbridge-worker");
+    if site.uses_nccl() && worker.is_file() {
+        voxbridge_cluster::check_worker(&site, &voxbridge_cluster::query_worker(&worker)?, &worker)?;
+    }
 
     if !args.dry_run {
         for p in &planned {

@@ -142,7 +142,15 @@ pub fn import_nsd(args: &crate::args::ImportNsdArgs) -> anyhow::Result<()> {
         name: args.name.clone(),
         targets_per_file: 1000,
         append: args.append,
+        allow_missing_trials: args.allow_missing_trials,
     })?;
+    if !summary.missing.is_empty() {
+        println!(
+            "dropped {} trials without a behaviour row (--allow-missing-trials; recorded in the manifest): {}",
+            summary.missing.total(),
+            summary.missing.describe()
+        );
+    }
     tracing::info!(
         subject = args.subject,
         trials = summary.trials,

@@ -4,6 +4,7 @@
 //! states; [`JobRecord`]s in the run directory's `jobs.json` remember what was submitted.
 //! Nothing here trains: jobs start the `voxbridge-coordinator` and `voxbridge-worker` binaries.
 
+pub mod binaries;
 pub mod render;
 pub mod site;
 pub mod slurm;
@@ -12,6 +13,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub use binaries::{WorkerCapabilities, check_worker, query_worker};
 pub use render::{Dependency, Job, RunSpec, render};
 pub use site::Site;
 
@@ -23,6 +25,9 @@ pub enum ClusterError {
     Job(String),
     #[error("{0}")]
     Slurm(String),
+    /// The binaries a job would run cannot run it.
+    #[error("{0}")]
+    Binary(String),
     #[error("{file}: {message}")]
     Record { file: String, message: String },
 }

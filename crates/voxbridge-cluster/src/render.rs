@@ -113,7 +113,7 @@ pub fn render(site: &Site, job: &Job, bin_dir: &Path) -> Result<String, ClusterE
     setup.push("export VOXBRIDGE_RUN=\"${RUNS[${SLURM_ARRAY_TASK_ID:-0}]}\"".into());
     setup.push("export VOXBRIDGE_EXPERIMENT=\"${EXPERIMENTS[${SLURM_ARRAY_TASK_ID:-0}]}\"".into());
 
-    let worker_flags = if site.gpus_per_node > 0 { "--nccl-device local" } else { "" };
+    let worker_flags = if site.uses_nccl() { "--nccl-device local" } else { "" };
     let template = if job.nodes > 1 { MULTI_NODE } else { SINGLE_NODE };
     fill(
         template,
@@ -215,7 +215,6 @@ mod tests {
         assert!(directives(&s).contains(&"--nodes=3"), "{s}");
         assert!(s.contains("--workers 12 --listen"), "{s}");
         assert!(s.contains("srun --nodes=3 --ntasks-per-node=4 --cpus-per-task=8"), "{s}");
-        assert!(s.contains("--coordinator \"$VOXBRIDGE_COORDINATOR\""), "{s}");
     }
 
     #[test]
@@ -227,6 +226,23 @@ mod tests {
         assert!(s.contains("RUNS=('/runs/r0' '/runs/r1' '/runs/r2')"), "{s}");
         assert!(s.contains("VOXBRIDGE_RUN=\"${RUNS[${SLURM_ARRAY_TASK_ID:-0}]}\""), "{s}");
         assert!(s.contains("--resume auto\n"), "CPU workers get no device flag: {s}");
+    }
+
+    /// The coordinator takes a free port (0) and publishes where it listens in a file unique to
+    /// the job, removed before it starts; the workers wait for that file. No port is derived
+    /// from the job id (ids 30000 apart, or two SLURMs on one machine, collided).
+    #[test]
+    fn the_coordinator_publishes_a_free_port_in_a_file_unique_to_the_job() {
+        for nodes in [1, 3] {
+            let s = render(&gpu_site(), &job(1, nodes), Path::new("/opt/vb")).unwrap();
+            assert!(!s.contains("30000") && !s.contains("VOXBRIDGE_PORT"), "{s}");
+            let file = "VOXBRIDGE_ADDRESS_FILE=\"$VOXBRIDGE_RUN/slurm/coordinator-$SLURM_JOB_ID.addr\"";
+            assert!(s.contains(&format!("export {file}\nrm -f \"$VOXBRIDGE_ADDRESS_FILE\"\n")), "{s}");
+            assert!(s.contains("--listen 0.0.0.0:0 --address-file \"$VOXBRIDGE_ADDRESS_FILE\""), "{s}");
+            assert!(s.contains("--coordinator-file \"$VOXBRIDGE_ADDRESS_FILE\""), "{s}");
+            let rm = s.find("rm -f").unwrap();
+            assert!(rm < s.find("voxbridge-coordinator").unwrap(), "{s}");
+        }
     }
 
     #[test]

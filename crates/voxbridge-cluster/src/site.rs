@@ -75,6 +75,11 @@ impl Site {
         Site::parse(LOCAL, Path::new("cluster/local.toml")).expect("cluster/local.toml is a valid site (tested)")
     }
 
+    /// Whether the workers reduce over NCCL (`--nccl-device local`): a site with GPUs.
+    pub fn uses_nccl(&self) -> bool {
+        self.gpus_per_node > 0
+    }
+
     pub fn load(path: &Path) -> Result<Site, ClusterError> {
         let text = std::fs::read_to_string(path).map_err(|e| ClusterError::Site {
             file: path.display().to_string(),

@@ -11,12 +11,13 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read at all.
-    #[error("{}: cannot read experiment file: {source}", path.display())]
+    #[error("{}: cannot read experiment file: {error}", path.display())]
     Io {
         /// The path that was opened.
         path: PathBuf,
-        /// The underlying OS error.
-        source: std::io::Error,
+        /// The underlying OS error: in the message, and deliberately not a `source`, so an
+        /// error chain (`{:#}`) does not print it twice.
+        error: std::io::Error,
     },
 
     /// The text is not valid TOML, or it does not fit the schema (unknown key, wrong type).

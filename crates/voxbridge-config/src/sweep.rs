@@ -41,8 +41,7 @@ pub struct SweepRun {
 
 /// Reads a sweep file and its base experiment (path relative to the sweep file) and expands it.
 pub fn load_sweep(path: &Path) -> Result<Vec<SweepRun>, ConfigError> {
-    let read =
-        |p: &Path| std::fs::read_to_string(p).map_err(|source| ConfigError::Io { path: p.to_path_buf(), source });
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|error| ConfigError::Io { path: p.to_path_buf(), error });
     let text = read(path)?;
     let origin = path.display().to_string();
     let raw: RawSweep = parse_sweep(&text, &origin)?;

@@ -329,6 +329,14 @@ fn load_experiment_reads_files_and_names_them() {
     let missing = dir.join("missing.toml");
     let err = load_experiment(&missing).unwrap_err();
     assert!(matches!(err, ConfigError::Io { .. }), "{err:?}");
+    // The OS error once, also through an error chain (`{:#}`, as the CLI prints errors).
+    let mut chained = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        chained = format!("{chained}: {cause}");
+        source = cause.source();
+    }
+    assert_eq!(chained.matches("No such file").count(), 1, "{chained}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -240,7 +240,7 @@ impl ExperimentConfig {
 
 /// Read, parse and validate an experiment file; errors name `path`.
 pub fn load_experiment(path: &Path) -> Result<ExperimentConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io { path: path.to_owned(), error })?;
     let origin = path.display().to_string();
     parse_experiment(&text, &origin)?.validate(&origin, Some(&text))
 }

@@ -4,6 +4,7 @@
 //! function ([`decide::decide`]) of the time, what it has observed and its limits; [`run`] is
 //! the event loop that carries them out.
 
+pub mod address;
 pub mod decide;
 pub mod protocol;
 mod run;
@@ -11,7 +12,7 @@ mod run;
 pub use run::{CoordinatorError, Launch, Outcome, run};
 
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Logging of every voxbridge binary (voxbridge, voxbridge-coordinator, voxbridge-worker): to
 /// stderr, filter from `VOXBRIDGE_LOG` or else `default` (tracing's env-filter syntax; an
@@ -59,13 +60,42 @@ pub fn external_launch(options: decide::Options) -> Launch {
     Launch { program: None, args: Vec::new(), env: Vec::new(), options: decide::Options { max_restarts: 0, ..options } }
 }
 
+/// Where a coordinator publishes the address its workers reach it at, once it listens.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    /// The address file ([`address::publish`]).
+    pub file: PathBuf,
+    /// The host written there; default [`address::advertised`]'s.
+    pub host: Option<String>,
+}
+
 /// Runs a local job on a fresh runtime: the coordinator on `listen` (port 0 picks one) and
 /// `options.world_size` workers.
 pub fn run_blocking(listen: &str, launch: Launch) -> Result<Outcome, CoordinatorError> {
+    run_blocking_published(listen, launch, None)
+}
+
+/// [`run_blocking`], writing the address workers reach the coordinator at to `publish`'s file
+/// once it listens (workers started elsewhere wait for that file).
+pub fn run_blocking_published(
+    listen: &str,
+    launch: Launch,
+    publish: Option<&Publish>,
+) -> Result<Outcome, CoordinatorError> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(listen).await?;
-        tracing::info!(addr = %listener.local_addr()?, workers = launch.options.world_size, "coordinator listening");
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| CoordinatorError::Publish(format!("cannot listen on {listen}: {e}")))?;
+        let bound = listener.local_addr()?;
+        tracing::info!(addr = %bound, workers = launch.options.world_size, "coordinator listening");
+        if let Some(p) = publish {
+            let addr = address::advertised(bound, p.host.as_deref(), address::hostname().as_deref())
+                .map_err(CoordinatorError::Publish)?;
+            address::publish(&p.file, &addr)
+                .map_err(|e| CoordinatorError::Publish(format!("cannot write {}: {e}", p.file.display())))?;
+            tracing::info!(%addr, file = %p.file.display(), "address published");
+        }
         run(listener, launch, std::future::pending()).await
     })
 }

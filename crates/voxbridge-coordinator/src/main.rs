@@ -37,6 +37,15 @@ struct Args {
     /// Start no workers: they are started by the cluster (`srun`) and join this coordinator.
     #[arg(long)]
     external_workers: bool,
+    /// Once listening, write the address workers reach this coordinator at (host:port) to this
+    /// file, whole (a temporary file renamed over it); `voxbridge-worker --coordinator-file`
+    /// waits for it. With `--listen 0.0.0.0:0` the port is a free one.
+    #[arg(long)]
+    address_file: Option<std::path::PathBuf>,
+    /// The host written to --address-file (default: the listen address's IP, or this machine's
+    /// host name when listening on every interface).
+    #[arg(long, requires = "address_file")]
+    advertise_host: Option<String>,
 }
 
 /// The coordinator's exit code when the workers stopped on request (EX_TEMPFAIL: try again).
@@ -66,7 +75,9 @@ fn main() -> ExitCode {
     } else {
         voxbridge_coordinator::local_launch(&worker, &args.experiment, &args.out, options, args.step_timeout_s)
     };
-    match voxbridge_coordinator::run_blocking(&args.listen, launch) {
+    let publish =
+        args.address_file.map(|file| voxbridge_coordinator::Publish { file, host: args.advertise_host.clone() });
+    match voxbridge_coordinator::run_blocking_published(&args.listen, launch, publish.as_ref()) {
         Ok(voxbridge_coordinator::Outcome::Finished) => ExitCode::SUCCESS,
         Ok(voxbridge_coordinator::Outcome::Stopped { steps_done }) => {
             // Not an error, but not the end of the run: SLURM records the job as failed with this

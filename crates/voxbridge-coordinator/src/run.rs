@@ -34,6 +34,9 @@ pub enum CoordinatorError {
     Io(#[from] std::io::Error),
     #[error("coordinator: shut down; the workers were stopped")]
     Shutdown,
+    /// Listening, or telling the workers where (the address file).
+    #[error("coordinator: {0}")]
+    Publish(String),
 }
 
 fn summary(failures: &[Failure]) -> String {

@@ -107,6 +107,18 @@ impl Targets {
         &self.rows.captions[row * n..(row + 1) * n]
     }
 
+    /// The clean-image teacher features of `row`, `[positions·width]` (empty without them).
+    pub fn teacher(&self, row: usize) -> &[f32] {
+        let n = self.rows.shapes.teacher_len();
+        &self.rows.teacher[row * n..(row + 1) * n]
+    }
+
+    /// The augmented teacher views of `row`, `[augs·positions·width]` (empty without them).
+    pub fn teacher_aug(&self, row: usize) -> &[f32] {
+        let n = self.rows.shapes.teacher_aug_len();
+        &self.rows.teacher_aug[row * n..(row + 1) * n]
+    }
+
     /// Gathers the CLIP targets of `images`, `[images, tokens·dim]`; unknown ids are an error.
     pub fn gather_clip(&self, images: &[u32]) -> Result<Vec<f32>> {
         let mut out = Vec::with_capacity(images.len() * self.rows.shapes.clip_len());
@@ -230,13 +242,8 @@ impl Dataset {
             match images {
                 None => rows.extend(part),
                 Some(keep) => {
-                    let (c, l, p) = (part.shapes.clip_len(), part.shapes.lowlevel_len(), part.shapes.captions_len());
-                    for (r, id) in part.image_id.iter().enumerate().filter(|(_, id)| keep.contains(id)) {
-                        rows.image_id.push(*id);
-                        rows.is_test.push(part.is_test[r]);
-                        rows.clip_tokens.extend_from_slice(&part.clip_tokens[r * c..(r + 1) * c]);
-                        rows.lowlevel.extend_from_slice(&part.lowlevel[r * l..(r + 1) * l]);
-                        rows.captions.extend_from_slice(&part.captions[r * p..(r + 1) * p]);
+                    for r in (0..part.len()).filter(|&r| keep.contains(&part.image_id[r])) {
+                        rows.push_row(&part, r);
                     }
                 }
             }

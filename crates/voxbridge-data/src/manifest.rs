@@ -64,6 +64,14 @@ pub struct SubjectInfo {
     pub sessions: u16,
     pub trials: usize,
     pub test_images: usize,
+    /// Trials of the source the import dropped (`import-nsd --allow-missing-trials`: betas rows
+    /// without a behaviour row); absent when none were.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub missing_trials: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +120,9 @@ impl Manifest {
                 "schema_version {} is not supported (this voxbridge reads version {SCHEMA_VERSION})",
                 self.schema_version
             ));
+        }
+        if let Some(problem) = self.targets.shapes.teacher_problem() {
+            return fail(format!("[targets]: {problem}"));
         }
         let mut seen = std::collections::HashSet::new();
         for (i, f) in self.files.iter().enumerate() {

@@ -16,7 +16,12 @@
 //!
 //! Targets (one dataset for all subjects, keyed by image_id): `image_id: u32`, `is_test: bool`,
 //! `clip_tokens: fixed_size_list<f32>[tokens·dim]` (row-major tokens × dim),
-//! `lowlevel: fixed_size_list<f32>[c·h·w]`, `captions: fixed_size_list<f32>[n_captions·dim]`.
+//! `lowlevel: fixed_size_list<f32>[c·h·w]`, `captions: fixed_size_list<f32>[n_captions·dim]`,
+//! and, only in datasets whose manifest records `teacher` (optional since the column was added;
+//! older datasets lack it and read as before): `teacher: fixed_size_list<f32>[positions·width]`
+//! (the low-level teacher features of the clean image, row-major positions × width; MindEye2's
+//! ConvNeXt features, 49 × 512) and `teacher_aug: fixed_size_list<f32>[augs·positions·width]`
+//! (the same features of `teacher_augs` fixed augmentations of the image, one block per view).
 
 use std::sync::Arc;
 
@@ -46,7 +51,7 @@ pub fn trials_schema(voxels: usize) -> SchemaRef {
 }
 
 /// Sizes of the target columns, as recorded in the manifest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetShapes {
     /// CLIP image tokens: [tokens, dim] (OpenCLIP ViT-bigG: [256, 1664]).
@@ -55,9 +60,39 @@ pub struct TargetShapes {
     pub lowlevel: [usize; 3],
     /// Caption embeddings: [captions per image, dim].
     pub captions: [usize; 2],
+    /// Low-level teacher features per image: [positions, width] (ConvNeXt-XL VICRegL's maps
+    /// projector at 224 px: [49, 512]). Absent (the `teacher` columns too) in datasets without
+    /// them, which train the low-level branch without its soft contrastive term.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<[usize; 2]>,
+    /// Fixed augmented views stored per image in `teacher_aug` (≥ 1 with `teacher`, else 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub teacher_augs: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl TargetShapes {
+    /// Values of one image's clean teacher features (0 without them).
+    pub fn teacher_len(&self) -> usize {
+        self.teacher.map_or(0, |[p, w]| p * w)
+    }
+    /// Values of one image's augmented teacher views, `augs · positions · width` (0 without them).
+    pub fn teacher_aug_len(&self) -> usize {
+        self.teacher_augs * self.teacher_len()
+    }
+    /// What is inconsistent about the teacher fields, if anything.
+    pub fn teacher_problem(&self) -> Option<String> {
+        match (self.teacher, self.teacher_augs) {
+            (None, 0) => None,
+            (None, n) => Some(format!("teacher_augs = {n} without `teacher` features")),
+            (Some(shape), 0) => Some(format!("teacher {shape:?} needs teacher_augs ≥ 1 augmented views")),
+            (Some([p, w]), _) if p == 0 || w == 0 => Some(format!("teacher [{p}, {w}] needs non-zero sizes")),
+            _ => None,
+        }
+    }
     pub fn clip_len(&self) -> usize {
         self.clip_tokens.iter().product()
     }
@@ -69,14 +104,20 @@ impl TargetShapes {
     }
 }
 
+/// The targets columns of `shapes`: the two teacher columns only when it records `teacher`.
 pub fn targets_schema(shapes: &TargetShapes) -> SchemaRef {
-    Arc::new(Schema::new(vec![
+    let mut fields = vec![
         Field::new("image_id", DataType::UInt32, false),
         Field::new("is_test", DataType::Boolean, false),
         Field::new("clip_tokens", float_list(shapes.clip_len()), false),
         Field::new("lowlevel", float_list(shapes.lowlevel_len()), false),
         Field::new("captions", float_list(shapes.captions_len()), false),
-    ]))
+    ];
+    if shapes.teacher.is_some() {
+        fields.push(Field::new("teacher", float_list(shapes.teacher_len()), false));
+        fields.push(Field::new("teacher_aug", float_list(shapes.teacher_aug_len()), false));
+    }
+    Arc::new(Schema::new(fields))
 }
 
 /// Compares a file's schema with the expected one; returns a sentence naming the first difference.
@@ -94,4 +135,34 @@ pub fn schema_difference(expected: &Schema, actual: &Schema) -> Option<String> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::TargetsInfo;
+
+    /// `[targets]` of a manifest written before the teacher columns existed reads with none;
+    /// one with them round-trips, and a dataset without them writes the old table unchanged.
+    #[test]
+    fn teacher_shapes_in_the_manifest_are_optional() {
+        let old = "clip_tokens = [4, 32]\nlowlevel = [4, 8, 8]\ncaptions = [5, 32]\nimages = 10\ntest_images = 2\n";
+        let info: TargetsInfo = toml::from_str(old).unwrap();
+        assert_eq!(info.shapes.teacher, None);
+        assert_eq!(info.shapes.teacher_augs, 0);
+        assert_eq!(targets_schema(&info.shapes).fields().len(), 5);
+        let again = toml::to_string(&info).unwrap();
+        assert!(!again.contains("teacher"), "{again}");
+
+        let with = TargetsInfo {
+            shapes: TargetShapes { teacher: Some([49, 512]), teacher_augs: 2, ..info.shapes },
+            ..info.clone()
+        };
+        let text = toml::to_string(&with).unwrap();
+        assert!(text.contains("teacher = [49, 512]") && text.contains("teacher_augs = 2"), "{text}");
+        assert_eq!(toml::from_str::<TargetsInfo>(&text).unwrap(), with);
+        let names: Vec<String> = targets_schema(&with.shapes).fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(names[5..], ["teacher", "teacher_aug"]);
+        assert_eq!(with.shapes.teacher_aug_len(), 2 * 49 * 512);
+    }
 }

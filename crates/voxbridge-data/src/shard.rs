@@ -110,6 +110,10 @@ pub struct TargetRows {
     pub lowlevel: Vec<f32>,
     /// `[rows, n_captions·dim]`.
     pub captions: Vec<f32>,
+    /// `[rows, positions·width]`: clean-image teacher features; empty without `shapes.teacher`.
+    pub teacher: Vec<f32>,
+    /// `[rows, augs·positions·width]`: the augmented views; empty without `shapes.teacher`.
+    pub teacher_aug: Vec<f32>,
 }
 
 impl TargetRows {
@@ -121,6 +125,8 @@ impl TargetRows {
             clip_tokens: Vec::new(),
             lowlevel: Vec::new(),
             captions: Vec::new(),
+            teacher: Vec::new(),
+            teacher_aug: Vec::new(),
         }
     }
 
@@ -138,17 +144,37 @@ impl TargetRows {
         self.clip_tokens.extend(other.clip_tokens);
         self.lowlevel.extend(other.lowlevel);
         self.captions.extend(other.captions);
+        self.teacher.extend(other.teacher);
+        self.teacher_aug.extend(other.teacher_aug);
+    }
+
+    /// Appends row `r` of `other` (same shapes).
+    pub fn push_row(&mut self, other: &TargetRows, r: usize) {
+        let s = &other.shapes;
+        let row = |values: &[f32], n: usize| values[r * n..(r + 1) * n].to_vec();
+        self.image_id.push(other.image_id[r]);
+        self.is_test.push(other.is_test[r]);
+        self.clip_tokens.extend(row(&other.clip_tokens, s.clip_len()));
+        self.lowlevel.extend(row(&other.lowlevel, s.lowlevel_len()));
+        self.captions.extend(row(&other.captions, s.captions_len()));
+        self.teacher.extend(row(&other.teacher, s.teacher_len()));
+        self.teacher_aug.extend(row(&other.teacher_aug, s.teacher_aug_len()));
     }
 
     fn slice_batch(&self, schema: &SchemaRef, range: std::ops::Range<usize>) -> RecordBatch {
         let (c, l, p) = (self.shapes.clip_len(), self.shapes.lowlevel_len(), self.shapes.captions_len());
-        let columns: Vec<ArrayRef> = vec![
+        let mut columns: Vec<ArrayRef> = vec![
             Arc::new(UInt32Array::from(self.image_id[range.clone()].to_vec())),
             Arc::new(BooleanArray::from(self.is_test[range.clone()].to_vec())),
             float_list(&self.clip_tokens[range.start * c..range.end * c], c, range.len()),
             float_list(&self.lowlevel[range.start * l..range.end * l], l, range.len()),
             float_list(&self.captions[range.start * p..range.end * p], p, range.len()),
         ];
+        if self.shapes.teacher.is_some() {
+            let (t, a) = (self.shapes.teacher_len(), self.shapes.teacher_aug_len());
+            columns.push(float_list(&self.teacher[range.start * t..range.end * t], t, range.len()));
+            columns.push(float_list(&self.teacher_aug[range.start * a..range.end * a], a, range.len()));
+        }
         RecordBatch::try_new(schema.clone(), columns).expect("columns match the targets schema")
     }
 }
@@ -218,7 +244,8 @@ pub fn encode_trials(rows: &TrialRows, rows_per_group: usize) -> EncodedShard {
 
 pub fn encode_targets(rows: &TargetRows, rows_per_group: usize) -> EncodedShard {
     let schema = targets_schema(&rows.shapes);
-    let payload = (rows.clip_tokens.len() + rows.lowlevel.len() + rows.captions.len()) * 4 + rows.len() * 8;
+    let values = rows.clip_tokens.len() + rows.lowlevel.len() + rows.captions.len();
+    let payload = (values + rows.teacher.len() + rows.teacher_aug.len()) * 4 + rows.len() * 8;
     encode(schema.clone(), rows.len(), rows_per_group, payload, |r| rows.slice_batch(&schema, r))
 }
 
@@ -346,16 +373,24 @@ pub fn decode_trials(file: &str, bytes: Bytes, voxel_count: usize) -> Result<(Tr
     Ok((rows, groups))
 }
 
-/// Decodes a targets shard; `file` names it in errors.
+/// Decodes a targets shard; `file` names it in errors. The teacher columns are read when
+/// `shapes` records them (a shard without them then fails the schema check, and vice versa).
 pub fn decode_targets(file: &str, bytes: Bytes, shapes: &TargetShapes) -> Result<(TargetRows, Vec<u64>)> {
     let schema = targets_schema(shapes);
     let mut rows = TargetRows::new(*shapes);
+    let with_teacher = shapes.teacher.is_some();
     let groups = decode(file, bytes, &schema, |group, batch| {
         rows.image_id.extend_from_slice(column::<UInt32Type>(file, group, batch, "image_id")?.values());
         rows.is_test.extend(bools(file, group, batch, "is_test")?);
-        for (name, out) in
-            [("clip_tokens", &mut rows.clip_tokens), ("lowlevel", &mut rows.lowlevel), ("captions", &mut rows.captions)]
-        {
+        let mut columns = vec![
+            ("clip_tokens", &mut rows.clip_tokens),
+            ("lowlevel", &mut rows.lowlevel),
+            ("captions", &mut rows.captions),
+        ];
+        if with_teacher {
+            columns.extend([("teacher", &mut rows.teacher), ("teacher_aug", &mut rows.teacher_aug)]);
+        }
+        for (name, out) in columns {
             let v = floats(file, group, batch, name)?;
             if v.iter().any(|x| !x.is_finite()) {
                 return Err(DataError::RowGroup {
@@ -416,9 +451,7 @@ mod tests {
         assert!(matches!(err, DataError::Footer { .. }), "{err}");
     }
 
-    #[test]
-    fn targets_round_trip() {
-        let shapes = TargetShapes { clip_tokens: [2, 3], lowlevel: [1, 2, 2], captions: [2, 2] };
+    fn sample_targets(shapes: TargetShapes) -> TargetRows {
         let mut t = TargetRows::new(shapes);
         for i in 0..5u32 {
             t.image_id.push(i);
@@ -426,10 +459,55 @@ mod tests {
             t.clip_tokens.extend((0..6).map(|j| (i * 10 + j) as f32));
             t.lowlevel.extend((0..4).map(|j| -((i * 10 + j) as f32)));
             t.captions.extend((0..4).map(|j| (i + j) as f32 / 3.0));
+            t.teacher.extend((0..shapes.teacher_len()).map(|j| (i * 100 + j as u32) as f32));
+            t.teacher_aug.extend((0..shapes.teacher_aug_len()).map(|j| -((i * 100 + j as u32) as f32)));
         }
+        t
+    }
+
+    const SHAPES: TargetShapes =
+        TargetShapes { clip_tokens: [2, 3], lowlevel: [1, 2, 2], captions: [2, 2], teacher: None, teacher_augs: 0 };
+
+    #[test]
+    fn targets_round_trip() {
+        let t = sample_targets(SHAPES);
         let enc = encode_targets(&t, 2);
-        let (back, groups) = decode_targets("t.parquet", enc.bytes, &shapes).unwrap();
+        let (back, groups) = decode_targets("t.parquet", enc.bytes, &SHAPES).unwrap();
         assert_eq!(back, t);
         assert_eq!(groups, vec![2, 2, 1]);
+    }
+
+    /// The teacher columns round-trip; a shard without them (written before they existed) reads
+    /// with shapes that lack them and is a schema error for shapes that record them.
+    #[test]
+    fn teacher_columns_round_trip_and_are_optional() {
+        let shapes = TargetShapes { teacher: Some([3, 2]), teacher_augs: 2, ..SHAPES };
+        let t = sample_targets(shapes);
+        assert_eq!((t.teacher.len(), t.teacher_aug.len()), (5 * 6, 5 * 12));
+        let enc = encode_targets(&t, 2);
+        let (back, _) = decode_targets("t.parquet", enc.bytes.clone(), &shapes).unwrap();
+        assert_eq!(back, t);
+        let err = decode_targets("t.parquet", enc.bytes, &SHAPES).unwrap_err().to_string();
+        assert!(err.contains("schema mismatch"), "{err}");
+
+        let old = encode_targets(&sample_targets(SHAPES), 2);
+        let (back, _) = decode_targets("old.parquet", old.bytes.clone(), &SHAPES).unwrap();
+        assert!(back.teacher.is_empty() && back.teacher_aug.is_empty());
+        let err = decode_targets("old.parquet", old.bytes, &shapes).unwrap_err().to_string();
+        assert!(err.contains("old.parquet: schema mismatch"), "{err}");
+
+        let mut one = TargetRows::new(shapes);
+        one.push_row(&t, 3);
+        assert_eq!(one.image_id, [3]);
+        assert_eq!(one.teacher, t.teacher[18..24]);
+        assert_eq!(one.teacher_aug, t.teacher_aug[36..48]);
+    }
+
+    #[test]
+    fn teacher_fields_must_agree() {
+        assert_eq!(SHAPES.teacher_problem(), None);
+        assert!(TargetShapes { teacher_augs: 1, ..SHAPES }.teacher_problem().is_some());
+        assert!(TargetShapes { teacher: Some([49, 512]), ..SHAPES }.teacher_problem().is_some());
+        assert_eq!(TargetShapes { teacher: Some([49, 512]), teacher_augs: 2, ..SHAPES }.teacher_problem(), None);
     }
 }

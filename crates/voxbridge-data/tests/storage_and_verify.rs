@@ -8,7 +8,8 @@ use voxbridge_data::{
     TrialRows, open_manifest, targets_path, trials_path, verify,
 };
 
-const SHAPES: TargetShapes = TargetShapes { clip_tokens: [2, 3], lowlevel: [1, 2, 2], captions: [1, 2] };
+const SHAPES: TargetShapes =
+    TargetShapes { clip_tokens: [2, 3], lowlevel: [1, 2, 2], captions: [1, 2], teacher: None, teacher_augs: 0 };
 const VOXELS: usize = 5;
 
 fn session_rows(session: u16) -> TrialRows {
@@ -63,7 +64,14 @@ fn write_dataset(root: &str) -> Manifest {
                 params: Default::default(),
             },
             targets: TargetsInfo { shapes: SHAPES, images: 10, test_images: 2 },
-            subjects: vec![SubjectInfo { subject: 1, voxels: VOXELS, sessions: 2, trials: 12, test_images: 2 }],
+            subjects: vec![SubjectInfo {
+                subject: 1,
+                voxels: VOXELS,
+                sessions: 2,
+                trials: 12,
+                test_images: 2,
+                missing_trials: 0,
+            }],
             files: Vec::new(),
             oracle: None,
         })

@@ -90,7 +90,7 @@ fn model_and_data(setup: &BenchSetup) -> (MindEye2<TrainBackend>, TrainData, Vec
             target_rows: (0..b).collect(),
         })
         .collect();
-    let data = TrainData { subjects, targets: ClipTargets { tokens, dim, values, lowlevel: None } };
+    let data = TrainData { subjects, targets: ClipTargets { tokens, dim, values, lowlevel: None, teacher: None } };
     let picks: Vec<Vec<usize>> = setup.model.voxels.iter().map(|_| (0..b).collect()).collect();
     (model, data, picks)
 }

@@ -1,13 +1,16 @@
 //! From a dataset to the in-memory inputs of training and evaluation: one ridge per training
 //! subject (in `data.train_subjects` order), single training trials of the chosen sessions,
-//! single test trials of every session, and the CLIP targets by row.
+//! single test trials of every session, and the CLIP targets by row (with the low-level branch:
+//! the VAE latents and, when the dataset has them, the teacher features of its soft contrastive
+//! term — without them the term is off, which is logged once).
 
 use std::collections::{BTreeMap, HashSet};
 
 use anyhow::{Context, bail};
 use voxbridge_config::{DataConfig, SessionSelection};
 use voxbridge_data::{Dataset, Sessions};
-use voxbridge_train::{ClipTargets, SubjectSamples, TestTrials, TrainData};
+use voxbridge_model::MindEye2Config;
+use voxbridge_train::{ClipTargets, SubjectSamples, TeacherTargets, TestTrials, TrainData};
 
 /// Everything a run reads.
 #[derive(Debug, Clone)]
@@ -47,10 +50,10 @@ impl LoadScope {
     }
 }
 
-/// Loads `data` from `dataset` (with the VAE latents when `lowlevel`). Evaluation subjects must be
-/// training subjects (they need a ridge). Only the subjects in `scope` are read (a rank of a
-/// data-parallel run reads its own); voxel counts and sessions of the others come from the
-/// manifest. A scoped load keeps only the targets of the images its trials show.
+/// Loads `data` from `dataset` (with the VAE latents and any teacher features when `lowlevel`).
+/// Evaluation subjects must be training subjects (they need a ridge). Only the subjects in
+/// `scope` are read (a rank of a data-parallel run reads its own); voxel counts and sessions of
+/// the others come from the manifest. A scoped load keeps only the targets of the images its trials show.
 pub fn load(
     dataset: &Dataset,
     data: &DataConfig,
@@ -99,14 +102,33 @@ pub fn load(
             })
             .collect()
     });
-    let targets = dataset.load_targets(images.as_ref())?;
+    let mut targets = dataset.load_targets(images.as_ref())?;
     let shapes = targets.rows.shapes;
     let [tokens, dim] = shapes.clip_tokens;
+    let teacher = match (lowlevel, shapes.teacher) {
+        (true, Some([positions, width])) => Some(TeacherTargets {
+            positions,
+            width,
+            augs: shapes.teacher_augs,
+            clean: std::mem::take(&mut targets.rows.teacher),
+            aug: std::mem::take(&mut targets.rows.teacher_aug),
+        }),
+        (true, None) => {
+            tracing::warn!(
+                dataset = %dataset.opened().origin,
+                "the dataset has no low-level teacher features: the low-level branch trains its L1 only, \
+                 the soft contrastive term is off"
+            );
+            None
+        }
+        (false, _) => None,
+    };
     let clip = ClipTargets {
         tokens,
         dim,
         values: targets.rows.clip_tokens.clone(),
         lowlevel: lowlevel.then(|| (shapes.lowlevel, targets.rows.lowlevel.clone())),
+        teacher,
     };
     let row_of = |image: u32| {
         targets.row(image).with_context(|| format!("image {image} has no target in {}", dataset.opened().origin))
@@ -190,5 +212,33 @@ pub fn load_tests(
             },
         );
     }
-    Ok((tests, ClipTargets { tokens, dim, values: targets.rows.clip_tokens, lowlevel: None }))
+    Ok((tests, ClipTargets { tokens, dim, values: targets.rows.clip_tokens, lowlevel: None, teacher: None }))
+}
+
+/// A fresh model's maps projector takes the width of the dataset's teacher features (the way
+/// its decoder takes the latent's size): 512 for MindEye2's ConvNeXt teacher, smaller for a
+/// simulated preset's. Without teacher features (or the branch) nothing changes.
+pub fn fit_projector_to_teacher(architecture: &mut MindEye2Config, inputs: &ExperimentInputs) {
+    if let (Some(low), Some(teacher)) = (architecture.low_level.as_mut(), &inputs.train.targets.teacher) {
+        low.projector_width = teacher.width;
+    }
+}
+
+/// The model's low-level features must match the teacher's `[positions, width]` (a pretrained
+/// or resumed model keeps its own projector).
+pub fn check_teacher_fits(architecture: &MindEye2Config, inputs: &ExperimentInputs) -> anyhow::Result<()> {
+    if let (Some(low), Some(t)) = (&architecture.low_level, &inputs.train.targets.teacher) {
+        let model = [low.map_size * low.map_size, low.projector_width];
+        if model != [t.positions, t.width] {
+            bail!(
+                "the dataset's low-level teacher features are [{}, {}] per image but the model's low-level branch \
+                 makes [{}, {}] (its s×s map positions × maps projector width)",
+                t.positions,
+                t.width,
+                model[0],
+                model[1]
+            );
+        }
+    }
+    Ok(())
 }

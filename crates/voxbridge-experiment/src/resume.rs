@@ -26,7 +26,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
-use voxbridge_checkpoint::{CheckpointId, CheckpointStore, CommitRecord, Located, locate};
+use voxbridge_checkpoint::{CheckpointId, CheckpointStore, CommitRecord, DAMAGED_FILE, Located, locate};
 use voxbridge_data::sampler::{BalancedStreams, Stream};
 use voxbridge_model::MindEye2;
 use voxbridge_train::{AdamW, ParamMoments, Resume, TrainData, TrainPlan, stream_keys};
@@ -127,6 +127,66 @@ pub fn find_checkpoint(location: &str) -> anyhow::Result<Option<Found>> {
             None => Ok(None),
         },
     }
+}
+
+/// The newest committed checkpoint under `store` whose files all verify (`--resume auto`).
+/// A committed checkpoint whose marker or files fail is skipped — never deleted — with a
+/// warning naming each failing file; with `mark`, a [`DAMAGED_FILE`] note is left beside its
+/// marker so retention keeps it without counting it and `ckpt ls` shows it. `None`: nothing
+/// committed; an error when committed checkpoints exist but none is intact.
+pub fn newest_intact(store: &CheckpointStore, mark: bool) -> anyhow::Result<Option<Found>> {
+    let listing = store.list()?;
+    let marked = listing.iter().filter(|l| l.committed && l.damaged).count();
+    let mut committed: Vec<CheckpointId> = listing.iter().filter(|l| l.committed && !l.damaged).map(|l| l.id).collect();
+    committed.sort_unstable_by(|a, b| b.cmp(a));
+    let mut skipped = Vec::new();
+    for id in committed {
+        let failures: Vec<String> = match store.commit_record(id) {
+            Ok(record) => {
+                let failures = store.verify(&record);
+                // A store that did not answer is not evidence of damage: fail, to be retried,
+                // rather than skip (and mark) a checkpoint that may be intact.
+                if let Some(e) = failures.iter().find(|e| !e.is_damage()) {
+                    bail!("cannot verify {}: {e}", store.location(id));
+                }
+                if failures.is_empty() {
+                    if !skipped.is_empty() {
+                        tracing::warn!(
+                            resume_from = %store.location(id),
+                            "resuming from the newest intact checkpoint, skipping {} damaged newer one(s)",
+                            skipped.len()
+                        );
+                    }
+                    return Ok(Some(Found { store: store.clone(), record }));
+                }
+                failures.iter().map(ToString::to_string).collect()
+            }
+            Err(e) if e.is_damage() => vec![e.to_string()],
+            Err(e) => return Err(e.into()),
+        };
+        let why = failures.join("\n");
+        tracing::error!(
+            checkpoint = %store.location(id),
+            "DAMAGED CHECKPOINT SKIPPED (kept, not deleted; not resumed from): {}",
+            failures.join("; ")
+        );
+        if mark && let Err(e) = store.mark_damaged(id, &why) {
+            tracing::warn!("could not record the damage beside {}: {e}", store.location(id));
+        }
+        skipped.push((id, why));
+    }
+    if skipped.is_empty() && marked == 0 {
+        return Ok(None);
+    }
+    let detail: Vec<String> = skipped.iter().map(|(id, why)| format!("{}: {why}", store.location(*id))).collect();
+    bail!(
+        "{}: every committed checkpoint is damaged ({} marked {DAMAGED_FILE} earlier{}{}); none to resume from. \
+         Remove them, or pass another checkpoint URL / --resume URL",
+        store.url(),
+        marked,
+        if detail.is_empty() { "" } else { "; now: " },
+        detail.join("; ")
+    )
 }
 
 /// `model.json` and the weights' bytes of a checkpoint, checksums verified.

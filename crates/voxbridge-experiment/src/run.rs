@@ -229,7 +229,7 @@ pub fn run_experiment_on(
     let plan = train_plan(config, &inputs);
     let ckpt_url = checkpoint_url(config, options);
     let store = CheckpointStore::open(&ckpt_url)?;
-    let found = find_resume_point(&store, &ckpt_url, &options.resume)?;
+    let found = find_resume_point(&store, &options.resume, collective.as_deref_mut())?;
     let train_data = &inputs.train;
     // Training trials of the whole run: each subject counted by its first owner.
     let mut train_trials = inputs.train_trials();
@@ -263,14 +263,14 @@ pub fn run_experiment_on(
         None => {
             <TrainBackend as Backend>::seed(&device, config.train.seed);
             let (model, init_from, architecture) = initial_model(config, &inputs, &device)?;
-            if collective.is_some() {
-                // Every rank must hold the same model, but each touches only its own subjects'
-                // ridges in its first step: initialise every parameter now, in module order.
-                materialise(&model);
-            }
+            // Every parameter is drawn now, in module order, whatever the worker count: one
+            // process and N workers (each touching only its own subjects' ridges in its first
+            // step) start from the same weights.
+            materialise(&model);
             (model, init_from, architecture, None)
         }
     };
+    inputs::check_teacher_fits(&architecture, &inputs)?;
     if world > 1 {
         // Only this rank's subjects' ridges (and their optimizer state) stay in memory.
         model = MindEye2 { ridge: model.ridge.keep_only(&held), ..model };
@@ -460,7 +460,11 @@ fn train_plan(config: &ExperimentConfig, inputs: &ExperimentInputs) -> TrainPlan
 
 /// The checkpoint to continue from, as `--resume` asks. Without `--resume`, committed
 /// checkpoints at the run's URL are an error: a new run must not mix with an old one.
-fn find_resume_point(store: &CheckpointStore, url: &str, resume: &ResumeFrom) -> anyhow::Result<Option<resume::Found>> {
+fn find_resume_point(
+    store: &CheckpointStore,
+    resume: &ResumeFrom,
+    collective: Option<&mut (dyn Collective + '_)>,
+) -> anyhow::Result<Option<resume::Found>> {
     match resume {
         ResumeFrom::Never => {
             if let Some(id) = store.latest_committed()? {
@@ -473,9 +477,34 @@ fn find_resume_point(store: &CheckpointStore, url: &str, resume: &ResumeFrom) ->
             Ok(None)
         }
         ResumeFrom::Auto => {
-            let found = resume::find_checkpoint(url)?;
+            let found = match collective.filter(|c| c.world_size() > 1) {
+                None => resume::newest_intact(store, true)?,
+                // Rank 0 verifies and chooses; the others take its choice (one verification,
+                // and every rank resumes from the same checkpoint).
+                Some(c) => {
+                    let primary = c.rank() == 0;
+                    let chosen = if primary { resume::newest_intact(store, true) } else { Ok(None) };
+                    let mut bytes = match &chosen {
+                        Ok(found) => serde_json::to_vec(&found.as_ref().map(resume::Found::id))?,
+                        Err(_) => Vec::new(),
+                    };
+                    c.broadcast(&mut bytes, 0).context("agreeing on the checkpoint to resume from")?;
+                    if primary {
+                        chosen?
+                    } else if bytes.is_empty() {
+                        bail!("rank 0 found no intact checkpoint to resume from under {} (see its log)", store.url());
+                    } else {
+                        match serde_json::from_slice::<Option<voxbridge_checkpoint::CheckpointId>>(&bytes)
+                            .context("rank 0's choice of checkpoint")?
+                        {
+                            Some(id) => Some(resume::Found { store: store.clone(), record: store.commit_record(id)? }),
+                            None => None,
+                        }
+                    }
+                }
+            };
             if found.is_none() {
-                tracing::info!(url, "resume auto: no committed checkpoint here yet; starting at step 0");
+                tracing::info!(url = store.url(), "resume auto: no committed checkpoint here yet; starting at step 0");
             }
             Ok(found)
         }
@@ -529,7 +558,9 @@ fn initial_model(
 ) -> anyhow::Result<(MindEye2<TrainBackend>, Option<String>, MindEye2Config)> {
     let Some(from) = &config.train.init_from else {
         let [tokens, dim] = [inputs.train.targets.tokens, inputs.train.targets.dim];
-        let architecture = mindeye2_config(&config.model, inputs.voxels.clone(), tokens, dim, lowlevel_shape(inputs))?;
+        let mut architecture =
+            mindeye2_config(&config.model, inputs.voxels.clone(), tokens, dim, lowlevel_shape(inputs))?;
+        inputs::fit_projector_to_teacher(&mut architecture, inputs);
         return Ok((MindEye2::init(&architecture, device), None, architecture));
     };
     let (pretrained, card) = checkpoint::load::<TrainBackend>(Path::new(from), device)
@@ -692,7 +723,8 @@ impl Checkpointer {
             .with_context(|| format!("saving checkpoint {}", self.store.location(id)))?;
         tracing::info!(checkpoint = %self.store.location(id), bytes = record.total_bytes(), "checkpoint committed");
         // Retention runs only now that a newer commit is durable; a failed delete is not fatal.
-        let seen: Vec<Seen> = self.store.list()?.iter().map(|l| Seen { id: l.id, committed: l.committed }).collect();
+        let seen: Vec<Seen> =
+            self.store.list()?.iter().map(|l| Seen { id: l.id, committed: l.committed, damaged: l.damaged }).collect();
         for decision in retention::decide(&seen, self.generation, self.policy) {
             if let retention::Decision::Delete { id, reason } = decision {
                 match self.store.delete(id) {
@@ -899,9 +931,10 @@ impl TrainObserver<TrainBackend> for RunObserver<'_> {
         {
             let why = format!("{} on rank {rank} after step {}", voxbridge_checkpoint::fault::FAULT_ENV, p.steps_done);
             if signal == "KILL" {
-                kill_self(&why);
+                let Err(e) = kill_self(&why);
+                return Err(e.into());
             }
-            signal_self(signal, &why);
+            signal_self(signal, &why)?;
         }
         Ok(())
     }

@@ -8,7 +8,7 @@ mod common;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{DType, IntDType};
 use common::load_safetensors;
-use common::tiny::{DIR, compare_grads, softclip_grads};
+use common::tiny::{DIR, compare_grads, float64_tolerance, softclip_grads};
 
 #[test]
 fn softclip_gradients_match_the_float64_reference_in_float64() {
@@ -17,6 +17,6 @@ fn softclip_gradients_match_the_float64_reference_in_float64() {
         softclip_grads::<Autodiff<Flex>>()
     };
     let reference = load_safetensors(DIR, "grads_softclip_f64.safetensors");
-    let checked = compare_grads("f64", grads, &reference, |_| false);
-    assert_eq!(checked, reference.len(), "every reference gradient was compared");
+    let compared = compare_grads("f64", grads, &reference, float64_tolerance);
+    common::assert_every_gradient_compared(DIR, "grads_softclip_f64.safetensors", "", &compared);
 }

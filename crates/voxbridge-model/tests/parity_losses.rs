@@ -1,5 +1,5 @@
 //! Parity of MindEye2's losses (spec §2.1, `src/utils.py`) with the original PyTorch code:
-//! `shared/reference/mindeye2-tiny` `loss_inputs.safetensors` + `losses.json` and
+//! `tests/reference/mindeye2-tiny` `loss_inputs.safetensors` + `losses.json` and
 //! `total_loss.safetensors` + `total_loss.json`. Gradients are checked against central finite
 //! differences of an independent float64 host implementation.
 

@@ -1,5 +1,5 @@
 //! Parity of the low-level (blurry) branch with the original MindEye2 code
-//! (`shared/reference/mindeye2-tiny-blurry`, inputs = `mindeye2-tiny` `subj{s}.mixer_out`).
+//! (`tests/reference/mindeye2-tiny-blurry`, inputs = `mindeye2-tiny` `subj{s}.mixer_out`).
 
 mod common;
 

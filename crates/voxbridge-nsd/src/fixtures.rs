@@ -122,3 +122,27 @@ pub fn write_targets_npy(
     let [c, h, w] = lowlevel;
     std::fs::write(dir.join("lowlevel.npy"), npy::write_f32(&[n, c, h, w], &low))
 }
+
+/// Adds the low-level teacher to a targets directory: `convnext.npy` `[N, positions, width]` and
+/// `convnext_aug.npy` `[N, augs, positions, width]` for `images` (in the order of
+/// [`write_targets_npy`]), with values g(image, k) (`k` counts from 0 in the clean features and
+/// from 100 000 in the augmented views).
+pub fn write_teacher_npy(
+    dir: &Path,
+    images: &[u32],
+    [positions, width]: [usize; 2],
+    augs: usize,
+    g: impl Fn(u32, usize) -> f32,
+) -> std::io::Result<()> {
+    let n = images.len();
+    let per_image = positions * width;
+    let clean: Vec<f32> =
+        images.iter().flat_map(|&i| (0..per_image).map(move |k| (i, k))).map(|(i, k)| g(i, k)).collect();
+    std::fs::write(dir.join("convnext.npy"), npy::write_f32(&[n, positions, width], &clean))?;
+    let aug: Vec<f32> = images
+        .iter()
+        .flat_map(|&i| (0..augs * per_image).map(move |k| (i, k)))
+        .map(|(i, k)| g(i, 100_000 + k))
+        .collect();
+    std::fs::write(dir.join("convnext_aug.npy"), npy::write_f32(&[n, augs, positions, width], &aug))
+}

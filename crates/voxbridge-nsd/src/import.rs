@@ -13,6 +13,7 @@ use voxbridge_data::{Dataset, DatasetWriter, MANIFEST_FILE, Manifest, SCHEMA_VER
 use crate::ImportError;
 use crate::behav::{BehavRow, read_tar};
 use crate::betas::Betas;
+use crate::completeness::{MissingTrials, RowPlace, missing_trials};
 
 /// How the betas are normalised on import (spec §2.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +57,10 @@ pub struct ImportOptions {
     pub targets_per_file: usize,
     /// Add the subject to the dataset already at `out` (written by an earlier import).
     pub append: bool,
+    /// Import the trials the tars hold even when some betas rows have no behaviour row (a
+    /// damaged tar); the count dropped is recorded in the manifest. Off: such an import is
+    /// refused.
+    pub allow_missing_trials: bool,
 }
 
 /// The generator name import-nsd writes in manifests (and requires of a dataset it extends).
@@ -66,6 +71,8 @@ pub struct ImportSummary {
     pub manifest: Manifest,
     pub trials: usize,
     pub sessions: usize,
+    /// Betas rows without a behaviour row, dropped (only with `allow_missing_trials`).
+    pub missing: MissingTrials,
 }
 
 /// A behaviour row and where it came from.
@@ -104,6 +111,36 @@ pub fn import_subject(options: &ImportOptions) -> Result<ImportSummary, ImportEr
 
     // 2. Behaviour rows of every tar, checked against the subject and the betas.
     let rows = behaviour_rows(&wds_dir(&options.wds, subject), subject, &betas)?;
+    let missing = missing_trials(
+        &rows
+            .iter()
+            .map(|l| RowPlace { session: l.row.session, global_trial: l.row.global_trial, file: &l.file })
+            .collect::<Vec<_>>(),
+        betas.rows,
+    );
+    if !missing.is_empty() {
+        if !options.allow_missing_trials {
+            return Err(ImportError::new(
+                &wds_dir(&options.wds, subject).display().to_string(),
+                format!(
+                    "{} of the {} trials in {} have no behaviour row: {}. NSD sessions hold every trial, so a \
+                     damaged or incomplete tar is likely; nothing was written. Pass --allow-missing-trials to \
+                     import the trials that are there (the count dropped is recorded in the manifest)",
+                    missing.total(),
+                    betas.rows,
+                    betas.file(),
+                    missing.describe()
+                ),
+            ));
+        }
+        tracing::warn!(
+            subject,
+            dropped = missing.total(),
+            "--allow-missing-trials: importing without {} trials: {}",
+            missing.total(),
+            missing.describe()
+        );
+    }
 
     // 3. Targets: every image shown needs one (rows are read only when shards are written).
     let targets = crate::targets::open(&options.targets)?;
@@ -241,6 +278,7 @@ pub fn import_subject(options: &ImportOptions) -> Result<ImportSummary, ImportEr
         sessions: sessions.len() as u16,
         trials: trials_written,
         test_images: test_images.len(),
+        missing_trials: missing.total(),
     };
     let mut manifest = match existing {
         Some(dataset) => {
@@ -277,7 +315,7 @@ pub fn import_subject(options: &ImportOptions) -> Result<ImportSummary, ImportEr
     manifest.subjects.push(subject_info);
     manifest.subjects.sort_by_key(|s| s.subject);
     let manifest = writer.finish(manifest).map_err(|e| ImportError::new(&options.out, e.to_string()))?;
-    Ok(ImportSummary { manifest, trials: trials_written, sessions: sessions.len() })
+    Ok(ImportSummary { manifest, trials: trials_written, sessions: sessions.len(), missing })
 }
 
 /// The dataset already at `out`, when there is one and `--append` asks to extend it; every
@@ -336,7 +374,9 @@ fn images_held(
         let same = |a: &[f32], b: &[f32], n: usize| a[r * n..(r + 1) * n] == b[r * n..(r + 1) * n];
         if !(same(&rows.clip_tokens, &imported.clip_tokens, c)
             && same(&rows.lowlevel, &imported.lowlevel, l)
-            && same(&rows.captions, &imported.captions, p))
+            && same(&rows.captions, &imported.captions, p)
+            && same(&rows.teacher, &imported.teacher, rows.shapes.teacher_len())
+            && same(&rows.teacher_aug, &imported.teacher_aug, rows.shapes.teacher_aug_len()))
         {
             return Err(ImportError::new(
                 &targets.file,

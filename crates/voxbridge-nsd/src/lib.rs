@@ -7,6 +7,7 @@
 
 pub mod behav;
 pub mod betas;
+pub mod completeness;
 pub mod fixtures;
 pub mod import;
 pub mod targets;

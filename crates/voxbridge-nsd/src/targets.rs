@@ -1,6 +1,8 @@
 //! Precomputed per-image targets, keyed by the NSD 73k image index: arrays `image_id` `[N]`,
 //! `clip_tokens` `[N, T, D]` (OpenCLIP bigG: 256×1664), and optionally `lowlevel` `[N, C, H, W]`
-//! (SD VAE: 4×28×28) and `captions` `[N, K, E]`. One `.safetensors` file, one HDF5 file
+//! (SD VAE: 4×28×28), `captions` `[N, K, E]` and the low-level teacher, `convnext` `[N, P, W]`
+//! (ConvNeXt-XL VICRegL maps of the clean image: 49×512) with `convnext_aug` `[N, A, P, W]` (the
+//! same of A fixed augmentations; the two come together). One `.safetensors` file, one HDF5 file
 //! (`.h5`/`.hdf5`, a dataset per array) or a directory of `<name>.npy` files.
 //! (`tools/nsd_targets.py` computes them from the images.)
 
@@ -14,7 +16,7 @@ use voxbridge_data::{TargetRows, TargetShapes};
 use crate::{ImportError, npy};
 
 /// The arrays a targets file may hold, in this order.
-const NAMES: [&str; 4] = ["image_id", "clip_tokens", "lowlevel", "captions"];
+const NAMES: [&str; 6] = ["image_id", "clip_tokens", "lowlevel", "captions", "convnext", "convnext_aug"];
 
 /// Where one array's rows are: its shape, and how to read row `r` as `f32`.
 #[derive(Debug)]
@@ -101,6 +103,8 @@ pub struct Targets {
     clip: Array,
     lowlevel: Option<Array>,
     captions: Option<Array>,
+    /// `convnext` and `convnext_aug`, when the file has them.
+    teacher: Option<(Array, Array)>,
 }
 
 impl Targets {
@@ -121,6 +125,10 @@ impl Targets {
             }
             if let Some(a) = &self.captions {
                 a.read_row(r, &mut out.captions).map_err(err)?;
+            }
+            if let Some((clean, aug)) = &self.teacher {
+                clean.read_row(r, &mut out.teacher).map_err(err)?;
+                aug.read_row(r, &mut out.teacher_aug).map_err(err)?;
             }
         }
         Ok(out)
@@ -256,11 +264,35 @@ fn assemble(mut arrays: HashMap<&'static str, Array>, file: &str) -> Result<Targ
     let captions = arrays.remove("captions");
     let low_dims = lowlevel.as_ref().map(|a| check(a, 4)).transpose()?;
     let cap_dims = captions.as_ref().map(|a| check(a, 3)).transpose()?;
+    let teacher = match (arrays.remove("convnext"), arrays.remove("convnext_aug")) {
+        (None, None) => None,
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(err(
+                "`convnext` and `convnext_aug` (the low-level teacher) come together; one is missing".into()
+            ));
+        }
+        (Some(clean), Some(aug)) => {
+            let (c, a) = (check(&clean, 3)?, check(&aug, 4)?);
+            if a[1..] != c[..] || a[0] == 0 {
+                return Err(err(format!(
+                    "`convnext_aug` has shape {:?}; expected [N, views ≥ 1, {}, {}] like `convnext` {:?}",
+                    aug.shape, c[0], c[1], clean.shape
+                )));
+            }
+            Some((clean, aug, [c[0], c[1]], a[0]))
+        }
+    };
     let shapes = TargetShapes {
         clip_tokens: [clip_dims[0], clip_dims[1]],
         lowlevel: low_dims.map_or([0, 0, 0], |d| [d[0], d[1], d[2]]),
         captions: cap_dims.map_or([0, 0], |d| [d[0], d[1]]),
+        teacher: teacher.as_ref().map(|t| t.2),
+        teacher_augs: teacher.as_ref().map_or(0, |t| t.3),
     };
+    if let Some(problem) = shapes.teacher_problem() {
+        return Err(err(problem));
+    }
+    let teacher = teacher.map(|(clean, aug, _, _)| (clean, aug));
     let id_values = ids.read_all().map_err(err)?;
     let mut index = HashMap::with_capacity(n);
     for (row, &id) in id_values.iter().enumerate() {
@@ -271,7 +303,7 @@ fn assemble(mut arrays: HashMap<&'static str, Array>, file: &str) -> Result<Targ
             return Err(err(format!("image_id row {row}: image {id} appears twice")));
         }
     }
-    Ok(Targets { file: file.to_string(), shapes, index, clip, lowlevel, captions })
+    Ok(Targets { file: file.to_string(), shapes, index, clip, lowlevel, captions, teacher })
 }
 
 #[cfg(test)]
@@ -305,6 +337,11 @@ mod tests {
             assert!((a - b).abs() < 0.05, "{:?} vs {clip:?}", rows.clip_tokens);
         }
         assert_eq!(rows.lowlevel, low);
+        assert_eq!((targets.shapes.teacher, targets.shapes.teacher_augs), (Some([2, 3]), 2));
+        let teacher: Vec<f32> = expect(150.0, 6).chain(expect(120.0, 6)).collect();
+        let teacher_aug: Vec<f32> = expect(150.0, 12).chain(expect(120.0, 12)).collect();
+        assert_eq!(rows.teacher, teacher);
+        assert_eq!(rows.teacher_aug, teacher_aug);
         let err = targets.select(&[(999, false)]).unwrap_err().to_string();
         assert!(err.contains("image 999 (73k index) has no target"), "{err}");
     }
@@ -313,6 +350,8 @@ mod tests {
     fn npy_safetensors_and_hdf5_targets_read_the_selected_rows() {
         let dir = tempfile::tempdir().unwrap();
         let (clip, low) = ([N, 2, 3], [N, 1, 2, 2]);
+        // The low-level teacher: [N, 2 positions, 3 wide] and 2 augmented views of it.
+        let (cnx, cnx_aug) = ([N, 2, 3], [N, 2, 2, 3]);
 
         let npy_dir = dir.path().join("npy");
         std::fs::create_dir_all(&npy_dir).unwrap();
@@ -320,17 +359,23 @@ mod tests {
         std::fs::write(npy_dir.join("image_id.npy"), npy::write_f64(&[N], &ids64)).unwrap();
         std::fs::write(npy_dir.join("clip_tokens.npy"), npy::write_f32(&clip, &values(&clip))).unwrap();
         std::fs::write(npy_dir.join("lowlevel.npy"), npy::write_f32(&low, &values(&low))).unwrap();
+        std::fs::write(npy_dir.join("convnext.npy"), npy::write_f32(&cnx, &values(&cnx))).unwrap();
+        std::fs::write(npy_dir.join("convnext_aug.npy"), npy::write_f32(&cnx_aug, &values(&cnx_aug))).unwrap();
         check(&npy_dir);
 
         // safetensors: ids as int64, tokens as float16 (as a bigG export may hold them).
         let id_bytes: Vec<u8> = ids().iter().flat_map(|&v| (v as i64).to_le_bytes()).collect();
         let clip_bytes: Vec<u8> = values(&clip).iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
         let low_bytes: Vec<u8> = values(&low).iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f32_bytes = |shape: &[usize]| values(shape).iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+        let (cnx_bytes, cnx_aug_bytes) = (f32_bytes(&cnx), f32_bytes(&cnx_aug));
         use safetensors::{Dtype, tensor::TensorView};
         let tensors = [
             ("image_id", TensorView::new(Dtype::I64, vec![N], &id_bytes).unwrap()),
             ("clip_tokens", TensorView::new(Dtype::F16, clip.to_vec(), &clip_bytes).unwrap()),
             ("lowlevel", TensorView::new(Dtype::F32, low.to_vec(), &low_bytes).unwrap()),
+            ("convnext", TensorView::new(Dtype::F32, cnx.to_vec(), &cnx_bytes).unwrap()),
+            ("convnext_aug", TensorView::new(Dtype::F32, cnx_aug.to_vec(), &cnx_aug_bytes).unwrap()),
         ];
         let st = dir.path().join("targets.safetensors");
         safetensors::serialize_to_file(tensors, None, &st).unwrap();
@@ -343,8 +388,26 @@ mod tests {
         file.new_dataset::<i64>().shape([N]).create("image_id").unwrap().write_raw(&ids_i64).unwrap();
         file.new_dataset::<f32>().shape(clip).create("clip_tokens").unwrap().write_raw(&values(&clip)).unwrap();
         file.new_dataset::<f32>().shape(low).create("lowlevel").unwrap().write_raw(&values(&low)).unwrap();
+        file.new_dataset::<f32>().shape(cnx).create("convnext").unwrap().write_raw(&values(&cnx)).unwrap();
+        let aug = file.new_dataset::<f32>().shape(cnx_aug).create("convnext_aug").unwrap();
+        aug.write_raw(&values(&cnx_aug)).unwrap();
         drop(file);
         check(&h5);
+
+        // The teacher's two arrays come together, with matching shapes.
+        std::fs::remove_file(npy_dir.join("convnext_aug.npy")).unwrap();
+        let err = open(&npy_dir).unwrap_err().to_string();
+        assert!(err.contains("`convnext` and `convnext_aug`"), "{err}");
+        std::fs::write(npy_dir.join("convnext_aug.npy"), npy::write_f32(&[N, 2, 3, 3], &values(&[N, 2, 3, 3])))
+            .unwrap();
+        let err = open(&npy_dir).unwrap_err().to_string();
+        assert!(err.contains("`convnext_aug` has shape"), "{err}");
+        // Without either, the targets carry no teacher (its term is then off in training).
+        std::fs::remove_file(npy_dir.join("convnext_aug.npy")).unwrap();
+        std::fs::remove_file(npy_dir.join("convnext.npy")).unwrap();
+        let plain = open(&npy_dir).unwrap();
+        assert_eq!((plain.shapes.teacher, plain.shapes.teacher_augs), (None, 0));
+        assert!(plain.select(&[(150, true)]).unwrap().teacher.is_empty());
 
         // A cut-off .npy is named, not read past its end.
         let bytes = std::fs::read(npy_dir.join("clip_tokens.npy")).unwrap();

@@ -45,6 +45,7 @@ impl Inputs {
             name: None,
             targets_per_file: 5,
             append: false,
+            allow_missing_trials: false,
         }
     }
 
@@ -250,4 +251,41 @@ fn an_append_that_cannot_fit_names_the_reason_and_leaves_the_dataset_as_it_was()
     let options = subject2(&inputs, same_targets);
     fixtures::write_targets_npy(&options.targets, &[0, 1, 2], [2, 4], [2, 4, 4], same_targets).unwrap();
     refused_append(options, "targets of shapes");
+}
+
+/// A session tar that is valid but lacks samples: the import is refused naming the tar, the
+/// session and the count, with nothing written; `allow_missing_trials` imports the rest and
+/// records the count in the manifest. (Before: 13 of 16 trials imported with an info line.)
+#[test]
+fn a_tar_missing_trials_is_refused_unless_allowed_and_then_recorded() {
+    let inputs = Inputs::new();
+    // Session 2's training tar without its trials at global rows 12, 13, 15.
+    let kept: Vec<_> = inputs
+        .trials
+        .iter()
+        .filter(|t| t.session == 2 && !t.shared1000 && ![12, 13, 15].contains(&t.global_trial))
+        .map(|t| (format!("sample{:09}", t.global_trial), fixtures::behav_row(1, t)))
+        .collect();
+    fixtures::write_tar(&inputs.root.join("wds/subj01/train/1.tar"), &kept).unwrap();
+    let err = import_subject(&inputs.options()).expect_err("missing trials must be refused").to_string();
+    for what in ["train/1.tar", "session 2 has 5 of 8 trials (3 missing", "12, 13, 15", "--allow-missing-trials"] {
+        assert!(err.contains(what), "error does not say {what:?}: {err}");
+    }
+    assert!(!inputs.out().exists() || std::fs::read_dir(inputs.out()).unwrap().next().is_none(), "{err}");
+
+    let summary = import_subject(&ImportOptions { allow_missing_trials: true, ..inputs.options() }).unwrap();
+    assert_eq!((summary.trials, summary.missing.total()), (13, 3));
+    let dataset = Dataset::open(&inputs.out().join(MANIFEST_FILE).display().to_string()).unwrap();
+    assert_eq!(dataset.manifest().subjects[0].missing_trials, 3);
+    let text = std::fs::read_to_string(inputs.out().join(MANIFEST_FILE)).unwrap();
+    assert!(text.contains("missing_trials = 3"), "{text}");
+}
+
+/// A whole session absent from the tars (its betas rows unnamed) is refused too.
+#[test]
+fn a_session_without_a_tar_is_refused() {
+    let inputs = Inputs::new();
+    let trials = fixtures::design(3, 8);
+    fixtures::write_betas(&inputs.root.join("betas.hdf5"), trials.len(), VOXELS, |r, v| (r + v) as f32).unwrap();
+    refused(&inputs, inputs.options(), "wds", "session 3 has 0 of 8 trials (8 missing; no tar holds it");
 }

@@ -2,7 +2,8 @@
 //! seen 3 times, per-session z-scored single-trial betas) with a known ground truth.
 //!
 //! Generative model, in short (details in [`truth`], [`brain`], [`design`]):
-//! image latent z → targets (CLIP tokens, low-level latent, captions) by fixed nonlinear maps;
+//! image latent z → targets (CLIP tokens, low-level latent, captions, and low-level teacher
+//! features with augmented views where the preset has them) by fixed nonlinear maps;
 //! z → shared features f(z) → each subject's own random mixing → voxels, plus per-session drift
 //! and single-trial noise at a per-voxel noise-ceiling SNR (`small`/`nsd-scale`: ncsnr ~
 //! U(0.03, 0.3), 3-repeat noise ceiling 0.3–21%, mean ≈ 8%; `tiny`: U(0.1, 0.6)), part of it
@@ -123,6 +124,7 @@ pub fn simulate(
             sessions: subject.sessions,
             trials: design.len(),
             test_images: catalogue.test_ids.len(),
+            missing_trials: 0,
         });
     }
 
@@ -139,6 +141,8 @@ pub fn simulate(
             rows.clip_tokens.extend(truth.clip_tokens(&z));
             rows.lowlevel.extend(truth.lowlevel(&z));
             rows.captions.extend(truth.captions(id, &z));
+            rows.teacher.extend(truth.teacher(&z).unwrap_or_default());
+            rows.teacher_aug.extend(truth.teacher_aug(id, &z).unwrap_or_default());
         }
         writer.write_targets(&voxbridge_data::targets_path(part), &rows, spec.target_rows_per_group)?;
         progress(Progress::Targets { written: end, total });

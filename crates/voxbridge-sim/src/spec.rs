@@ -89,7 +89,15 @@ impl SimSpec {
             test_images: 30,
             latent_dim: 12,
             feature_dim: 32,
-            shapes: TargetShapes { clip_tokens: [4, 32], lowlevel: [4, 8, 8], captions: [5, 32] },
+            // No teacher features: the 8×8 latent cannot be trained by the low-level branch
+            // (it makes 7·2^k squares), and the tiny golden shards stay as they were.
+            shapes: TargetShapes {
+                clip_tokens: [4, 32],
+                lowlevel: [4, 8, 8],
+                captions: [5, 32],
+                teacher: None,
+                teacher_augs: 0,
+            },
             token_rank: 8,
             ncsnr_range: [0.1, 0.6],
             ..Self::noise_defaults()
@@ -107,7 +115,15 @@ impl SimSpec {
             test_images: 300,
             latent_dim: 24,
             feature_dim: 64,
-            shapes: TargetShapes { clip_tokens: [16, 64], lowlevel: [4, 14, 14], captions: [5, 64] },
+            // Teacher features on the branch's 7×7 grid, 32 wide (a model trained on them gets a
+            // 32-wide maps projector; 512 would add 2 GB to the dataset), 2 augmented views.
+            shapes: TargetShapes {
+                clip_tokens: [16, 64],
+                lowlevel: [4, 14, 14],
+                captions: [5, 64],
+                teacher: Some([49, 32]),
+                teacher_augs: 2,
+            },
             token_rank: 16,
             ..Self::noise_defaults()
         }
@@ -124,7 +140,14 @@ impl SimSpec {
             test_images: NSD_SHARED_TEST_IMAGES,
             latent_dim: 32,
             feature_dim: 64,
-            shapes: TargetShapes { clip_tokens: [256, 1664], lowlevel: [4, 28, 28], captions: [5, 768] },
+            // MindEye2's ConvNeXt teacher size, 49 × 512, with 2 augmented views.
+            shapes: TargetShapes {
+                clip_tokens: [256, 1664],
+                lowlevel: [4, 28, 28],
+                captions: [5, 768],
+                teacher: Some([49, 512]),
+                teacher_augs: 2,
+            },
             token_rank: 16,
             trial_rows_per_group: 125,
             target_rows_per_group: 16,
@@ -147,7 +170,7 @@ impl SimSpec {
             test_images: 0,
             latent_dim: 0,
             feature_dim: 0,
-            shapes: TargetShapes { clip_tokens: [0, 0], lowlevel: [0, 0, 0], captions: [0, 0] },
+            shapes: TargetShapes::default(),
             token_rank: 0,
             ncsnr_range: [0.03, 0.3],
             representational_noise: 1.0,
@@ -211,6 +234,12 @@ impl SimSpec {
         let s = &self.shapes;
         if s.clip_len() == 0 || s.lowlevel_len() == 0 || s.captions_len() == 0 {
             problems.push("every target shape needs non-zero sizes".into());
+        }
+        problems.extend(s.teacher_problem());
+        if let Some([positions, _]) = s.teacher
+            && crate::truth::teacher_side(positions).is_none()
+        {
+            problems.push(format!("teacher positions {positions} must be a square grid (49 = 7×7)"));
         }
         let [lo, hi] = self.ncsnr_range;
         if !(lo >= 0.0 && hi >= lo && hi.is_finite()) {

@@ -8,8 +8,20 @@
 //!   `[channels, h, w]` (smooth, like a VAE latent of a blurred image).
 //! - captions: base = P·tanh(Q z·g), made unit-norm; each of the captions adds its own noise and
 //!   is renormalised; `[captions, dim]`.
+//! - low-level teacher features (stand-in for MindEye2's ConvNeXt maps; only when
+//!   `shapes.teacher` is set): on a coarse 4×4 grid each cell has a code K_c z (rank 16); the
+//!   codes are bilinearly interpolated to the s×s positions (s² = positions, row-major), and
+//!   position p's features are V·tanh(code_p·g); `[positions, width]`. Spatially smooth and
+//!   different per image, like a convolutional feature map.
+//! - augmented teacher views: the teacher of a perturbed latent z + 0.3·ε_a, ε_a ~ N(0, I) drawn
+//!   per image and view from the stream ("teacher-aug", image id) — the same content seen
+//!   slightly differently (cosine to the clean view ≈ 0.9), as a photometric augmentation of the
+//!   image changes its ConvNeXt features; `[augs, positions, width]`.
 //!
 //! g = 1.5/√latent_dim keeps the pre-activations at sd ≈ 1.5, inside tanh's bend.
+//!
+//! The teacher's parameters come from their own stream ("teacher"), so datasets with and without
+//! teacher features have bit-identical other targets and voxels.
 
 use voxbridge_data::TargetShapes;
 
@@ -18,6 +30,10 @@ use crate::spec::SimSpec;
 
 const COARSE: usize = 4;
 const CAPTION_RANK: usize = 16;
+/// Rank of the teacher's per-position code.
+const TEACHER_RANK: usize = 16;
+/// Sd of the latent perturbation that makes an augmented teacher view.
+pub const TEACHER_AUG_SD: f32 = 0.3;
 /// Latents used to estimate the mean and covariance of f(z).
 const CALIBRATION_SAMPLES: usize = 4096;
 
@@ -42,6 +58,18 @@ pub struct GroundTruth {
     l_low: Vec<f32>, // [channels·COARSE·COARSE, latent_dim]
     q_cap: Vec<f32>, // [CAPTION_RANK, latent_dim]
     p_cap: Vec<f32>, // [caption_dim, CAPTION_RANK]
+    teacher: Option<TeacherMap>,
+}
+
+/// Parameters of the simulated low-level teacher (see the module docs).
+#[derive(Debug, Clone)]
+struct TeacherMap {
+    /// Side s of the s×s position grid.
+    side: usize,
+    width: usize,
+    augs: usize,
+    k_cells: Vec<f32>, // [COARSE·COARSE, TEACHER_RANK, latent_dim]
+    v_out: Vec<f32>,   // [width, TEACHER_RANK]
 }
 
 /// `out[i] = Σ_j m[i, j]·x[j]` for row-major `m` of shape `[out.len(), x.len()]`.
@@ -78,7 +106,20 @@ impl GroundTruth {
             l_low: normal_vec(&mut rng, channels * COARSE * COARSE * dz, 1.0),
             q_cap: normal_vec(&mut rng, CAPTION_RANK * dz, 1.0),
             p_cap: normal_vec(&mut rng, cap_dim * CAPTION_RANK, 1.0),
+            teacher: None,
         };
+        // Drawn from a stream of their own, after everything else: the other targets do not
+        // depend on whether the dataset has teacher features.
+        truth.teacher = spec.shapes.teacher.map(|[positions, width]| {
+            let mut rng = stream(seed, "teacher", 0);
+            TeacherMap {
+                side: teacher_side(positions).expect("SimSpec::validate checks positions is a square"),
+                width,
+                augs: spec.shapes.teacher_augs,
+                k_cells: normal_vec(&mut rng, COARSE * COARSE * TEACHER_RANK * dz, 1.0),
+                v_out: normal_vec(&mut rng, width * TEACHER_RANK, 1.0 / (TEACHER_RANK as f32).sqrt()),
+            }
+        });
         truth.calibrate();
         truth
     }
@@ -209,6 +250,51 @@ impl GroundTruth {
         out
     }
 
+    /// Low-level teacher features of latent z, row-major `[positions, width]`; `None` when the
+    /// spec has none.
+    pub fn teacher(&self, z: &[f32]) -> Option<Vec<f32>> {
+        let t = self.teacher.as_ref()?;
+        let (r, dz, cells) = (TEACHER_RANK, self.latent_dim, COARSE * COARSE);
+        let mut codes = vec![0.0; cells * r]; // [cell, rank]
+        for (c, code) in codes.chunks_exact_mut(r).enumerate() {
+            matvec(&t.k_cells[c * r * dz..(c + 1) * r * dz], z, code);
+        }
+        let mut out = Vec::with_capacity(t.side * t.side * t.width);
+        let mut u = vec![0.0; r];
+        let mut feature = vec![0.0; t.width];
+        for y in 0..t.side {
+            let (y0, ty) = bilinear_cell(y, t.side);
+            for x in 0..t.side {
+                let (x0, tx) = bilinear_cell(x, t.side);
+                let code = |yy: usize, xx: usize, k: usize| codes[(yy * COARSE + xx) * r + k];
+                for (k, uk) in u.iter_mut().enumerate() {
+                    let top = code(y0, x0, k) * (1.0 - tx) + code(y0, x0 + 1, k) * tx;
+                    let bottom = code(y0 + 1, x0, k) * (1.0 - tx) + code(y0 + 1, x0 + 1, k) * tx;
+                    *uk = ((top * (1.0 - ty) + bottom * ty) * self.gain).tanh();
+                }
+                matvec(&t.v_out, &u, &mut feature);
+                out.extend_from_slice(&feature);
+            }
+        }
+        Some(out)
+    }
+
+    /// The augmented teacher views of image `image_id` (latent z): the teacher of
+    /// z + [`TEACHER_AUG_SD`]·ε per view, row-major `[augs, positions, width]`; `None` without
+    /// teacher features.
+    pub fn teacher_aug(&self, image_id: u32, z: &[f32]) -> Option<Vec<f32>> {
+        let t = self.teacher.as_ref()?;
+        let mut rng = stream(self.seed, "teacher-aug", image_id as u64);
+        let mut eps = vec![0.0; z.len()];
+        let mut out = Vec::with_capacity(t.augs * t.side * t.side * t.width);
+        for _ in 0..t.augs {
+            normals(&mut rng, &mut eps);
+            let perturbed: Vec<f32> = z.iter().zip(&eps).map(|(a, e)| a + TEACHER_AUG_SD * e).collect();
+            out.extend(self.teacher(&perturbed)?);
+        }
+        Some(out)
+    }
+
     /// Caption embeddings of image `image_id`: noisy unit-norm variants, `[captions, dim]`.
     pub fn captions(&self, image_id: u32, z: &[f32]) -> Vec<f32> {
         let [n, dim] = self.shapes.captions;
@@ -230,6 +316,20 @@ impl GroundTruth {
         }
         out
     }
+}
+
+/// Side of the square grid of `positions` teacher positions, if it is one.
+pub fn teacher_side(positions: usize) -> Option<usize> {
+    let side = (positions as f64).sqrt().round() as usize;
+    (side >= 1 && side * side == positions).then_some(side)
+}
+
+/// Position `i` of `n` on the coarse grid with aligned corners: the cell's first index and the
+/// weight of the next one.
+fn bilinear_cell(i: usize, n: usize) -> (usize, f32) {
+    let f = if n > 1 { i as f32 * (COARSE - 1) as f32 / (n - 1) as f32 } else { 0.0 };
+    let cell = (f.floor() as usize).min(COARSE - 2);
+    (cell, f - cell as f32)
 }
 
 fn normalise(v: &mut [f32]) {
@@ -279,6 +379,47 @@ mod tests {
             assert!(mean.abs() < 0.1, "feature {k} mean {mean}");
             assert!((var - 1.0).abs() < 0.15, "feature {k} var {var}");
         }
+    }
+
+    /// Teacher features leave every other output bit-identical (their own stream); they have
+    /// the manifest's shape, differ between images and positions, and the augmented views stay
+    /// close to the clean one without equalling it.
+    #[test]
+    fn teacher_features_are_separate_and_shaped() {
+        let with = SimSpec::small();
+        assert_eq!(with.shapes.teacher, Some([49, 32]));
+        let mut without = with.clone();
+        without.shapes.teacher = None;
+        without.shapes.teacher_augs = 0;
+        let (a, b) = (GroundTruth::new(&with, 4), GroundTruth::new(&without, 4));
+        let z = a.latent(9);
+        assert_eq!(z, b.latent(9));
+        assert_eq!(a.clip_tokens(&z), b.clip_tokens(&z));
+        assert_eq!(a.lowlevel(&z), b.lowlevel(&z));
+        assert_eq!(a.captions(9, &z), b.captions(9, &z));
+        assert_eq!(a.features(&z), b.features(&z));
+        assert_eq!(b.teacher(&z), None);
+
+        let clean = a.teacher(&z).unwrap();
+        assert_eq!(clean.len(), with.shapes.teacher_len());
+        assert_eq!(a.teacher(&z).unwrap(), clean, "a fixed function of z");
+        let augs = a.teacher_aug(9, &z).unwrap();
+        assert_eq!(augs.len(), with.shapes.teacher_aug_len());
+        assert_eq!(a.teacher_aug(9, &z).unwrap(), augs);
+        let cos = |x: &[f32], y: &[f32]| {
+            let dot: f32 = x.iter().zip(y).map(|(a, b)| a * b).sum();
+            dot / (x.iter().map(|a| a * a).sum::<f32>().sqrt() * y.iter().map(|b| b * b).sum::<f32>().sqrt())
+        };
+        let width = 32;
+        let row = |v: &[f32], p: usize| v[p * width..(p + 1) * width].to_vec();
+        let other = a.teacher(&a.latent(10)).unwrap();
+        let view = |k: usize| augs[k * clean.len()..(k + 1) * clean.len()].to_vec();
+        let mean_cos = |x: &[f32], y: &[f32]| (0..49).map(|p| cos(&row(x, p), &row(y, p))).sum::<f32>() / 49.0;
+        let (same_image, other_image) = (mean_cos(&clean, &view(0)), mean_cos(&clean, &other));
+        assert!(same_image > 0.6 && same_image < 0.999, "augmented view vs clean: {same_image}");
+        assert!(other_image < same_image - 0.2, "another image {other_image} vs a view {same_image}");
+        assert_ne!(view(0), view(1), "the views are different augmentations");
+        assert!(cos(&row(&clean, 0), &row(&clean, 48)) < 0.99, "positions differ");
     }
 
     #[test]

@@ -187,3 +187,37 @@ fn tiny_seed0_matches_the_committed_golden_manifest() {
     assert_eq!(fresh.manifest().generator, golden.generator);
     assert_eq!(fresh.manifest().files, golden.files, "shards differ from {}", golden_path.display());
 }
+
+/// A preset with teacher features writes the two teacher columns, records their shape in the
+/// manifest and reads them back; every other shard value equals that of the same spec without
+/// teacher features (the teacher draws from its own streams).
+#[test]
+fn teacher_features_are_an_extra_column_leaving_the_rest_bit_identical() {
+    let with = SimSpec::small().restrict(Some(&[1]), Some(2));
+    let mut without = with.clone();
+    without.shapes.teacher = None;
+    without.shapes.teacher_augs = 0;
+    let open = |spec: &SimSpec, dir: &std::path::Path| {
+        let out = Storage::open(dir.to_str().unwrap()).unwrap();
+        simulate(spec, 3, out, &SimOptions { name: None, oracle: false }, &mut |_| {}).unwrap();
+        Dataset::open(dir.join("manifest.toml").to_str().unwrap()).unwrap()
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (with_data, without_data) = (open(&with, a.path()), open(&without, b.path()));
+    assert_eq!(with_data.manifest().targets.shapes.teacher, Some([49, 32]));
+    assert_eq!(with_data.manifest().targets.shapes.teacher_augs, 2);
+    let text = std::fs::read_to_string(a.path().join("manifest.toml")).unwrap();
+    assert!(text.contains("teacher = [49, 32]"), "{text}");
+    let (t, u) = (with_data.load_targets(None).unwrap(), without_data.load_targets(None).unwrap());
+    assert_eq!(t.rows.image_id, u.rows.image_id);
+    assert_eq!(t.rows.clip_tokens, u.rows.clip_tokens);
+    assert_eq!(t.rows.lowlevel, u.rows.lowlevel);
+    assert_eq!(t.rows.captions, u.rows.captions);
+    assert_eq!(t.rows.teacher.len(), t.rows.len() * 49 * 32);
+    assert_eq!(t.rows.teacher_aug.len(), t.rows.len() * 2 * 49 * 32);
+    assert!(u.rows.teacher.is_empty());
+    assert_eq!(t.teacher(3).len(), 49 * 32);
+    for (fa, fb) in with_data.manifest().trial_files(1).iter().zip(without_data.manifest().trial_files(1)) {
+        assert_eq!(fa.sha256, fb.sha256, "{}: voxels differ", fa.path);
+    }
+}

@@ -16,10 +16,10 @@ pub use decay::{DecayGroup, decay_group, mindeye2_weight_decay};
 pub use evaluate::{EvalOptions, Evaluation, TestTrials, evaluate};
 pub use schedule::{OneCycle, OneCyclePoint};
 pub use step::{
-    Alone, Batch, ContrastivePhase, Layout, NonFiniteLoss, Piece, StepComm, StepError, StepReport, SubjectBatch,
-    mixco_draw, train_step,
+    Alone, BLUR_CONT_TEMPERATURE, Batch, ContrastivePhase, Layout, NonFiniteLoss, Piece, StepComm, StepError,
+    StepReport, SubjectBatch, mixco_draw, teacher_pick, train_step,
 };
 pub use trainer::{
-    ClipTargets, Progress, Quiet, Resume, StepRecord, SubjectSamples, TrainData, TrainError, TrainObserver, TrainPlan,
-    fresh_streams, stream_keys, train,
+    ClipTargets, Progress, Quiet, Resume, StepRecord, SubjectSamples, TeacherTargets, TrainData, TrainError,
+    TrainObserver, TrainPlan, fresh_streams, stream_keys, train,
 };

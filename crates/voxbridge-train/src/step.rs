@@ -5,18 +5,24 @@
 
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Beta, Distribution, StandardNormal};
 use voxbridge_data::sampler::{BalancedStreams, mix64};
 use voxbridge_model::MindEye2;
 use voxbridge_model::losses::{
-    LossTerms, LossWeights, MixcoDraw, l1_loss, l2_normalize, mixco_nce, mixco_voxels, soft_clip_loss,
+    LossTerms, LossWeights, MixcoDraw, l1_loss, l2_normalize, mixco_nce, mixco_voxels, soft_clip_loss, soft_cont_loss,
 };
 use voxbridge_model::prior::CondKeep;
 
 use crate::adamw::AdamW;
+
+/// Temperature of the low-level soft contrastive term (`utils.soft_cont_loss(..., temp=0.2)`).
+pub const BLUR_CONT_TEMPERATURE: f64 = 0.2;
+
+/// Keys the stream the augmented teacher views are picked from.
+const TEACHER_STREAM: u64 = 0x7EAC_4E55_A06D_1E55;
 
 /// One subject's share of a batch.
 #[derive(Debug, Clone)]
@@ -29,6 +35,10 @@ pub struct SubjectBatch<B: AutodiffBackend> {
     pub clip_target: Tensor<B, 3>,
     /// Low-level (VAE) latents of the images, `[b, C, H, W]`, when the model has the branch.
     pub blur_target: Option<Tensor<B, 4>>,
+    /// Teacher features of the images, `[b, 1 + A, P, W]`: the clean image's, then A fixed
+    /// augmented views (P positions × W wide, the low-level branch's `[s·s, W]` features), when
+    /// the data has them; with the low-level branch they train its soft contrastive term.
+    pub teacher: Option<Tensor<B, 4>>,
 }
 
 /// A batch: equal shares per subject, in subject order (spec §2.3).
@@ -57,6 +67,8 @@ pub struct StepReport {
     pub prior: Option<f64>,
     /// L1 of the low-level latent.
     pub blur: Option<f64>,
+    /// The low-level soft contrastive term (unweighted), when the batch has teacher features.
+    pub blur_cont: Option<f64>,
 }
 
 /// Why a step stopped.
@@ -76,6 +88,9 @@ pub enum StepError {
     /// Talking to the other ranks failed (timeout, desync, a peer gone).
     #[error("step {step}: {message}")]
     Comm { step: u64, message: String },
+    /// The batch does not fit the model (teacher features of another size than the branch's).
+    #[error("step {step}: {message}")]
+    Data { step: u64, message: String },
 }
 
 /// A rank's part of one subject's share of the global batch: rows `rows` of share `subject`.
@@ -239,6 +254,7 @@ pub fn train_step<B: AutodiffBackend>(
     let mut ridge_outs = Vec::new();
     let mut targets = Vec::new();
     let mut blur_targets = Vec::new();
+    let mut teachers = Vec::new();
     for (piece, share) in layout.pieces.iter().zip(batch.subjects) {
         let voxels = match global_draws.get(piece.subject) {
             Some(draw) => mixco_voxels(share.voxels, draw),
@@ -248,6 +264,7 @@ pub fn train_step<B: AutodiffBackend>(
         ridge_outs.push(model.ridge.forward(share.subject, voxels.narrow(0, start, len))); // [b, h]
         targets.push(share.clip_target.narrow(0, start, len)); // [b, T, D]
         blur_targets.extend(share.blur_target.map(|t| t.narrow(0, start, len))); // [b, C, H, W]
+        teachers.extend(share.teacher.map(|t| t.narrow(0, start, len))); // [b, 1 + A, P, W]
     }
     let clip_target = Tensor::cat(targets, 0); // [b_local, T, D]
     let draw = (!global_draws.is_empty()).then(|| MixcoDraw::concat(&global_draws, false));
@@ -259,24 +276,8 @@ pub fn train_step<B: AutodiffBackend>(
     let mut preds = l2_normalize(out.clip_voxels.flatten::<2>(1, 2));
     let mut targs = l2_normalize(clip_target.clone().flatten::<2>(1, 2));
     if distributed {
-        let width = preds.dims()[1];
-        let host = |t: Tensor<B, 2>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
-        let all_preds = comm.gather_rows(host(preds.clone().detach()), width).map_err(comm_err)?;
-        let all_targs = comm.gather_rows(host(targs), width).map_err(comm_err)?;
-        let constant = |values: &[f32], rows: usize| {
-            Tensor::<B, 2>::from_data(TensorData::new(values.to_vec(), [rows, width]), &device)
-        };
-        let (before, after) = (row_start * width, (row_start + local_rows) * width);
-        let mut parts = Vec::with_capacity(3);
-        if row_start > 0 {
-            parts.push(constant(&all_preds[..before], row_start));
-        }
-        parts.push(preds);
-        if global_rows > row_start + local_rows {
-            parts.push(constant(&all_preds[after..], global_rows - row_start - local_rows));
-        }
-        preds = Tensor::cat(parts, 0); // [B, T·D], this rank's rows differentiable
-        targs = constant(&all_targs, global_rows);
+        preds = among_all_rows(comm, preds, row_start, global_rows).map_err(comm_err)?; // [B, T·D]
+        targs = all_rows(comm, targs, global_rows).map_err(comm_err)?; // [B, T·D]
     }
     let clip = match phase {
         ContrastivePhase::BiMixCo { temperature } => mixco_nce(preds, targs, temperature, draw.as_ref(), true),
@@ -298,13 +299,17 @@ pub fn train_step<B: AutodiffBackend>(
         let loss = prior.p_losses(clip_target.clone(), &t[rows], out.backbone.clone(), noise, &keep).1;
         if distributed { loss * row_share } else { loss }
     });
+    // The low-level branch, once, when something trains it.
+    let low_out = match &model.low_level {
+        Some(low) if !blur_targets.is_empty() || !teachers.is_empty() => Some(low.forward(out.mixer_out.clone())),
+        _ => None,
+    };
     // Low-level L1 against the VAE latents, mixed like the voxels during BiMixCo — with the
     // concatenated, un-offset perms, as released (spec §2.1 [QUIRK]): a row's partner may be
     // in another subject's share, so a data-parallel rank mixes the gathered global latents
-    // and keeps its rows. The ConvNeXt soft contrastive term needs teacher features voxbridge
-    // does not have; it is left out.
-    let blur_l1 = match (&model.low_level, blur_targets.is_empty()) {
-        (Some(low), false) => {
+    // and keeps its rows.
+    let blur_l1 = match (&low_out, blur_targets.is_empty()) {
+        (Some(low_out), false) => {
             let local = Tensor::cat(blur_targets, 0); // [b_local, C, H, W]
             let shape = local.dims();
             let target = match &draw {
@@ -322,12 +327,58 @@ pub fn train_step<B: AutodiffBackend>(
                 }
                 None => local,
             };
-            let loss = l1_loss(low.forward(out.mixer_out.clone()).blurry_latent, target);
+            let loss = l1_loss(low_out.blurry_latent.clone(), target);
             Some(if distributed { loss * row_share } else { loss })
         }
         _ => None,
     };
-    let terms = LossTerms { prior, clip, blur_l1, blur_cont: None };
+    // The low-level soft contrastive term (spec §2.1): student = the l2-normalised rows of the
+    // branch's features `[B·P, W]`; teachers = the l2-normalised clean teacher rows and those of
+    // one augmented view per image, picked for this step. As in Train.ipynb the teachers are
+    // each row's own image's, never mixed (BiMixCo mixes only the voxels and the VAE latents).
+    // Like the CLIP contrastive loss it spans the whole global batch: a data-parallel rank
+    // gathers every rank's rows, its own differentiable.
+    let blur_cont = match (&low_out, teachers.is_empty()) {
+        (Some(low_out), false) => {
+            let local = Tensor::cat(teachers, 0); // [b_local, 1 + A, P, W]
+            let [_, views, positions, width] = local.dims();
+            let features = low_out.blurry_features.clone(); // [b_local, P', W']
+            let [_, model_positions, model_width] = features.dims();
+            if (model_positions, model_width) != (positions, width) || views < 2 {
+                return Err(StepError::Data {
+                    step,
+                    message: format!(
+                        "teacher features are {views} views of [{positions}, {width}]; the low-level branch makes \
+                         [{model_positions}, {model_width}] and needs the clean view plus ≥ 1 augmented one"
+                    ),
+                });
+            }
+            let picks = teacher_pick(seed, step, global_rows, views - 1);
+            let index = |rows: Vec<i64>| Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [local_rows]), &device);
+            let clean = index((0..local_rows).map(|i| (i * views) as i64).collect());
+            let aug = index((0..local_rows).map(|i| (i * views + 1 + picks[row_start + i]) as i64).collect());
+            let flat = local.reshape([local_rows * views, positions * width]); // [b_local·(1 + A), P·W]
+            let rows = local_rows * positions;
+            let teacher = l2_normalize(flat.clone().select(0, clean).reshape([rows, width])); // [b_local·P, W]
+            let teacher_aug = l2_normalize(flat.select(0, aug).reshape([rows, width])); // [b_local·P, W]
+            let student = l2_normalize(features.reshape([rows, width])); // [b_local·P, W]
+            let (student, teacher, teacher_aug) = if distributed {
+                // Exchanged a sample (P·W values) per row, as the other gathers are.
+                let per_sample = |t: Tensor<B, 2>| t.reshape([local_rows, positions * width]);
+                let rows_of = |t: Tensor<B, 2>| t.reshape([global_rows * positions, width]); // [B·P, W]
+                (
+                    rows_of(among_all_rows(comm, per_sample(student), row_start, global_rows).map_err(comm_err)?),
+                    rows_of(all_rows(comm, per_sample(teacher), global_rows).map_err(comm_err)?),
+                    rows_of(all_rows(comm, per_sample(teacher_aug), global_rows).map_err(comm_err)?),
+                )
+            } else {
+                (student, teacher, teacher_aug)
+            };
+            Some(soft_cont_loss(student, teacher, teacher_aug, BLUR_CONT_TEMPERATURE))
+        }
+        _ => None,
+    };
+    let terms = LossTerms { prior, clip, blur_l1, blur_cont };
     let total = terms.total(weights);
     let scalar =
         |t: &Tensor<B, 1>| t.clone().into_data().convert::<f64>().to_vec::<f64>().map(|v| v[0]).unwrap_or(f64::NAN);
@@ -336,20 +387,28 @@ pub fn train_step<B: AutodiffBackend>(
         clip: scalar(&terms.clip),
         prior: terms.prior.as_ref().map(scalar),
         blur: terms.blur_l1.as_ref().map(scalar),
+        blur_cont: terms.blur_cont.as_ref().map(scalar),
     };
     if distributed {
-        // The step's losses as one process would report them: the contrastive loss is already
-        // global; the per-sample parts are summed over ranks.
+        // The step's losses as one process would report them: the contrastive losses (CLIP and
+        // the low-level soft contrastive term) are already global; the per-sample parts are
+        // summed over ranks.
         let mut parts = [report.prior.unwrap_or(0.0) as f32, report.blur.unwrap_or(0.0) as f32];
         comm.sum(&mut parts).map_err(comm_err)?;
         report.prior = report.prior.map(|_| f64::from(parts[0]));
         report.blur = report.blur.map(|_| f64::from(parts[1]));
         report.total = report.clip * weights.clip
             + report.prior.map_or(0.0, |p| p * weights.prior)
-            + report.blur.map_or(0.0, |b| b * weights.blur);
+            + report.blur.map_or(0.0, |b| b * weights.blur)
+            + report.blur_cont.map_or(0.0, |c| c * weights.blur_aux * weights.blur);
     }
-    let checked =
-        [("total", Some(report.total)), ("clip", Some(report.clip)), ("prior", report.prior), ("blur", report.blur)];
+    let checked = [
+        ("total", Some(report.total)),
+        ("clip", Some(report.clip)),
+        ("prior", report.prior),
+        ("blur", report.blur),
+        ("blur_cont", report.blur_cont),
+    ];
     for (term, value) in checked {
         if let Some(value) = value
             && !value.is_finite()
@@ -363,6 +422,56 @@ pub fn train_step<B: AutodiffBackend>(
     let grads = comm.sync_gradients(&model, grads).map_err(comm_err)?;
     let model = optim.step(model, grads, lr, beta1, weight_decay);
     Ok((model, report))
+}
+
+/// Which augmented teacher view (`0..augs`) each of the global batch's `rows` uses at `step`:
+/// MindEye2 draws a fresh augmentation of every image each step; voxbridge stores `augs` fixed
+/// views per image and picks one per row and step. From a stream of its own, so the step's
+/// other draws are the same with or without teacher features.
+pub fn teacher_pick(seed: u64, step: u64, rows: usize, augs: usize) -> Vec<usize> {
+    let mut rng = ChaCha8Rng::seed_from_u64(mix64(mix64(seed ^ mix64(step)) ^ TEACHER_STREAM));
+    (0..rows).map(|_| rng.random_range(0..augs.max(1))).collect()
+}
+
+/// This rank's rows `local` `[n, width]` among every rank's: `[total, width]` in global row
+/// order, rows `start..start + n` being `local` itself (differentiable), the others constants.
+fn among_all_rows<B: AutodiffBackend>(
+    comm: &mut dyn StepComm<B>,
+    local: Tensor<B, 2>,
+    start: usize,
+    total: usize,
+) -> Result<Tensor<B, 2>, String> {
+    let [n, width] = local.dims();
+    let device = local.device();
+    let all = comm.gather_rows(host_values(local.clone().detach()), width)?;
+    let constant = |values: &[f32], rows: usize| {
+        Tensor::<B, 2>::from_data(TensorData::new(values.to_vec(), [rows, width]), &device)
+    };
+    let mut parts = Vec::with_capacity(3);
+    if start > 0 {
+        parts.push(constant(&all[..start * width], start));
+    }
+    parts.push(local);
+    if total > start + n {
+        parts.push(constant(&all[(start + n) * width..], total - start - n));
+    }
+    Ok(Tensor::cat(parts, 0))
+}
+
+/// Every rank's rows of `local` `[n, width]`, as one constant `[total, width]`.
+fn all_rows<B: AutodiffBackend>(
+    comm: &mut dyn StepComm<B>,
+    local: Tensor<B, 2>,
+    total: usize,
+) -> Result<Tensor<B, 2>, String> {
+    let width = local.dims()[1];
+    let device = local.device();
+    let all = comm.gather_rows(host_values(local), width)?;
+    Ok(Tensor::<B, 2>::from_data(TensorData::new(all, [total, width]), &device))
+}
+
+fn host_values<B: AutodiffBackend>(t: Tensor<B, 2>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default()
 }
 
 /// `utils.mixco`'s draw: a random permutation, β ~ Beta(0.15, 0.15), selected with p = 0.5;

@@ -48,7 +48,7 @@ impl SubjectSamples {
 }
 
 /// Targets by row: CLIP tokens `[images, tokens·dim]` and, when the model has the low-level
-/// branch, VAE latents `[images, C·H·W]`.
+/// branch, VAE latents `[images, C·H·W]` and, when the dataset has them, teacher features.
 #[derive(Debug, Clone)]
 pub struct ClipTargets {
     pub tokens: usize,
@@ -56,6 +56,33 @@ pub struct ClipTargets {
     pub values: Vec<f32>,
     /// `([C, H, W], values)`; `None` trains no low-level loss.
     pub lowlevel: Option<([usize; 3], Vec<f32>)>,
+    /// The low-level branch's teacher features; `None` trains the branch without its soft
+    /// contrastive term.
+    pub teacher: Option<TeacherTargets>,
+}
+
+/// Per-image teacher features of the low-level soft contrastive term (spec §2.1): the clean
+/// image's and `augs` fixed augmented views' (MindEye2 computes ConvNeXt features of a fresh
+/// random augmentation every step; stored views are picked from per step instead).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TeacherTargets {
+    /// Grid positions P (the branch's s×s map: 49) and feature width W (its projector: 512).
+    pub positions: usize,
+    pub width: usize,
+    /// Augmented views A per image (≥ 1).
+    pub augs: usize,
+    /// `[images, P·W]`, by target row.
+    pub clean: Vec<f32>,
+    /// `[images, A·P·W]`, by target row.
+    pub aug: Vec<f32>,
+}
+
+impl TeacherTargets {
+    /// Row `row`'s views, clean first: `[(1 + A)·P·W]`.
+    pub fn views(&self, row: usize) -> impl Iterator<Item = &f32> {
+        let (n, a) = (self.positions * self.width, self.augs * self.positions * self.width);
+        self.clean[row * n..(row + 1) * n].iter().chain(&self.aug[row * a..(row + 1) * a])
+    }
 }
 
 impl ClipTargets {
@@ -153,6 +180,9 @@ pub struct StepRecord {
     /// `NaN` without the low-level branch.
     pub blur_loss: f64,
     pub seconds: f64,
+    /// The low-level soft contrastive term (unweighted); `NaN` when it is off (no low-level
+    /// branch, or no teacher features). Last, so the columns before it keep their places.
+    pub blur_cont: f64,
 }
 
 /// Where a run stands after a step: everything a checkpoint needs besides the plan and data.
@@ -290,6 +320,7 @@ pub fn train<B: AutodiffBackend>(
             prior_loss: report.prior.unwrap_or(f64::NAN),
             blur_loss: report.blur.unwrap_or(f64::NAN),
             seconds: started.elapsed().as_secs_f64(),
+            blur_cont: report.blur_cont.unwrap_or(f64::NAN),
         });
         step += 1;
         let epoch_finished = step.is_multiple_of(iters);
@@ -310,7 +341,8 @@ pub fn train<B: AutodiffBackend>(
     Ok(model)
 }
 
-/// Gathers the picked trials of each subject into tensors: voxels `[b, V_s]`, targets `[b, T, D]`.
+/// Gathers the picked trials of each subject into tensors: voxels `[b, V_s]`, targets `[b, T, D]`,
+/// latents `[b, C, H, W]` and teacher views `[b, 1 + A, P, W]` when the data has them.
 pub fn assemble<B: AutodiffBackend>(data: &TrainData, picks: &[Vec<usize>], device: &B::Device) -> Batch<B> {
     let (tokens, dim) = (data.targets.tokens, data.targets.dim);
     let subjects = data
@@ -323,6 +355,7 @@ pub fn assemble<B: AutodiffBackend>(data: &TrainData, picks: &[Vec<usize>], devi
             let mut voxels = Vec::with_capacity(rows.len() * v);
             let mut targets = Vec::with_capacity(rows.len() * tokens * dim);
             let mut blur = Vec::new();
+            let mut teacher: Vec<f32> = Vec::new();
             for &r in rows {
                 voxels.extend_from_slice(&s.voxels[r * v..(r + 1) * v]);
                 targets.extend_from_slice(data.targets.row(s.target_rows[r]));
@@ -330,16 +363,24 @@ pub fn assemble<B: AutodiffBackend>(data: &TrainData, picks: &[Vec<usize>], devi
                     let n = c * h * w;
                     blur.extend_from_slice(&values[s.target_rows[r] * n..(s.target_rows[r] + 1) * n]);
                 }
+                if let Some(t) = &data.targets.teacher {
+                    teacher.extend(t.views(s.target_rows[r]));
+                }
             }
             let b = rows.len();
             let blur_target = data.targets.lowlevel.as_ref().map(|([c, h, w], _)| {
                 Tensor::from_data(TensorData::new(std::mem::take(&mut blur), [b, *c, *h, *w]), device)
+            });
+            let teacher = data.targets.teacher.as_ref().map(|t| {
+                let shape = [b, 1 + t.augs, t.positions, t.width];
+                Tensor::from_data(TensorData::new(std::mem::take(&mut teacher), shape), device)
             });
             SubjectBatch {
                 subject: s.ridge,
                 voxels: Tensor::from_data(TensorData::new(voxels, [b, v]), device),
                 clip_target: Tensor::from_data(TensorData::new(targets, [b, tokens, dim]), device),
                 blur_target,
+                teacher,
             }
         })
         .collect();

@@ -12,7 +12,9 @@ use voxbridge_model::lowlevel::LowLevelConfig;
 use voxbridge_model::prior::PriorConfig;
 use voxbridge_model::{BackboneMode, MindEye2, MindEye2Config};
 use voxbridge_train::distributed::{Placement, ShardComm, gather_model};
-use voxbridge_train::{Alone, ClipTargets, StepRecord, SubjectSamples, TrainData, TrainObserver, TrainPlan, train};
+use voxbridge_train::{
+    Alone, ClipTargets, StepRecord, SubjectSamples, TeacherTargets, TrainData, TrainObserver, TrainPlan, train,
+};
 
 type B = Autodiff<Flex>;
 
@@ -51,7 +53,8 @@ fn with_low_level(mut config: MindEye2Config) -> MindEye2Config {
 }
 
 /// Subjects (`(voxels, trials)` each) whose voxels are noisy linear images of 40 targets; with
-/// 2×4×4 latents per target when `latents`.
+/// 2×4×4 latents and teacher features (`[4, 8]`, the small branch's 2×2 positions × 8, plus 2
+/// augmented views) per target when `latents`.
 fn data(subjects: &[(usize, usize)], latents: bool) -> TrainData {
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move || {
@@ -62,6 +65,13 @@ fn data(subjects: &[(usize, usize)], latents: bool) -> TrainData {
     };
     let targets: Vec<f32> = (0..40 * 16).map(|_| next()).collect();
     let lowlevel = latents.then(|| ([2, 4, 4], (0..40 * 32).map(|_| next()).collect::<Vec<f32>>()));
+    let teacher = latents.then(|| TeacherTargets {
+        positions: 4,
+        width: 8,
+        augs: 2,
+        clean: (0..40 * 32).map(|_| next()).collect(),
+        aug: (0..40 * 64).map(|_| next()).collect(),
+    });
     let subjects = subjects
         .iter()
         .enumerate()
@@ -74,15 +84,15 @@ fn data(subjects: &[(usize, usize)], latents: bool) -> TrainData {
             SubjectSamples { ridge, subject: ridge as u8 + 2, voxel_count: v, voxels, target_rows: rows }
         })
         .collect();
-    TrainData { subjects, targets: ClipTargets { tokens: 2, dim: 8, values: targets, lowlevel } }
+    TrainData { subjects, targets: ClipTargets { tokens: 2, dim: 8, values: targets, lowlevel, teacher } }
 }
 
 #[derive(Default)]
-struct Losses(Vec<[f64; 4]>);
+struct Losses(Vec<[f64; 5]>);
 
 impl<B: AutodiffBackend> TrainObserver<B> for Losses {
     fn on_step(&mut self, r: &StepRecord) {
-        self.0.push([r.loss, r.clip_loss, r.prior_loss, r.blur_loss]);
+        self.0.push([r.loss, r.clip_loss, r.prior_loss, r.blur_loss, r.blur_cont]);
     }
     fn on_epoch_end(&mut self, _: usize, _: &MindEye2<B>) {}
 }
@@ -112,12 +122,13 @@ fn close(a: f64, b: f64, rel: f64) -> bool {
 }
 
 /// A rank's per-step losses, the subjects whose ridges it held, and the gathered model (rank 0).
-type RankOutcome = (Vec<[f64; 4]>, Vec<usize>, Option<MindEye2<B>>);
+type RankOutcome = (Vec<[f64; 5]>, Vec<usize>, Option<MindEye2<B>>);
 
 /// Trains `plan` on one process and on `world` ranks from the same initial weights; checks that
 /// every rank reports the single process's per-step losses, that each rank holds exactly its
 /// own subjects' ridges, and that the model gathered on rank 0 equals the single process's.
-fn same_as_one_process(config: MindEye2Config, data: &TrainData, plan: &TrainPlan, world: usize) {
+/// Returns the single process's per-step losses.
+fn same_as_one_process(config: MindEye2Config, data: &TrainData, plan: &TrainPlan, world: usize) -> Vec<[f64; 5]> {
     let device = Default::default();
     <B as burn::tensor::backend::Backend>::seed(&device, 11);
     let initial = MindEye2::<B>::init(&config, &device);
@@ -156,7 +167,7 @@ fn same_as_one_process(config: MindEye2Config, data: &TrainData, plan: &TrainPla
     for (rank, (losses, held, whole)) in results.iter().enumerate() {
         assert_eq!(losses.len() as u64, plan.total_steps());
         for (step, (got, want)) in losses.iter().zip(&single.0).enumerate() {
-            for k in 0..4 {
+            for k in 0..5 {
                 assert!(close(got[k], want[k], 1e-5), "rank {rank} step {step} column {k}: {} vs {}", got[k], want[k]);
             }
         }
@@ -177,6 +188,7 @@ fn same_as_one_process(config: MindEye2Config, data: &TrainData, plan: &TrainPla
         let worst = got.iter().zip(expected).map(|(a, b)| (a - b).abs() / b.abs().max(1e-3)).fold(0f32, f32::max);
         assert!(worst <= 1e-4, "{path}: relative difference {worst}");
     }
+    single.0
 }
 
 #[test]
@@ -189,12 +201,18 @@ fn two_ranks_of_one_subject_each_train_the_model_one_process_trains() {
 
 /// Three ranks for two subjects: subject 0's share is split over ranks 0 and 1 (its ridge
 /// gradients summed over those two only), subject 1 is rank 2's. With the low-level branch,
-/// whose BiMixCo latents are mixed across shares.
+/// whose BiMixCo latents are mixed across shares, and its soft contrastive term over the
+/// gathered features of the whole batch.
 #[test]
 fn three_ranks_for_two_subjects_split_a_share_and_train_the_same_model() {
     let plan = TrainPlan::mindeye2(5, 4, 8, 2, 40, 1e-3, 0.25);
     let data = data(&[(20, 30), (15, 24)], true);
-    same_as_one_process(with_low_level(config(&[20, 15])), &data, &plan, 3);
+    let losses = same_as_one_process(with_low_level(config(&[20, 15])), &data, &plan, 3);
+    assert!(losses.iter().all(|l| l[3].is_finite() && l[4].is_finite() && l[4] > 0.0), "{losses:?}");
+    // Without the teacher the term is off (NaN in every rank's records, as in one process).
+    let plain = TrainData { targets: ClipTargets { teacher: None, ..data.targets.clone() }, ..data.clone() };
+    let losses = same_as_one_process(with_low_level(config(&[20, 15])), &plain, &plan, 2);
+    assert!(losses.iter().all(|l| l[3].is_finite() && l[4].is_nan()), "{losses:?}");
 }
 
 /// Fine-tuning one subject on two workers: each holds half of every batch and a copy of the

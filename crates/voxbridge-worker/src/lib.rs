@@ -4,20 +4,36 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use voxbridge_collective::TcpRing;
 use voxbridge_coordinator::protocol::{FromWorker, ToWorker, encode};
 use voxbridge_experiment::{ResumeFrom, RunOptions, run::run_experiment_on};
 
+/// What this build supports, as one JSON object (`voxbridge-worker --capabilities`):
+/// `voxbridge submit` asks before it starts workers that need a feature (NCCL on a GPU site).
+pub fn capabilities() -> String {
+    serde_json::json!({ "nccl": cfg!(feature = "nccl"), "version": env!("CARGO_PKG_VERSION") }).to_string()
+}
+
+/// Where the coordinator is.
+#[derive(Debug, Clone)]
+pub enum CoordinatorAt {
+    /// `host:port`.
+    Addr(String),
+    /// The file the coordinator publishes its `host:port` in once it listens
+    /// (`voxbridge-coordinator --address-file`).
+    File(PathBuf),
+}
+
 /// What a worker is told on its command line.
 #[derive(Debug, Clone)]
 pub struct WorkerArgs {
-    pub coordinator: String,
+    pub coordinator: CoordinatorAt,
     pub generation: u32,
     pub experiment: PathBuf,
     pub out: PathBuf,
@@ -52,9 +68,45 @@ fn connect(addr: &str, within: Duration) -> anyhow::Result<TcpStream> {
     }
 }
 
+/// Waits until `deadline` for the coordinator to publish its address in `file` (polled: the
+/// file sits on the filesystem the job's nodes share), then reads it.
+fn wait_for_address(file: &Path, deadline: Instant) -> anyhow::Result<String> {
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match std::fs::read_to_string(file) {
+            Ok(text) => return voxbridge_coordinator::address::parse(&text, file).map_err(anyhow::Error::msg),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let now = Instant::now();
+                if now >= deadline {
+                    anyhow::bail!(
+                        "{}: the coordinator did not publish its address within the init timeout; did it start? \
+                         (see the job's log)",
+                        file.display()
+                    );
+                }
+                std::thread::sleep(wait.min(deadline - now));
+                wait = (wait * 2).min(Duration::from_millis(500));
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot read the coordinator's address file {}", file.display()));
+            }
+        }
+    }
+}
+
 pub fn run(args: &WorkerArgs) -> anyhow::Result<()> {
     let config = voxbridge_config::load_experiment(&args.experiment)?;
-    let stream = connect(&args.coordinator, args.init_timeout)?;
+    let deadline = Instant::now() + args.init_timeout;
+    let stream = match &args.coordinator {
+        CoordinatorAt::Addr(addr) => connect(addr, args.init_timeout)?,
+        CoordinatorAt::File(file) => {
+            let addr = wait_for_address(file, deadline)?;
+            tracing::debug!(%addr, file = %file.display(), "coordinator address published");
+            connect(&addr, deadline.saturating_duration_since(Instant::now()))
+                .with_context(|| format!("address from {}", file.display()))?
+        }
+    };
     // The ring listens on the interface that reaches the coordinator.
     let host = stream.local_addr()?.ip();
     let listener = TcpListener::bind((host, 0)).context("cannot open the collective's port")?;
@@ -111,13 +163,19 @@ pub fn run(args: &WorkerArgs) -> anyhow::Result<()> {
     alive.store(false, Ordering::SeqCst);
     heartbeat.thread().unpark();
     let _ = heartbeat.join();
-    let report = match &result {
-        Ok(None) => FromWorker::Done,
-        Ok(Some(steps_done)) => FromWorker::Stopped { steps_done: *steps_done },
-        Err(e) => FromWorker::Failed { error: format!("rank {rank}: {e:#}") },
-    };
+    let report = report_of(&result);
     let _ = writer.write_all(encode(&report).as_bytes());
     result.map(|_| ())
+}
+
+/// What a worker tells the coordinator about its run. The coordinator knows the rank and names
+/// it in every message, so the error does not repeat it.
+fn report_of(result: &anyhow::Result<Option<u64>>) -> FromWorker {
+    match result {
+        Ok(None) => FromWorker::Done,
+        Ok(Some(steps_done)) => FromWorker::Stopped { steps_done: *steps_done },
+        Err(e) => FromWorker::Failed { error: format!("{e:#}") },
+    }
 }
 
 /// The TCP ring, or NCCL on `device` with the ring for control.
@@ -130,5 +188,48 @@ fn collective(ring: TcpRing, device: Option<usize>) -> anyhow::Result<Box<dyn vo
         Some(device) => {
             anyhow::bail!("--nccl-device {device}: this voxbridge-worker was built without the `nccl` feature")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The coordinator prefixes `rank R: `; the worker's report must not (it read "rank 1: rank
+    /// 1: …" in the give-up error).
+    #[test]
+    fn a_failure_report_does_not_repeat_the_rank() {
+        let result: anyhow::Result<Option<u64>> =
+            Err(anyhow::anyhow!("no data from rank 0 in 5 s").context("run `x` stopped"));
+        match report_of(&result) {
+            FromWorker::Failed { error } => assert_eq!(error, "run `x` stopped: no data from rank 0 in 5 s"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod rendezvous_tests {
+    use super::*;
+
+    #[test]
+    fn the_address_file_is_awaited_and_named() {
+        let dir = std::env::temp_dir().join(format!("voxbridge-worker-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("coordinator-5.addr");
+        let err = wait_for_address(&file, Instant::now()).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{}: the coordinator did not publish", file.display())), "{err}");
+        std::fs::write(&file, "node07:4242\n").unwrap();
+        assert_eq!(wait_for_address(&file, Instant::now()).unwrap(), "node07:4242");
+        std::fs::write(&file, "node07\n").unwrap();
+        let err = wait_for_address(&file, Instant::now()).unwrap_err().to_string();
+        assert!(err.contains(&file.display().to_string()) && err.contains("no port"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn capabilities_say_whether_nccl_is_built_in() {
+        let caps: serde_json::Value = serde_json::from_str(&capabilities()).unwrap();
+        assert_eq!(caps["nccl"], cfg!(feature = "nccl"));
     }
 }

@@ -15,18 +15,26 @@ use clap::Parser;
     about = "One voxbridge training rank: joins a coordinator, trains its subjects' shard, all-reduces shared gradients."
 )]
 struct Args {
+    /// Print what this build supports as one JSON object (`{"nccl":false,…}`) and exit.
+    #[arg(long, exclusive = true)]
+    capabilities: bool,
     /// Coordinator address (host:port).
+    #[arg(long, required_unless_present_any = ["coordinator_file", "capabilities"], conflicts_with = "coordinator_file")]
+    coordinator: Option<String>,
+    /// A file the coordinator writes its host:port to once it listens
+    /// (`voxbridge-coordinator --address-file`): wait for it (within --init-timeout-s), then
+    /// connect.
     #[arg(long)]
-    coordinator: String,
+    coordinator_file: Option<std::path::PathBuf>,
     /// The generation (restart count) this worker was started for.
     #[arg(long, default_value_t = 0)]
     generation: u32,
     /// Experiment TOML file.
-    #[arg(long)]
-    experiment: std::path::PathBuf,
+    #[arg(long, required_unless_present = "capabilities")]
+    experiment: Option<std::path::PathBuf>,
     /// Run directory (rank 0 writes it; rank r writes <out>/rank-r/).
-    #[arg(long)]
-    out: std::path::PathBuf,
+    #[arg(long, required_unless_present = "capabilities")]
+    out: Option<std::path::PathBuf>,
     /// Seconds allowed for the collective's set-up and first step.
     #[arg(long, default_value_t = 300)]
     init_timeout_s: u64,
@@ -76,7 +84,19 @@ fn resolve_device(arg: Option<&str>, local_id: Option<&str>, visible: Option<&st
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.capabilities {
+        println!("{}", voxbridge_worker::capabilities());
+        return ExitCode::SUCCESS;
+    }
     voxbridge_coordinator::init_logging("info");
+    let coordinator = match (args.coordinator, args.coordinator_file) {
+        (Some(addr), _) => voxbridge_worker::CoordinatorAt::Addr(addr),
+        (None, Some(file)) => voxbridge_worker::CoordinatorAt::File(file),
+        (None, None) => return usage("--coordinator or --coordinator-file is required"),
+    };
+    let (Some(experiment), Some(out)) = (args.experiment, args.out) else {
+        return usage("--experiment and --out are required");
+    };
     let nccl_device = match nccl_device(args.nccl_device.as_deref()) {
         Ok(d) => d,
         Err(e) => {
@@ -91,10 +111,10 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let worker = voxbridge_worker::WorkerArgs {
-        coordinator: args.coordinator,
+        coordinator,
         generation: args.generation,
-        experiment: args.experiment,
-        out: args.out,
+        experiment,
+        out,
         init_timeout: Duration::from_secs(args.init_timeout_s),
         step_timeout: Duration::from_secs(args.step_timeout_s),
         nccl_device,
@@ -108,6 +128,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn usage(message: &str) -> ExitCode {
+    eprintln!("voxbridge-worker: {message} (see --help)");
+    ExitCode::from(2)
 }
 
 #[cfg(test)]

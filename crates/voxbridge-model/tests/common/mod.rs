@@ -1,8 +1,10 @@
-//! Shared helpers for the parity tests against `../shared/reference/` (tensors computed with the
+//! Shared helpers for the parity tests against `tests/reference/` (tensors computed with the
 //! original PyTorch code). Tolerance convention: `max|a − b| ≤ rtol · max(max|b|, floor)`.
 #![allow(dead_code)]
 
 pub mod tiny;
+
+use std::collections::BTreeSet;
 
 use voxbridge_model::tensors::{HostTensor, TensorMap};
 
@@ -18,6 +20,85 @@ pub fn load_json(dir: &str, file: &str) -> serde_json::Value {
     let path = reference_dir(dir).join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
+}
+
+/// Every gradient the reference data holds, and the test that compares it: `(folder, file, key
+/// prefix, test)`. `parity_gradient_coverage` checks that this list covers every gradient of every
+/// reference file; each test checks that it compares every gradient of its scope.
+pub const GRADIENT_CHECKS: [(&str, &str, &str, &str); 6] = [
+    (
+        "mindeye2-tiny",
+        "grads_softclip.safetensors",
+        "",
+        "parity_backbone::softclip_gradients_match_the_float32_reference_in_float32",
+    ),
+    (
+        "mindeye2-tiny",
+        "grad_ridge0_weight_softclip.npy",
+        "",
+        "parity_backbone::softclip_gradients_match_the_float32_reference_in_float32",
+    ),
+    (
+        "mindeye2-tiny",
+        "grads_softclip_f64.safetensors",
+        "",
+        "parity_grads_f64::softclip_gradients_match_the_float64_reference_in_float64",
+    ),
+    (
+        "mindeye2-tiny",
+        "total_loss.safetensors",
+        "grad.ridge.",
+        "mindeye2_model::total_objective_and_its_ridge_and_backbone_gradients_match",
+    ),
+    (
+        "mindeye2-tiny",
+        "total_loss.safetensors",
+        "grad.backbone.",
+        "mindeye2_model::total_objective_and_its_ridge_and_backbone_gradients_match",
+    ),
+    (
+        "mindeye2-tiny",
+        "total_loss.safetensors",
+        "grad.diffusion_prior.",
+        "parity_prior::prior_gradients_of_the_training_objective",
+    ),
+];
+
+/// The names of the gradients a reference file holds: every key of a file whose name starts with
+/// `grad` (an `.npy` holds one tensor, named `""`), else the keys that start with `grad.` or
+/// contain `.grad.`. Other files hold none.
+pub fn reference_gradient_names(dir: &str, file: &str) -> BTreeSet<String> {
+    let all = file.starts_with("grad");
+    if file.ends_with(".npy") {
+        return if all { BTreeSet::from([String::new()]) } else { BTreeSet::new() };
+    }
+    if !file.ends_with(".safetensors") {
+        return BTreeSet::new();
+    }
+    load_safetensors(dir, file)
+        .keys()
+        .filter(|k| all || k.starts_with("grad.") || k.contains(".grad."))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Asserts that `compared`, the keys of `dir/file` a test compared, are exactly the reference's
+/// gradients that start with `prefix`; the message names each one left out.
+#[track_caller]
+pub fn assert_every_gradient_compared(dir: &str, file: &str, prefix: &str, compared: &BTreeSet<String>) {
+    assert!(
+        GRADIENT_CHECKS.iter().any(|&(d, f, p, _)| (d, f, p) == (dir, file, prefix)),
+        "{dir}/{file} {prefix:?} is not listed in GRADIENT_CHECKS"
+    );
+    let want: BTreeSet<String> =
+        reference_gradient_names(dir, file).into_iter().filter(|k| k.starts_with(prefix)).collect();
+    let missing: Vec<&String> = want.difference(compared).collect();
+    let extra: Vec<&String> = compared.difference(&want).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{dir}/{file}: reference gradients under {prefix:?} not compared: {missing:?}; compared but not in the \
+         reference: {extra:?}"
+    );
 }
 
 /// Asserts `actual` equals `expected` in shape and within `rtol` of the reference's scale.

@@ -1,6 +1,8 @@
 //! The `mindeye2-tiny` model and its SoftCLIP gradient check, shared by the float32 and float64
 //! parity tests.
 
+use std::collections::BTreeSet;
+
 use burn::backend::Flex;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Tensor, backend::Backend};
@@ -127,32 +129,78 @@ pub fn softclip_grads<B: burn::tensor::backend::AutodiffBackend>() -> Vec<(Strin
         .collect()
 }
 
-/// Parameters whose true gradient is zero (or carries PyTorch's float32 LayerNorm(1) noise):
-/// compared against the float64 reference only (README "LayerNorm(1) backward noise").
-pub fn noisy_in_float32(key: &str) -> bool {
-    ["ridge.", "backbone.mixer_blocks1.", "backbone.mixer_blocks2."].iter().any(|p| key.starts_with(p))
+/// How closely one of our gradients must match the reference's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum GradTolerance {
+    /// `max|ours − ref| ≤ rtol · max|ref|` (`assert_close`).
+    Relative(f32),
+    /// `max|ours − ref| ≤ atol`.
+    Absolute(f32),
 }
 
+/// The float64 references are clean: every gradient within 1e-5 of its scale.
+pub fn float64_tolerance(_key: &str) -> GradTolerance {
+    GradTolerance::Relative(1e-5)
+}
+
+/// Tolerances against PyTorch's float32 gradients of the ridge and backbone (README of the
+/// reference, "Float32 noise in the gradients"). With one token, `LayerNorm(1)` returns its bias,
+/// so its backward is all cancellation: in float32 it returns noise instead of zero (up to ~1e-4
+/// in PyTorch; the input gradient is amplified by 1/√(var + eps) ≈ 316). Those entries cannot
+/// agree to 1e-5 between two float32 implementations; the float64 test compares each of them
+/// to 1e-5. Here:
+/// - gradients that are zero in theory (every `mixer_blocks1.*`, each `mixer_blocks2.{i}.0.weight`:
+///   ours are exactly 0, PyTorch's are noise ≤ 7.3e-5): both zero within 2e-4 absolute, the noise
+///   bound of the reference's README;
+/// - the ridge, which the noise reaches through the residual stream (PyTorch float32 is 1.0e-4
+///   from float64 on values ~9): 2e-4 absolute, as the README suggests (≈ 2e-5 of the scale);
+/// - the other `mixer_blocks2.*` parameters, whose gradient flows back through the next block's
+///   `LayerNorm(1)` input gradient (our float32 noise there: ≤ 8.8e-5 of the scale, the same
+///   against the float64 reference, while PyTorch's float32 is within 4e-6 of it): 2e-4 relative;
+/// - everything else: 1e-5 relative.
+pub fn float32_tolerance(key: &str) -> GradTolerance {
+    let zero_in_theory = key.starts_with("backbone.mixer_blocks1.")
+        || (key.starts_with("backbone.mixer_blocks2.") && key.ends_with(".0.weight") && key.split('.').count() == 5);
+    if zero_in_theory || key.starts_with("ridge.") {
+        GradTolerance::Absolute(2e-4)
+    } else if key.starts_with("backbone.mixer_blocks2.") {
+        GradTolerance::Relative(2e-4)
+    } else {
+        GradTolerance::Relative(1e-5)
+    }
+}
+
+/// Asserts `got` matches `want` within `tolerance`.
+pub fn assert_grad_close(what: &str, got: &HostTensor, want: &HostTensor, tolerance: GradTolerance) {
+    match tolerance {
+        GradTolerance::Relative(rtol) => assert_close(what, got, want, rtol),
+        GradTolerance::Absolute(atol) => {
+            assert_eq!(got.shape, want.shape, "{what}: shape");
+            let worst = got.data.iter().zip(&want.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst <= atol, "{what}: max |diff| {worst:e} exceeds {atol:e}");
+        }
+    }
+}
+
+/// Compares every gradient in `grads` that the reference holds, each within `tolerance(key)`;
+/// the keys compared.
 pub fn compare_grads(
     what: &str,
     grads: Vec<(String, Option<HostTensor>)>,
     reference: &TensorMap,
-    skip: impl Fn(&str) -> bool,
-) -> usize {
-    let mut checked = 0;
+    tolerance: impl Fn(&str) -> GradTolerance,
+) -> BTreeSet<String> {
+    let mut checked = BTreeSet::new();
     for (key, grad) in grads {
         let Ok(want) = reference.get(&key) else {
             // Only subject 0's ridge takes part; the other subjects' ridges get no gradient.
             assert!(grad.is_none(), "{what}: {key} has a gradient the reference lacks");
             continue;
         };
-        if skip(&key) {
-            continue;
-        }
         // burn leaves a parameter the loss does not depend on without a gradient: zero.
         let got = grad.unwrap_or_else(|| HostTensor::new(want.shape.clone(), vec![0.0; want.data.len()]));
-        assert_close(&format!("{what} grad {key}"), &got, want, 1e-5);
-        checked += 1;
+        assert_grad_close(&format!("{what} grad {key}"), &got, want, tolerance(&key));
+        checked.insert(key);
     }
     checked
 }

@@ -192,7 +192,7 @@ pub(crate) fn checkpoint(c: &mut Checker<'_>, raw: RawCheckpoint) -> Option<Chec
 }
 
 pub(crate) fn model(c: &mut Checker<'_>, raw: RawModel) -> Option<ModelConfig> {
-    let family = c.optional("model.family", raw.family, ModelFamily::MindEye2, |f| rules::family(&f));
+    let family = c.optional("model.family", raw.family, ModelFamily::MindEye2, |f| rules::trainable_family(&f));
     let hidden = c.optional("model.hidden", raw.hidden, 4096, |v| rules::at_least_u32(v, 1, ""));
     let blocks = c.optional("model.blocks", raw.blocks, 4, |v| rules::at_least_u32(v, 0, ""));
     let dropout = c.optional("model.dropout", raw.dropout, 0.15, rules::probability_below_one);

@@ -170,6 +170,20 @@ pub(crate) fn family(value: &str) -> Result<ModelFamily, String> {
     })
 }
 
+/// A known model family that `voxbridge train` can train (checked by `config check`, not at
+/// run time).
+pub(crate) fn trainable_family(value: &str) -> Result<ModelFamily, String> {
+    let family = self::family(value)?;
+    if ModelFamily::TRAINABLE.contains(&family) {
+        return Ok(family);
+    }
+    let trainable: Vec<String> = ModelFamily::TRAINABLE.iter().map(|f| format!("`{f}`")).collect();
+    Err(format!(
+        "`{value}` cannot be trained yet; trainable families: {} (ridge baselines: `voxbridge ridge`)",
+        trainable.join(", ")
+    ))
+}
+
 /// In multi-subject mode every batch is split evenly across the training subjects, so a
 /// batch smaller than the number of subjects would give some subjects zero samples.
 pub(crate) fn batch_fits_subjects(batch_size: u32, n_subjects: usize) -> Result<(), String> {
@@ -266,6 +280,12 @@ mod tests {
     #[test]
     fn families_and_batch_split() {
         assert_eq!(family("ridge"), Ok(ModelFamily::Ridge));
+        assert_eq!(trainable_family("mindeye2"), Ok(ModelFamily::MindEye2));
+        assert_eq!(
+            trainable_family("mindeye1").unwrap_err(),
+            "`mindeye1` cannot be trained yet; trainable families: `mindeye2` (ridge baselines: `voxbridge ridge`)"
+        );
+        assert!(trainable_family("mindeye3").unwrap_err().contains("not a known model family"));
         assert_eq!(
             family("mindeye3").unwrap_err(),
             "`mindeye3` is not a known model family; expected one of `mindeye2`, `mindeye1`, \

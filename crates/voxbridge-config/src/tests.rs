@@ -221,6 +221,8 @@ fn numeric_and_choice_rules() {
         ("checkpoint", "keep_last = 1", "may still be being written when an older one"),
         ("checkpoint", "keep_every = -5", "(0 turns it off)"),
         ("model", "family = \"MindEye2\"", "not a known model family"),
+        ("model", "family = \"mindreader\"", "cannot be trained yet; trainable families: `mindeye2`"),
+        ("model", "family = \"ridge\"", "(ridge baselines: `voxbridge ridge`)"),
     ];
     for (section, line, words) in cases {
         let text = format!("{MINIMAL}[{section}]\n{line}\n");

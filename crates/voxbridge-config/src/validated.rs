@@ -203,6 +203,9 @@ pub enum ModelFamily {
 impl ModelFamily {
     /// Every family, in the order listed in error messages.
     pub const ALL: [ModelFamily; 4] = [Self::MindEye2, Self::MindEye1, Self::MindReader, Self::Ridge];
+    /// The families `voxbridge train` can train; an experiment naming another is refused when
+    /// it is validated (`voxbridge config check`).
+    pub const TRAINABLE: [ModelFamily; 1] = [Self::MindEye2];
 
     /// The spelling used in experiment files.
     pub fn as_str(self) -> &'static str {

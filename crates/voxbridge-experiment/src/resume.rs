@@ -111,7 +111,7 @@ impl Found {
 }
 
 /// Resolves `location` to one committed checkpoint: a `…/step-…-gen-…` checkpoint (which must be
-/// committed), or a root of checkpoints (its newest committed one). `None`: a root with no
+/// committed), or a root of checkpoints (its newest committed one not marked damaged). `None`: a root with no
 /// committed checkpoint.
 pub fn find_checkpoint(location: &str) -> anyhow::Result<Option<Found>> {
     match locate(location)? {
@@ -119,13 +119,16 @@ pub fn find_checkpoint(location: &str) -> anyhow::Result<Option<Found>> {
             let record = store.commit_record(id)?;
             Ok(Some(Found { store, record }))
         }
-        Located::Root(store) => match store.latest_committed()? {
-            Some(id) => {
-                let record = store.commit_record(id)?;
-                Ok(Some(Found { store, record }))
+        // A checkpoint `--resume auto` marked DAMAGED is never a root's newest one.
+        Located::Root(store) => {
+            match store.list()?.into_iter().filter(|l| l.committed && !l.damaged).map(|l| l.id).max() {
+                Some(id) => {
+                    let record = store.commit_record(id)?;
+                    Ok(Some(Found { store, record }))
+                }
+                None => Ok(None),
             }
-            None => Ok(None),
-        },
+        }
     }
 }
 
@@ -160,6 +163,12 @@ pub fn newest_intact(store: &CheckpointStore, mark: bool) -> anyhow::Result<Opti
                     return Ok(Some(Found { store: store.clone(), record }));
                 }
                 failures.iter().map(ToString::to_string).collect()
+            }
+            // Listed as committed, gone when read: deleted meanwhile (a leftover process's
+            // retention), not damaged; nothing to mark.
+            Err(voxbridge_checkpoint::CheckpointError::NotCommitted { location }) => {
+                tracing::warn!(checkpoint = %location, "no longer committed when read; skipping it");
+                continue;
             }
             Err(e) if e.is_damage() => vec![e.to_string()],
             Err(e) => return Err(e.into()),

@@ -158,10 +158,37 @@ pub fn open(path: &Path) -> Result<Targets, ImportError> {
                 arrays.insert(name, Array { name, shape: ds.shape(), source: Source::Hdf5(ds) });
             }
         }
+        let images = arrays.get("image_id").and_then(|a| a.shape.first().copied()).unwrap_or(0);
+        check_finished(&h5, images, arrays.contains_key("convnext")).map_err(err)?;
     } else {
         return Err(err("targets must be a .safetensors file, an .h5/.hdf5 file or a directory of .npy files".into()));
     }
     assemble(arrays, &file)
+}
+
+/// `tools/nsd_targets.py` writes every array at full size up front and counts the rows it has
+/// computed in the attributes `rows_done` (tokens, latents, captions) and `convnext_rows_done`;
+/// the rows after them are zeros, not targets. A file whose count is short of `images` is
+/// refused (files without the attributes were not written by the script and are taken whole).
+fn check_finished(h5: &hdf5::File, images: usize, teacher: bool) -> Result<(), String> {
+    let names = h5.attr_names().map_err(|e| format!("cannot list its attributes: {e}"))?;
+    let counts = [("rows_done", true), ("convnext_rows_done", teacher)];
+    for (attr, applies) in counts {
+        if !applies || !names.iter().any(|n| n == attr) {
+            continue;
+        }
+        let done = h5
+            .attr(attr)
+            .and_then(|a| a.read_scalar::<i64>())
+            .map_err(|e| format!("attribute `{attr}` is not a row count: {e}"))?;
+        if usize::try_from(done).map_or(true, |d| d < images) {
+            return Err(format!(
+                "attribute `{attr}` = {done} of {images} images: tools/nsd_targets.py has not finished this \
+                 file (the rows after it are zeros, not targets); run it again to resume"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn open_npy(path: &Path, name: &'static str) -> Result<Array, String> {
@@ -391,7 +418,14 @@ mod tests {
         file.new_dataset::<f32>().shape(cnx).create("convnext").unwrap().write_raw(&values(&cnx)).unwrap();
         let aug = file.new_dataset::<f32>().shape(cnx_aug).create("convnext_aug").unwrap();
         aug.write_raw(&values(&cnx_aug)).unwrap();
+        file.new_attr::<i64>().create("rows_done").unwrap().write_scalar(&(N as i64)).unwrap();
+        let cnx_done = file.new_attr::<i64>().create("convnext_rows_done").unwrap();
+        cnx_done.write_scalar(&(N as i64 - 1)).unwrap();
         drop(file);
+        // An unfinished ConvNeXt pass: its count is short, the last row is zeros.
+        let e = open(&h5).unwrap_err().to_string();
+        assert!(e.contains("targets.h5") && e.contains(&format!("`convnext_rows_done` = {} of {N}", N - 1)), "{e}");
+        hdf5::File::open_rw(&h5).unwrap().attr("convnext_rows_done").unwrap().write_scalar(&(N as i64)).unwrap();
         check(&h5);
 
         // The teacher's two arrays come together, with matching shapes.

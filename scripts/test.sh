@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
-# libhdf5 (Debian's serial build) for reading NSD's HDF5 betas (`voxbridge data import-nsd`).
+# libhdf5 (Debian's serial build): the NSD import tests read HDF5 betas through the libhdf5 that
+# `voxbridge data import-nsd` loads at run time. The build itself needs no HDF5 (checked below).
 pkg-config --exists hdf5 2>/dev/null || need_apt+=(libhdf5-dev)
 if ((${#need_apt[@]})); then
   echo "installing: ${need_apt[*]}"
@@ -70,6 +71,8 @@ echo "== cargo clippy"
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 echo "== cargo build (binaries used by the end-to-end tests)"
 cargo build --release --workspace --bins --locked
+echo "== fresh machine: the CLI builds, runs and links no libhdf5 with every system HDF5 hidden"
+bash scripts/fresh-machine-check.sh
 echo "== cargo build: GPU code (burn's cuda backend, NCCL collectives; no CUDA toolkit needed, run only on a GPU)"
 cargo build --release --locked -p voxbridge-experiment -p voxbridge-worker \
   --features voxbridge-experiment/cuda,voxbridge-worker/nccl

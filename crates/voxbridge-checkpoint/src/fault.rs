@@ -3,8 +3,8 @@
 //!
 //! Set `VOXBRIDGE_FAULT=fail-put:K` or `VOXBRIDGE_FAULT=kill-put:K` to arm it in any command that
 //! opens a [`CheckpointStore`](crate::CheckpointStore) with `open`; tests build it directly.
-//! `VOXBRIDGE_FAULT=kill-after-step:N` asks the trainer to SIGKILL itself once N steps are done
-//! (after that step's checkpoint, if one is due): a `kill -9` at a chosen point of a run.
+//! The same variable names the trainer's drills (`kill-after-step:N`, …), which the trainer
+//! parses; [`signal_self`] is how both sides crash or stop this process.
 
 use std::fmt;
 use std::sync::Arc;
@@ -28,74 +28,30 @@ pub enum FaultAction {
     Kill,
 }
 
-/// An injected fault.
+/// A fault of the checkpoint store: at the `at`-th put (0-based), `action`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// At the `at`-th put (0-based) of the checkpoint store.
-    Put { action: FaultAction, at: u64 },
-    /// SIGKILL once this many training steps are done (on every rank, or on rank `rank`; in
-    /// every generation of a restarted run, or only in `generation`).
-    KillAfterStep { rank: Option<usize>, step: u64, generation: Option<u32> },
-    /// SIGSTOP (the process hangs, as a stuck rank does) once this many steps are done on `rank`.
-    StopAfterStep { rank: usize, step: u64 },
-    /// SIGTERM (a scheduler's preemption notice) once this many steps are done on `rank`.
-    TermAfterStep { rank: usize, step: u64 },
+pub struct PutFault {
+    pub action: FaultAction,
+    pub at: u64,
 }
 
-impl Fault {
-    /// The signal-based fault due on `rank` after `steps_done` steps: `Some("KILL" | "STOP" | "TERM")`.
-    pub fn signal_after_step(&self, rank: usize, steps_done: u64) -> Option<&'static str> {
-        match *self {
-            Fault::KillAfterStep { rank: r, step, .. } if step == steps_done && r.is_none_or(|r| r == rank) => {
-                Some("KILL")
-            }
-            Fault::StopAfterStep { rank: r, step } if step == steps_done && r == rank => Some("STOP"),
-            Fault::TermAfterStep { rank: r, step } if step == steps_done && r == rank => Some("TERM"),
-            _ => None,
-        }
-    }
-
-    /// Whether the fault is armed in the run's `generation`-th start.
-    pub fn applies_to_generation(&self, generation: u32) -> bool {
-        match *self {
-            Fault::KillAfterStep { generation: Some(g), .. } => g == generation,
-            _ => true,
-        }
-    }
-}
-
-/// Parses `fail-put:K`, `kill-put:K`, `kill-after-step:N`, `kill-rank-after-step:R:N[:G]`
-/// (only in generation G when given), `stop-rank-after-step:R:N` or `term-rank-after-step:R:N`.
-pub fn parse_fault(spec: &str) -> Result<Fault, String> {
-    let bad = || {
-        format!(
-            "{FAULT_ENV}={spec:?}: expected fail-put:K, kill-put:K, kill-after-step:N, kill-rank-after-step:R:N, \
-             stop-rank-after-step:R:N or term-rank-after-step:R:N"
-        )
+/// Parses `fail-put:K` or `kill-put:K`. `Ok(None)`: a spec of another kind (a drill of the
+/// trainer, which checks it).
+pub fn parse_put_fault(spec: &str) -> Result<Option<PutFault>, String> {
+    let (kind, at) = spec.split_once(':').unwrap_or((spec, ""));
+    let action = match kind {
+        "fail-put" => FaultAction::Fail,
+        "kill-put" => FaultAction::Kill,
+        _ => return Ok(None),
     };
-    let mut parts = spec.split(':');
-    let kind = parts.next().ok_or_else(bad)?;
-    let numbers: Vec<u64> = parts.map(|p| p.trim().parse().map_err(|_| bad())).collect::<Result<_, _>>()?;
-    match (kind, numbers.as_slice()) {
-        ("fail-put", [k]) => Ok(Fault::Put { action: FaultAction::Fail, at: *k }),
-        ("kill-put", [k]) => Ok(Fault::Put { action: FaultAction::Kill, at: *k }),
-        ("kill-after-step", [n]) => Ok(Fault::KillAfterStep { rank: None, step: *n, generation: None }),
-        ("kill-rank-after-step", [r, n]) => {
-            Ok(Fault::KillAfterStep { rank: Some(*r as usize), step: *n, generation: None })
-        }
-        ("kill-rank-after-step", [r, n, g]) => {
-            Ok(Fault::KillAfterStep { rank: Some(*r as usize), step: *n, generation: Some(*g as u32) })
-        }
-        ("stop-rank-after-step", [r, n]) => Ok(Fault::StopAfterStep { rank: *r as usize, step: *n }),
-        ("term-rank-after-step", [r, n]) => Ok(Fault::TermAfterStep { rank: *r as usize, step: *n }),
-        _ => Err(bad()),
-    }
+    let at = at.trim().parse().map_err(|_| format!("{FAULT_ENV}={spec:?}: expected fail-put:K or kill-put:K"))?;
+    Ok(Some(PutFault { action, at }))
 }
 
-/// The fault `VOXBRIDGE_FAULT` asks for, if any.
-pub fn fault_from_env() -> Result<Option<Fault>, String> {
+/// The store fault `VOXBRIDGE_FAULT` asks for, if any.
+pub fn put_fault_from_env() -> Result<Option<PutFault>, String> {
     match std::env::var(FAULT_ENV) {
-        Ok(spec) if !spec.is_empty() => parse_fault(&spec).map(Some),
+        Ok(spec) if !spec.is_empty() => parse_put_fault(&spec),
         _ => Ok(None),
     }
 }
@@ -142,12 +98,12 @@ impl FaultyStore {
 
     /// The wrapper `VOXBRIDGE_FAULT` asks for, if it is set.
     pub fn from_env(inner: Arc<dyn ObjectStore>) -> Result<Option<Self>, String> {
-        match fault_from_env()? {
-            Some(Fault::Put { action, at }) => {
+        match put_fault_from_env()? {
+            Some(PutFault { action, at }) => {
                 tracing::warn!(?action, at, "fault injection armed on the checkpoint store");
                 Ok(Some(FaultyStore::new(inner, action, at)))
             }
-            _ => Ok(None),
+            None => Ok(None),
         }
     }
 
@@ -234,24 +190,14 @@ mod tests {
     use crate::{CheckpointId, CheckpointStore};
 
     #[test]
-    fn specs_parse_and_bad_ones_say_what_is_expected() {
-        assert_eq!(parse_fault("kill-put:3"), Ok(Fault::Put { action: FaultAction::Kill, at: 3 }));
-        assert_eq!(parse_fault("fail-put:0"), Ok(Fault::Put { action: FaultAction::Fail, at: 0 }));
-        assert_eq!(
-            parse_fault("kill-after-step:12"),
-            Ok(Fault::KillAfterStep { rank: None, step: 12, generation: None })
-        );
-        let once = parse_fault("kill-rank-after-step:1:8:0").unwrap();
-        assert!(once.applies_to_generation(0) && !once.applies_to_generation(1));
-        let stop = parse_fault("stop-rank-after-step:1:5").unwrap();
-        assert_eq!(stop, Fault::StopAfterStep { rank: 1, step: 5 });
-        assert_eq!(stop.signal_after_step(1, 5), Some("STOP"));
-        assert_eq!(stop.signal_after_step(0, 5), None);
-        assert_eq!(parse_fault("kill-rank-after-step:0:2").unwrap().signal_after_step(0, 2), Some("KILL"));
-        let term = parse_fault("term-rank-after-step:1:4").unwrap();
-        assert_eq!((term.signal_after_step(1, 4), term.signal_after_step(0, 4)), (Some("TERM"), None));
-        let err = parse_fault("kill:3").unwrap_err();
-        assert!(err.contains("expected fail-put:K, kill-put:K, kill-after-step:N"), "{err}");
+    fn put_specs_parse_and_other_kinds_are_left_to_the_trainer() {
+        assert_eq!(parse_put_fault("kill-put:3"), Ok(Some(PutFault { action: FaultAction::Kill, at: 3 })));
+        assert_eq!(parse_put_fault("fail-put:0"), Ok(Some(PutFault { action: FaultAction::Fail, at: 0 })));
+        assert_eq!(parse_put_fault("kill-after-step:12"), Ok(None));
+        assert_eq!(parse_put_fault("kill:3"), Ok(None));
+        let err = parse_put_fault("fail-put:x").unwrap_err();
+        assert!(err.contains("expected fail-put:K or kill-put:K"), "{err}");
+        assert!(parse_put_fault("kill-put:1:2").is_err());
     }
 
     /// Crash anywhere (failure variant): for every put k of one save, the save fails, the

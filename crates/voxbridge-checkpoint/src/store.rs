@@ -4,11 +4,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
+use object_store::{ObjectStore, PutMode, PutOptions};
 use sha2::{Digest, Sha256};
+use voxbridge_objstore::{BlockingStore, Upload};
 
 use crate::fault::FaultyStore;
 use crate::layout::{COMMIT_FILE, COMMIT_FORMAT, CheckpointId, CommitRecord, DAMAGED_FILE, FileRecord};
@@ -41,10 +41,9 @@ impl CheckpointListing {
 /// do not call these from inside an async task).
 #[derive(Clone)]
 pub struct CheckpointStore {
-    store: Arc<dyn ObjectStore>,
+    store: BlockingStore,
     root: Path,
     url: String,
-    runtime: Arc<tokio::runtime::Runtime>,
     part_size: usize,
     /// The root's directory when it is on local disk (empty checkpoint directories are removed
     /// after a delete; object stores have no directories).
@@ -82,14 +81,12 @@ impl CheckpointStore {
 
     /// A root on a store built by the caller (tests wrap stores in [`FaultyStore`]).
     pub fn with_store(store: Arc<dyn ObjectStore>, root: Path, url: &str) -> Result<Self> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
-            CheckpointError::Invalid { location: url.to_string(), message: format!("cannot start IO runtime: {e}") }
-        })?;
+        let store = BlockingStore::new(store)
+            .map_err(|message| CheckpointError::Invalid { location: url.to_string(), message })?;
         Ok(CheckpointStore {
             store,
             root,
             url: url.trim_end_matches('/').to_string(),
-            runtime: Arc::new(runtime),
             part_size: DEFAULT_PART_SIZE,
             local_dir: None,
         })
@@ -123,13 +120,11 @@ impl CheckpointStore {
     /// inside a `step-…-gen-…` prefix are ignored.
     pub fn list(&self) -> Result<Vec<CheckpointListing>> {
         let root_parts = self.root.parts().count();
-        let objects: Vec<object_store::ObjectMeta> = self.runtime.block_on(async {
-            match self.store.list(Some(&self.root)).try_collect().await {
-                Ok(objects) => Ok(objects),
-                Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
-                Err(e) => Err(self.store_err(self.url.clone(), "list")(e)),
-            }
-        })?;
+        let objects = match self.store.list(Some(&self.root)) {
+            Ok(objects) => objects,
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(self.store_err(self.url.clone(), "list")(e)),
+        };
         let mut by_id: BTreeMap<CheckpointId, CheckpointListing> = BTreeMap::new();
         for meta in objects {
             let parts: Vec<String> = meta.location.parts().skip(root_parts).map(|p| p.as_ref().to_string()).collect();
@@ -186,53 +181,35 @@ impl CheckpointStore {
         let path = self.path(id, COMMIT_FILE);
         let what = format!("{}/{COMMIT_FILE}", self.location(id));
         let options = PutOptions { mode: PutMode::Create, ..Default::default() };
-        self.runtime.block_on(async {
-            match self.store.put_opts(&path, PutPayload::from(marker), options).await {
-                Ok(_) => Ok(record),
-                Err(object_store::Error::AlreadyExists { .. }) => {
-                    Err(CheckpointError::AlreadyCommitted { location: self.location(id) })
-                }
-                Err(e) => Err(self.store_err(what, "commit")(e)),
+        match self.store.put_opts(&path, Bytes::from(marker), options) {
+            Ok(_) => Ok(record),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                Err(CheckpointError::AlreadyCommitted { location: self.location(id) })
             }
-        })
+            Err(e) => Err(self.store_err(what, "commit")(e)),
+        }
     }
 
     /// One staged file: a single put, or fixed-size parts with at most
     /// [`MAX_PARTS_IN_FLIGHT`] in flight (aborted on error, so no partial object is left).
     fn put_file(&self, id: CheckpointId, name: &str, content: Bytes) -> Result<()> {
-        let path = self.path(id, name);
-        let err = self.store_err(format!("{}/{name}", self.location(id)), "write");
-        self.runtime.block_on(async {
-            if content.len() <= self.part_size {
-                self.store.put(&path, PutPayload::from(content)).await.map_err(&err)?;
-                return Ok(());
-            }
-            let upload = self.store.put_multipart(&path).await.map_err(&err)?;
-            let mut writer = WriteMultipart::new_with_chunk_size(upload, self.part_size);
-            for start in (0..content.len()).step_by(self.part_size) {
-                if let Err(e) = writer.wait_for_capacity(MAX_PARTS_IN_FLIGHT).await {
-                    let _ = writer.abort().await;
-                    return Err(err(e));
-                }
-                writer.put(content.slice(start..(start + self.part_size).min(content.len())));
-            }
-            writer.finish().await.map_err(&err)?;
-            Ok(())
-        })
+        let upload =
+            Upload { single_put_max: self.part_size, part_size: self.part_size, parts_in_flight: MAX_PARTS_IN_FLIGHT };
+        self.store
+            .put(&self.path(id, name), content, upload)
+            .map_err(self.store_err(format!("{}/{name}", self.location(id)), "write"))
     }
 
     /// The marker of a committed checkpoint; [`CheckpointError::NotCommitted`] without one.
     pub fn commit_record(&self, id: CheckpointId) -> Result<CommitRecord> {
         let what = format!("{}/{COMMIT_FILE}", self.location(id));
-        let bytes = self.runtime.block_on(async {
-            match self.store.get(&self.path(id, COMMIT_FILE)).await {
-                Ok(r) => r.bytes().await.map_err(self.store_err(what.clone(), "read")),
-                Err(object_store::Error::NotFound { .. }) => {
-                    Err(CheckpointError::NotCommitted { location: self.location(id) })
-                }
-                Err(e) => Err(self.store_err(what.clone(), "read")(e)),
+        let bytes = match self.store.get(&self.path(id, COMMIT_FILE)) {
+            Ok(bytes) => bytes,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(CheckpointError::NotCommitted { location: self.location(id) });
             }
-        })?;
+            Err(e) => return Err(self.store_err(what.clone(), "read")(e)),
+        };
         let record: CommitRecord = serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Corrupt {
             location: what.clone(),
             message: format!("not a commit marker: {e}"),
@@ -259,10 +236,7 @@ impl CheckpointStore {
                 ),
             });
         };
-        let bytes = self.runtime.block_on(async {
-            let result = self.store.get(&self.path(id, name)).await.map_err(self.store_err(what.clone(), "read"))?;
-            result.bytes().await.map_err(self.store_err(what.clone(), "read"))
-        })?;
+        let bytes = self.store.get(&self.path(id, name)).map_err(self.store_err(what.clone(), "read"))?;
         let sha = hex::encode(Sha256::digest(&bytes));
         if bytes.len() as u64 != expected.bytes || sha != expected.sha256 {
             return Err(CheckpointError::Corrupt {
@@ -288,9 +262,9 @@ impl CheckpointStore {
     /// checkpoint itself is left as it is, for inspection.
     pub fn mark_damaged(&self, id: CheckpointId, why: &str) -> Result<()> {
         let what = format!("{}/{DAMAGED_FILE}", self.location(id));
-        let payload = PutPayload::from(format!("{why}\n").into_bytes());
-        self.runtime
-            .block_on(self.store.put(&self.path(id, DAMAGED_FILE), payload))
+        // A single PUT whatever its size: the note is small, and fault injection counts puts.
+        self.store
+            .put_opts(&self.path(id, DAMAGED_FILE), Bytes::from(format!("{why}\n").into_bytes()), PutOptions::default())
             .map(|_| ())
             .map_err(self.store_err(what, "write"))
     }
@@ -302,15 +276,12 @@ impl CheckpointStore {
         let Some(listing) = listing else { return Ok(()) };
         let mut names: Vec<&str> = listing.objects.iter().map(|(n, _)| n.as_str()).collect();
         names.sort_by_key(|n| *n != COMMIT_FILE);
-        self.runtime.block_on(async {
-            for name in names {
-                match self.store.delete(&self.path(id, name)).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(self.store_err(format!("{}/{name}", self.location(id)), "delete")(e)),
-                }
+        for name in names {
+            match self.store.delete(&self.path(id, name)) {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.store_err(format!("{}/{name}", self.location(id)), "delete")(e)),
             }
-            Ok(())
-        })?;
+        }
         if let Some(dir) = &self.local_dir {
             // Only if empty: a file someone put there is not ours to remove.
             let _ = std::fs::remove_dir(dir.join(id.dir_name()));

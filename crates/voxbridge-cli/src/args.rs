@@ -3,6 +3,12 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use voxbridge_experiment::ResumeFrom;
+use voxbridge_experiment::baseline::{Sessions, parse_sessions};
+use voxbridge_experiment::predict::{TrialSelection, parse_trials};
+
+use crate::arg_values::parse_resume;
+pub use crate::arg_values::{Anchor, DemoPreset, Normalisation, Preset};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -115,8 +121,8 @@ pub struct TrainArgs {
     pub out: Option<PathBuf>,
     /// Continue from a checkpoint: `auto` (the newest committed one at the run's checkpoint.url,
     /// or step 0 when there is none) or a checkpoint's path/URL.
-    #[arg(long, value_name = "auto|URL")]
-    pub resume: Option<String>,
+    #[arg(long, value_name = "auto|URL", value_parser = parse_resume)]
+    pub resume: Option<ResumeFrom>,
     /// Where checkpoints go (path or URL, e.g. s3://bucket/run); overrides checkpoint.url, default
     /// <run dir>/checkpoints. Not part of the config: the same run may be stored anywhere.
     #[arg(long, value_name = "URL")]
@@ -222,8 +228,8 @@ pub struct BenchCkptArgs {
     #[arg(long, default_value_t = 8)]
     pub part_mib: usize,
     /// Training checkpoints to save after the blob: P1, P1-big (repeat; none by default).
-    #[arg(long)]
-    pub config: Vec<String>,
+    #[arg(long, value_enum)]
+    pub config: Vec<Anchor>,
 }
 
 #[derive(Debug, Args)]
@@ -277,8 +283,8 @@ pub struct PredictArgs {
     pub nsd_subject: Option<u8>,
     /// With --data: which trials — `test` (every shared-test trial) or `train:N` (the training
     /// trials of the first N sessions).
-    #[arg(long, default_value = "test")]
-    pub trials: String,
+    #[arg(long, default_value = "test", value_parser = parse_trials)]
+    pub trials: TrialSelection,
     /// With --data: only trials of these image ids (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub images: Option<Vec<u32>>,
@@ -304,8 +310,8 @@ pub struct RidgeArgs {
     #[arg(long, default_value_t = 1)]
     pub subject: u8,
     /// Train on the first N sessions ("all" for every session).
-    #[arg(long, default_value = "all")]
-    pub sessions: String,
+    #[arg(long, default_value = "all", value_parser = parse_sessions)]
+    pub sessions: Sessions,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -344,8 +350,8 @@ pub struct ImportNsdArgs {
     pub voxels: Option<usize>,
     /// `as-released` (renorm betas, already z-scored per session), or for raw betas
     /// `per-session` (notebook) or `train-set` (paper) z-scoring.
-    #[arg(long, default_value = "as-released", value_parser = ["as-released", "per-session", "train-set"])]
-    pub normalisation: String,
+    #[arg(long, value_enum, default_value_t = Normalisation::AsReleased)]
+    pub normalisation: Normalisation,
     /// Dataset name in the manifest (default nsd-subj0X).
     #[arg(long)]
     pub name: Option<String>,
@@ -366,8 +372,8 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub out: String,
     /// Size preset: tiny (tests), small (demo), nsd-scale (NSD's real sizes).
-    #[arg(long, default_value = "small", value_parser = ["tiny", "small", "nsd-scale"])]
-    pub preset: String,
+    #[arg(long, value_enum, default_value_t = Preset::Small)]
+    pub preset: Preset,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Dataset name (default sim-<preset>-seed<seed>).
@@ -419,6 +425,10 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Preset to simulate (small is the demo; tiny for a quick look).
-    #[arg(long, default_value = "small", value_parser = ["tiny", "small"])]
-    pub preset: String,
+    #[arg(long, value_enum, default_value_t = DemoPreset::Small)]
+    pub preset: DemoPreset,
 }
+
+#[cfg(test)]
+#[path = "args_tests.rs"]
+mod tests;

@@ -1,91 +1,55 @@
-//! `voxbridge ckpt ls` and `voxbridge ckpt inspect`.
+//! `voxbridge ckpt ls` and `voxbridge ckpt inspect`: voxbridge-experiment's `checkpoints`,
+//! printed.
 
 use std::io::Write;
 
-use anyhow::Context;
-use voxbridge_checkpoint::{CheckpointStore, Located, locate};
-use voxbridge_experiment::resume::{self, STATE_FILE, TrainingState};
+use voxbridge_experiment::checkpoints::{inspect_checkpoint, list_checkpoints};
+use voxbridge_experiment::resume::TrainingState;
 
 pub fn ls(url: &str) -> anyhow::Result<()> {
-    let store = match locate(url)? {
-        Located::Root(store) => store,
-        Located::One(store, _) => store,
-    };
-    let listings = store.list()?;
+    let listing = list_checkpoints(url)?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{} ({} checkpoints)", store.url(), listings.len())?;
+    writeln!(out, "{} ({} checkpoints)", listing.url, listing.rows.len())?;
     writeln!(out, "  {:<24} {:>10} {:>4} {:>10} {:>12}  summary", "checkpoint", "step", "gen", "state", "bytes")?;
-    for l in &listings {
-        let summary = if l.committed { summary(&store, l.id) } else { String::new() };
+    for row in &listing.rows {
         writeln!(
             out,
-            "  {:<24} {:>10} {:>4} {:>10} {:>12}  {summary}",
-            l.id.dir_name(),
-            l.id.step,
-            l.id.generation,
-            match (l.committed, l.damaged) {
-                (true, true) => "DAMAGED",
-                (true, false) => "committed",
-                (false, _) => "partial",
-            },
-            l.bytes()
+            "  {:<24} {:>10} {:>4} {:>10} {:>12}  {}",
+            row.name, row.step, row.generation, row.state, row.bytes, row.summary
         )?;
     }
     Ok(())
 }
 
-/// `epoch E, loss L` from a commit marker (cheap: the marker only).
-fn summary(store: &CheckpointStore, id: voxbridge_checkpoint::CheckpointId) -> String {
-    match store.commit_record(id) {
-        Ok(record) => {
-            let m = &record.metadata;
-            format!(
-                "run {}, epoch {}, loss {}",
-                m["run"].as_str().unwrap_or("?"),
-                m["epoch"],
-                m["last_loss"].as_f64().map_or("-".into(), |l| format!("{l:.4}"))
-            )
-        }
-        Err(e) => format!("unreadable marker: {e}"),
-    }
-}
-
 /// Prints one checkpoint (a root: its newest committed one) with every file verified; an error
 /// (non-zero exit) when any file fails its check, after printing what could be read.
 pub fn inspect(url: &str) -> anyhow::Result<()> {
-    let found = resume::find_checkpoint(url)?.with_context(|| format!("{url}: no committed checkpoint"))?;
-    let record = &found.record;
+    let inspection = inspect_checkpoint(url)?;
+    let record = &inspection.found.record;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{} (committed)", found.location())?;
+    writeln!(out, "{} (committed)", inspection.location())?;
     writeln!(out, "  step {}, generation {}, {} bytes", record.id.step, record.id.generation, record.total_bytes())?;
     writeln!(out, "  files (size and sha256 verified against COMMIT):")?;
-    let mut bad = Vec::new();
-    for file in &record.files {
-        let status = match found.store.read(record, &file.name) {
-            Ok(_) => "ok".to_string(),
-            Err(e) => {
-                bad.push(file.name.clone());
-                format!("BAD: {e}")
-            }
-        };
+    for file in &inspection.files {
+        let status = file.problem.as_ref().map_or_else(|| "ok".to_string(), |e| format!("BAD: {e}"));
         writeln!(out, "    {:<24} {:>12}  {}  {status}", file.name, file.bytes, &file.sha256[..16])?;
     }
-    if !bad.contains(&STATE_FILE.to_string()) {
-        print_state(&mut out, &found)?;
+    if let Some(state) = inspection.state()? {
+        print_state(&mut out, &state)?;
     }
-    if !bad.contains(&resume::CONFIG_FILE.to_string()) {
-        let config = found.store.read(record, resume::CONFIG_FILE)?;
+    if let Some(config) = inspection.config()? {
         writeln!(out, "  config:")?;
-        for line in String::from_utf8_lossy(&config).lines() {
+        for line in config.lines() {
             writeln!(out, "    {line}")?;
         }
     }
+    let bad = inspection.bad_files();
     if !bad.is_empty() {
         anyhow::bail!(
             "{}: {} of {} files failed verification ({}); this checkpoint cannot be resumed from",
-            found.location(),
+            inspection.location(),
             bad.len(),
-            record.files.len(),
+            inspection.files.len(),
             bad.join(", ")
         );
     }
@@ -93,9 +57,7 @@ pub fn inspect(url: &str) -> anyhow::Result<()> {
 }
 
 /// The training state of a checkpoint whose state file verified.
-fn print_state(out: &mut impl Write, found: &resume::Found) -> anyhow::Result<()> {
-    let state: TrainingState = serde_json::from_slice(&found.store.read(&found.record, STATE_FILE)?)
-        .with_context(|| format!("{}/{STATE_FILE}", found.location()))?;
+fn print_state(out: &mut impl Write, state: &TrainingState) -> anyhow::Result<()> {
     writeln!(out, "  run {} (config {}…), voxbridge {}", state.run, &state.config_hash[..12], state.voxbridge_version)?;
     writeln!(
         out,

@@ -1,6 +1,7 @@
 //! The `voxbridge` command: argument parsing and the commands, behind a testable
 //! [`main_with_args`]. Binaries stay thin.
 
+mod arg_values;
 mod args;
 mod baseline;
 mod ckpt_cmd;
@@ -56,17 +57,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => train_cmd::eval(&a),
         Command::Bench(args::BenchCommand::Train(a)) => train_cmd::bench(&a),
         Command::Bench(args::BenchCommand::Ckpt(a)) => train_cmd::bench_ckpt(&a),
-        Command::Bench(args::BenchCommand::Allreduce(a)) => {
-            let (seconds, gbps) = voxbridge_collective::bench_all_reduce(a.workers, a.bytes, a.iters)?;
-            println!(
-                "all_reduce_sum of {} MiB on {} ranks (TCP ring, loopback): median {:.1} ms, algorithm bandwidth {:.2} GB/s",
-                a.bytes as f64 / (1u64 << 20) as f64,
-                a.workers,
-                seconds * 1e3,
-                gbps
-            );
-            Ok(())
-        }
+        Command::Bench(args::BenchCommand::Allreduce(a)) => train_cmd::bench_all_reduce(&a),
         Command::Submit(a) => cluster_cmd::submit(&a),
         Command::Status(a) => cluster_cmd::status(&a),
         Command::Ckpt(args::CkptCommand::Ls { url }) => ckpt_cmd::ls(&url),
@@ -79,6 +70,6 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 /// "0.812 ± 0.013", or just "0.812" when the protocol ran a single loop (no spread to report).
-pub(crate) fn accuracy(a: &voxbridge_eval::Accuracy, loops: usize) -> String {
+pub(crate) fn accuracy(a: &voxbridge_experiment::run_eval::Accuracy, loops: usize) -> String {
     if loops > 1 { format!("{:.3} ± {:.3}", a.mean, a.ci95) } else { format!("{:.3}", a.mean) }
 }

@@ -1,17 +1,18 @@
 //! `voxbridge train`, `sweep`, `eval` and `bench train`: thin wrappers over voxbridge-experiment.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
-use voxbridge_config::{load_experiment, load_sweep};
-use voxbridge_data::Dataset;
-use voxbridge_experiment::bench::{BenchSetup, bench_checkpoint, bench_train, bench_train_workers};
-use voxbridge_experiment::run::read_report;
-use voxbridge_experiment::{CpuBackend, ResumeFrom, RunOptions, checkpoint, inputs, run_experiment, run_sweep};
-use voxbridge_train::{EvalOptions, Evaluation, evaluate};
+use voxbridge_config::{RunDir, load_experiment, load_sweep, subject_key};
+use voxbridge_experiment::bench::{bench_checkpoint, bench_train, bench_train_workers};
+use voxbridge_experiment::bench_setups::{MAX_PARTS_IN_FLIGHT, all_reduce, anchor_setup, train_setup};
+use voxbridge_experiment::report::read_report;
+use voxbridge_experiment::run_eval::{EvalRequest, Evaluation, evaluate_run};
+use voxbridge_experiment::sweep::SWEEP_PLOT;
+use voxbridge_experiment::{ResumeFrom, RunOptions, run_experiment, run_sweep};
 
-use crate::args::{BenchCkptArgs, BenchTrainArgs, EvalArgs, SweepArgs, TrainArgs};
+use crate::args::{BenchAllreduceArgs, BenchCkptArgs, BenchTrainArgs, EvalArgs, SweepArgs, TrainArgs};
 
 fn progress() -> bool {
     std::io::stderr().is_terminal()
@@ -19,15 +20,11 @@ fn progress() -> bool {
 
 pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let config = load_experiment(&args.experiment)?;
-    let dir = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
+    let dir = args.out.clone().unwrap_or_else(|| RunDir::default_for(&config.name).path().to_path_buf());
     if let Some(workers) = args.workers {
         return train_workers(args, workers, &config.name, &dir);
     }
-    let resume = match args.resume.as_deref() {
-        None => ResumeFrom::Never,
-        Some("auto") => ResumeFrom::Auto,
-        Some(location) => ResumeFrom::At(location.to_string()),
-    };
+    let resume = args.resume.clone().unwrap_or(ResumeFrom::Never);
     // SIGTERM (a scheduler's preemption or time limit): finish the step, commit a checkpoint,
     // stop with a message saying how to continue.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -54,7 +51,7 @@ fn print_report(r: &voxbridge_experiment::RunReport) {
         r.steps, r.train_seconds, r.ms_per_step, r.samples_per_second, r.final_loss
     );
     for (subject, e) in &r.evaluation {
-        print_evaluation(subject, e);
+        print_evaluation(&subject_key(*subject), e);
     }
 }
 
@@ -92,8 +89,9 @@ fn train_workers(args: &TrainArgs, workers: usize, name: &str, dir: &Path) -> an
 pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
     let runs = load_sweep(&args.sweep)?;
     let prefix = runs.first().map(|r| r.name.clone()).unwrap_or_default();
-    let default_out =
-        args.sweep.file_stem().map_or_else(|| PathBuf::from("runs/sweep"), |s| PathBuf::from("runs").join(s));
+    let default_out = RunDir::default_for(&args.sweep.file_stem().map_or("sweep".into(), |s| s.to_string_lossy()))
+        .path()
+        .to_path_buf();
     let out = args.out.clone().unwrap_or(default_out);
     let report = run_sweep(&runs, &out, progress())?;
     println!("sweep of {} runs in {} (first: {prefix})", report.runs.len(), out.display());
@@ -104,55 +102,23 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
     for (sessions, (image, brain)) in &report.by_sessions {
         println!("  mean over runs with {sessions} session(s): image {image:.3}, brain {brain:.3}");
     }
-    println!("  plot: {}", out.join("retrieval_vs_sessions.png").display());
+    println!("  plot: {}", out.join(SWEEP_PLOT).display());
     Ok(())
 }
 
 pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
-    let device = Default::default();
-    let (model, card) = checkpoint::load::<CpuBackend>(&args.run, &device)?;
-    let run_dir = if args.run.join(checkpoint::CHECKPOINT_DIR).exists() { args.run.clone() } else { parent(&args.run) };
-    let config = std::fs::read_to_string(run_dir.join("config.toml")).ok();
-    let manifest = match (&args.data, &config) {
-        (Some(m), _) => m.clone(),
-        (None, Some(text)) => {
-            let resolved: voxbridge_config::ExperimentConfig =
-                toml::from_str(text).with_context(|| format!("{}/config.toml", run_dir.display()))?;
-            resolved.data.manifest
-        }
-        (None, None) => anyhow::bail!("{} has no config.toml; pass --data <manifest>", run_dir.display()),
-    };
-    let subjects = match &args.subjects {
-        Some(s) => s.clone(),
-        None => match read_report(&run_dir)? {
-            Some(r) => r.evaluation.keys().filter_map(|k| k.strip_prefix("subject")?.parse().ok()).collect(),
-            None => card.subjects.clone(),
-        },
-    };
-    let dataset = Dataset::open(&manifest)?;
-    let (tests, targets) = inputs::load_tests(&dataset, &card.subjects, &subjects)?;
-    let options = EvalOptions {
+    let request = EvalRequest {
+        run: args.run.clone(),
+        data: args.data.clone(),
+        subjects: args.subjects.clone(),
         ways: args.ways,
         loops: args.loops,
+        prior_steps: args.prior_steps,
         seed: args.seed,
-        prior_steps: (args.prior_steps > 0).then_some(args.prior_steps),
-        ..EvalOptions::default()
+        json: args.json.clone(),
     };
-    let mut all = std::collections::BTreeMap::new();
-    for (subject, test) in &tests {
-        let e = evaluate(&model, test, &targets, &options);
-        print_evaluation(&format!("subject{subject}"), &e);
-        all.insert(format!("subject{subject}"), e);
-    }
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&all)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
+    evaluate_run(&request, &mut |subject, e| print_evaluation(&subject_key(subject), e))?;
     Ok(())
-}
-
-fn parent(path: &Path) -> PathBuf {
-    path.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 fn print_evaluation(subject: &str, e: &Evaluation) {
@@ -188,10 +154,7 @@ pub fn bench(args: &BenchTrainArgs) -> anyhow::Result<()> {
         "config", "parameters", "batch", "median ms", "min ms", "max ms", "samples/s"
     );
     for name in &args.config {
-        let setup = match BenchSetup::anchor(name) {
-            Some(s) => s,
-            None => experiment_setup(Path::new(name))?,
-        };
+        let setup = train_setup(name)?;
         let mut runs = vec![bench_train(&setup, args.warmup, args.steps)];
         if let Some(workers) = args.workers {
             runs.push(bench_train_workers(&setup, workers, args.warmup, args.steps)?);
@@ -223,8 +186,8 @@ pub fn bench_ckpt(args: &BenchCkptArgs) -> anyhow::Result<()> {
         "save", "MiB", "seconds", "MiB/s", "RSS before", "peak RSS", "extra MiB"
     );
     let mut setups = vec![None];
-    for name in &args.config {
-        setups.push(Some(BenchSetup::anchor(name).with_context(|| format!("--config {name}: P1 or P1-big"))?));
+    for anchor in &args.config {
+        setups.push(Some(anchor_setup(anchor.name())?));
     }
     for setup in &setups {
         let r = bench_checkpoint(setup.as_ref(), args.blob_mib, &args.url, part)?;
@@ -242,29 +205,21 @@ pub fn bench_ckpt(args: &BenchCkptArgs) -> anyhow::Result<()> {
     println!(
         "(part size {} MiB, at most {} parts in flight: the upload itself holds ≤ {} MiB beyond the serialised files)",
         args.part_mib,
-        voxbridge_checkpoint::MAX_PARTS_IN_FLIGHT,
-        (voxbridge_checkpoint::MAX_PARTS_IN_FLIGHT + 1) * args.part_mib
+        MAX_PARTS_IN_FLIGHT,
+        (MAX_PARTS_IN_FLIGHT + 1) * args.part_mib
     );
     Ok(())
 }
 
-/// An experiment's model and batch, with the data's sizes read from its manifest.
-fn experiment_setup(path: &Path) -> anyhow::Result<BenchSetup> {
-    if !path.exists() {
-        anyhow::bail!("--config {}: neither P1, P1-big nor an existing experiment file", path.display());
-    }
-    let config = load_experiment(path)?;
-    let dataset = Dataset::open(&config.data.manifest)?;
-    let m = dataset.manifest();
-    let voxels = config
-        .data
-        .train_subjects
-        .iter()
-        .map(|s| m.subject(*s).map(|i| i.voxels).with_context(|| format!("subject {s} is not in the manifest")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let [tokens, dim] = m.targets.shapes.clip_tokens;
-    let [c, h, w] = m.targets.shapes.lowlevel;
-    let model = voxbridge_experiment::run::mindeye2_config(&config.model, voxels, tokens, dim, Some([c, h, w]))?;
-    let per_subject = (config.train.batch_size as usize / config.data.train_subjects.len()).max(1);
-    Ok(BenchSetup { name: config.name, model, per_subject })
+/// `bench allreduce`: the CPU ring's all-reduce bandwidth.
+pub fn bench_all_reduce(a: &BenchAllreduceArgs) -> anyhow::Result<()> {
+    let (seconds, gbps) = all_reduce(a.workers, a.bytes, a.iters)?;
+    println!(
+        "all_reduce_sum of {} MiB on {} ranks (TCP ring, loopback): median {:.1} ms, algorithm bandwidth {:.2} GB/s",
+        a.bytes as f64 / (1u64 << 20) as f64,
+        a.workers,
+        seconds * 1e3,
+        gbps
+    );
+    Ok(())
 }

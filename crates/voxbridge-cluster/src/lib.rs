@@ -1,10 +1,12 @@
 //! SLURM jobs for voxbridge runs. A site file (`cluster/<site>.toml`) says where jobs run;
+//! [`plan()`] decides, without touching the disk, which jobs an experiment or sweep becomes;
 //! [`render`] turns a job (one run, or a sweep as a job array, maybe after another job) into an
 //! sbatch script from the templates in `cluster/templates/`; [`slurm`] submits it and reads job
 //! states; [`JobRecord`]s in the run directory's `jobs.json` remember what was submitted.
 //! Nothing here trains: jobs start the `voxbridge-coordinator` and `voxbridge-worker` binaries.
 
 pub mod binaries;
+pub mod plan;
 pub mod render;
 pub mod site;
 pub mod slurm;
@@ -12,8 +14,10 @@ pub mod slurm;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use voxbridge_config::RunDir;
 
 pub use binaries::{WorkerCapabilities, check_worker, query_worker};
+pub use plan::{ExperimentFile, Finetune, JobKind, JobPlan, PlanError, PlanOptions, PlannedJob, Target, plan};
 pub use render::{Dependency, Job, RunSpec, render};
 pub use site::Site;
 
@@ -49,11 +53,11 @@ pub struct JobRecord {
 }
 
 /// The file in a run (or sweep) directory that lists its jobs.
-pub const JOBS_FILE: &str = "jobs.json";
+pub const JOBS_FILE: &str = RunDir::JOBS_FILE;
 
 /// The jobs recorded in `dir` (none when there is no `jobs.json`).
 pub fn read_records(dir: &Path) -> Result<Vec<JobRecord>, ClusterError> {
-    let path = dir.join(JOBS_FILE);
+    let path = RunDir::new(dir).jobs();
     match std::fs::read_to_string(&path) {
         Ok(text) => serde_json::from_str(&text)
             .map_err(|e| ClusterError::Record { file: path.display().to_string(), message: e.to_string() }),
@@ -67,10 +71,10 @@ pub fn read_records(dir: &Path) -> Result<Vec<JobRecord>, ClusterError> {
 pub fn append_record(dir: &Path, record: JobRecord) -> Result<(), ClusterError> {
     let mut records = read_records(dir)?;
     records.push(record);
-    let path = dir.join(JOBS_FILE);
+    let path = RunDir::new(dir).jobs();
     let err = |e: std::io::Error| ClusterError::Record { file: path.display().to_string(), message: e.to_string() };
     std::fs::create_dir_all(dir).map_err(err)?;
-    let tmp = dir.join(format!(".{JOBS_FILE}.tmp"));
+    let tmp = path.with_file_name(format!(".{JOBS_FILE}.tmp"));
     let text = serde_json::to_string_pretty(&records).expect("records serialise");
     std::fs::write(&tmp, text + "\n").map_err(err)?;
     std::fs::rename(&tmp, &path).map_err(err)

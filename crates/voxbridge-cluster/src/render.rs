@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use voxbridge_config::RunDir;
+
 use crate::ClusterError;
 use crate::site::Site;
 
@@ -85,7 +87,7 @@ pub fn render(site: &Site, job: &Job, bin_dir: &Path) -> Result<String, ClusterE
     // a worker then finishes its step, commits a checkpoint and exits 0.
     directives.push(format!("--signal=TERM@{}", site.grace_s));
     directives.push(format!("--chdir={}", job.workdir.display()));
-    let log = if job.runs.len() > 1 { "slurm-%A_%a.out" } else { "slurm-%j.out" };
+    let log = if job.runs.len() > 1 { RunDir::SLURM_ARRAY_LOG } else { RunDir::SLURM_LOG };
     directives.push(format!("--output={}", job.log_dir.join(log).display()));
     directives.push("--open-mode=append".into());
     if job.runs.len() > 1 {

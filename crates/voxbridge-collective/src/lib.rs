@@ -10,6 +10,7 @@
 //! ring all-reduce (reduce-scatter then all-gather, each rank sending `2·(w−1)/w` of the buffer).
 //! The NCCL implementation (GPU) plugs in behind the same trait.
 
+mod framing;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 mod ring;

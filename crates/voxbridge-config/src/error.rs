@@ -7,7 +7,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-/// Why an experiment file could not be turned into an [`ExperimentConfig`](crate::ExperimentConfig).
+/// Why an experiment file could not be turned into an `ExperimentConfig`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read at all.

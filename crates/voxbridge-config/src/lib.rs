@@ -28,26 +28,32 @@
 //! # Ok::<(), voxbridge_config::ConfigError>(())
 //! ```
 
+pub mod by_subject;
 mod check;
 mod diff;
 mod error;
 mod location;
 mod raw;
 mod rules;
+mod run_dir;
 mod sweep;
+mod validate;
 mod validated;
 
 #[cfg(test)]
 mod tests;
 
+pub use by_subject::{parse_subject_key, subject_key};
 pub use diff::{FieldChange, training_changes};
 pub use error::{ConfigError, Problem};
 pub use location::line_col;
 pub use raw::{
     RawCheckpoint, RawData, RawEval, RawExperiment, RawModel, RawOptim, RawSessions, RawTrain, parse_experiment,
 };
+pub use run_dir::RunDir;
 pub use sweep::{SweepRun, derive as derive_experiment, expand as expand_sweep, load_sweep};
+pub use validate::load_experiment;
 pub use validated::{
     BackboneKind, CheckpointConfig, DataConfig, EvalConfig, ExperimentConfig, ModelConfig, ModelFamily, NewSubjectBias,
-    OptimConfig, SessionSelection, TrainConfig, load_experiment,
+    OptimConfig, SessionSelection, TrainConfig,
 };

@@ -6,26 +6,17 @@
 
 pub mod address;
 pub mod decide;
-pub mod protocol;
 mod run;
 
 pub use run::{CoordinatorError, Launch, Outcome, run};
+/// Logging of every voxbridge binary (the `voxbridge-logging` crate).
+pub use voxbridge_logging::init_logging;
+/// The coordinator ⇄ worker messages (the `voxbridge-protocol` crate, which workers use
+/// without this one).
+pub use voxbridge_protocol as protocol;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-
-/// Logging of every voxbridge binary (voxbridge, voxbridge-coordinator, voxbridge-worker): to
-/// stderr, filter from `VOXBRIDGE_LOG` or else `default` (tracing's env-filter syntax; an
-/// invalid one falls back to `info`).
-pub fn init_logging(default: &str) {
-    let filter = std::env::var("VOXBRIDGE_LOG").unwrap_or_else(|_| default.to_string());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
-}
 
 /// The [`Launch`] of `voxbridge-worker` processes on this machine for one experiment.
 pub fn local_launch(

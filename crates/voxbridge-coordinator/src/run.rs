@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::decide::{self, Action, Failure, Options, Phase, State, Worker};
-use crate::protocol::{FromWorker, ToWorker, encode};
+use voxbridge_protocol::{FromWorker, ToWorker, decode, encode};
 
 /// How workers are started: `program args… --coordinator ADDR --generation G` for each; with
 /// no program, workers are started by someone else (SLURM's `srun`) and only join.
@@ -241,7 +241,7 @@ async fn read_worker(socket: TcpStream, conn: u64, events: mpsc::UnboundedSender
     let mut writer = Some(write);
     let mut lines = BufReader::new(read).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        match serde_json::from_str::<FromWorker>(&line) {
+        match decode::<FromWorker>(&line) {
             Ok(message) => {
                 let writer = if matches!(message, FromWorker::Join { .. }) { writer.take() } else { None };
                 let _ = events.send(Event::Message { conn, message, writer });

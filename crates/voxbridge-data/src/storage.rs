@@ -4,28 +4,27 @@
 //! `AWS_ENDPOINT` and `AWS_ALLOW_HTTP=true`.
 //!
 //! The simulator, verifier and loader are synchronous code, so [`Storage`] offers blocking calls
-//! backed by its own small runtime. Do not call them from inside an async task.
+//! (through [`voxbridge_objstore::BlockingStore`], which has its own small runtime). Do not call
+//! them from inside an async task.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use url::Url;
+use voxbridge_objstore::{BlockingStore, Upload};
 
 use crate::error::{DataError, Result};
 
-/// Objects above this size are uploaded in parts, so S3's single-PUT limit never applies.
-const MULTIPART_THRESHOLD: usize = 32 << 20;
-const PART_SIZE: usize = 16 << 20;
+/// Objects above 32 MiB are uploaded in 16 MiB parts, so S3's single-PUT limit never applies.
+const UPLOAD: Upload = Upload { single_put_max: 32 << 20, part_size: 16 << 20, parts_in_flight: usize::MAX };
 
 /// A root location plus a handle to its store.
 #[derive(Clone)]
 pub struct Storage {
-    store: Arc<dyn ObjectStore>,
+    store: BlockingStore,
     prefix: Path,
     url: Url,
-    runtime: Arc<tokio::runtime::Runtime>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -51,11 +50,8 @@ impl Storage {
     pub fn open_url(url: Url) -> Result<Self> {
         let err = |message: String| DataError::Storage { location: url.to_string(), message };
         let (store, prefix) = voxbridge_objstore::open(&url).map_err(err)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| err(format!("cannot start IO runtime: {e}")))?;
-        Ok(Self { store: Arc::from(store), prefix, url, runtime: Arc::new(runtime) })
+        let store = BlockingStore::new(Arc::from(store)).map_err(err)?;
+        Ok(Self { store, prefix, url })
     }
 
     /// The root URL, without a trailing slash.
@@ -77,53 +73,19 @@ impl Storage {
     /// Writes a whole object. Each store makes the object visible only once it is complete
     /// (local: temp file + rename; S3/GCS: a single PUT or a completed multipart upload).
     pub fn put(&self, relative: &str, bytes: Bytes) -> Result<()> {
-        let path = self.path(relative);
-        let err = |e: object_store::Error| DataError::Storage {
-            location: self.display(relative),
-            message: format!("write failed: {e}"),
-        };
-        self.runtime.block_on(async {
-            if bytes.len() <= MULTIPART_THRESHOLD {
-                self.store.put(&path, PutPayload::from(bytes)).await.map_err(err)?;
-            } else {
-                let upload = self.store.put_multipart(&path).await.map_err(err)?;
-                let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-                writer.put(bytes);
-                writer.finish().await.map_err(err)?;
-            }
-            Ok(())
-        })
+        self.store
+            .put(&self.path(relative), bytes, UPLOAD)
+            .map_err(|e| DataError::Storage { location: self.display(relative), message: format!("write failed: {e}") })
     }
 
     /// Reads a whole object; a missing object is [`DataError::Missing`].
     pub fn get(&self, relative: &str) -> Result<Bytes> {
-        let path = self.path(relative);
-        self.runtime.block_on(async {
-            match self.store.get(&path).await {
-                Ok(result) => result.bytes().await.map_err(|e| DataError::Storage {
-                    location: self.display(relative),
-                    message: format!("read failed: {e}"),
-                }),
-                Err(object_store::Error::NotFound { .. }) => Err(DataError::Missing { file: self.display(relative) }),
-                Err(e) => {
-                    Err(DataError::Storage { location: self.display(relative), message: format!("read failed: {e}") })
-                }
-            }
-        })
+        self.store.get(&self.path(relative)).map_err(|e| self.failed(relative, "read", e))
     }
 
     /// Size in bytes, or [`DataError::Missing`].
     pub fn size(&self, relative: &str) -> Result<u64> {
-        let path = self.path(relative);
-        self.runtime.block_on(async {
-            match self.store.head(&path).await {
-                Ok(meta) => Ok(meta.size),
-                Err(object_store::Error::NotFound { .. }) => Err(DataError::Missing { file: self.display(relative) }),
-                Err(e) => {
-                    Err(DataError::Storage { location: self.display(relative), message: format!("stat failed: {e}") })
-                }
-            }
-        })
+        Ok(self.store.head(&self.path(relative)).map_err(|e| self.failed(relative, "stat", e))?.size)
     }
 
     pub fn exists(&self, relative: &str) -> Result<bool> {
@@ -131,6 +93,14 @@ impl Storage {
             Ok(_) => Ok(true),
             Err(DataError::Missing { .. }) => Ok(false),
             Err(e) => Err(e),
+        }
+    }
+
+    /// A failed read or stat of `relative`: [`DataError::Missing`] when there is no such object.
+    fn failed(&self, relative: &str, operation: &str, error: object_store::Error) -> DataError {
+        match error {
+            object_store::Error::NotFound { .. } => DataError::Missing { file: self.display(relative) },
+            e => DataError::Storage { location: self.display(relative), message: format!("{operation} failed: {e}") },
         }
     }
 }

@@ -9,7 +9,9 @@ use serde::Serialize;
 use voxbridge_model::losses::LossWeights;
 use voxbridge_model::prior::PriorConfig;
 use voxbridge_model::{BackboneMode, MindEye2, MindEye2Config};
-use voxbridge_train::{AdamW, ClipTargets, ContrastivePhase, SubjectSamples, TrainData, mindeye2_weight_decay};
+use voxbridge_train::{
+    AdamW, ClipTargets, ContrastivePhase, StepContext, SubjectSamples, TrainData, mindeye2_weight_decay,
+};
 
 use crate::TrainBackend;
 
@@ -105,18 +107,16 @@ fn bench_step(
     comm: &mut dyn voxbridge_train::StepComm<TrainBackend>,
 ) -> anyhow::Result<MindEye2<TrainBackend>> {
     let batch = voxbridge_train::trainer::assemble::<TrainBackend>(data, picks, &Default::default());
-    let (model, _) = voxbridge_train::train_step(
-        model,
-        optim,
-        batch,
-        ContrastivePhase::SoftClip { temperature: 0.006 },
-        &LossWeights::default(),
-        (3e-4, 0.9),
-        (0, step),
-        &mindeye2_weight_decay,
-        comm,
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let context = StepContext {
+        seed: 0,
+        step,
+        phase: ContrastivePhase::SoftClip { temperature: 0.006 },
+        loss_weights: &LossWeights::default(),
+        lr: 3e-4,
+        beta1: 0.9,
+        weight_decay: &mindeye2_weight_decay,
+    };
+    let (model, _) = voxbridge_train::train_step(model, optim, batch, &context, comm)?;
     Ok(model)
 }
 
@@ -164,10 +164,10 @@ pub fn bench_train_workers(
 ) -> anyhow::Result<BenchResult> {
     use voxbridge_train::distributed::{Placement, ShardComm};
     let (model, data, _) = model_and_data(setup);
-    crate::run::materialise(&model);
+    crate::architecture::materialise(&model);
     let parameters = burn::module::Module::num_params(&model) as u64;
     let subjects = setup.model.voxels.len();
-    let placement = Placement::new(subjects, workers, setup.per_subject).map_err(anyhow::Error::msg)?;
+    let placement = Placement::new(subjects, workers, setup.per_subject)?;
     let (rings, _) = voxbridge_collective::local_rings(workers, std::time::Duration::from_secs(120))?;
     let b = setup.per_subject;
     let per_rank: Vec<Vec<f64>> = std::thread::scope(|scope| {
@@ -184,7 +184,7 @@ pub fn bench_train_workers(
                 };
                 scope.spawn(move || -> anyhow::Result<Vec<f64>> {
                     let picks: Vec<Vec<usize>> = local.subjects.iter().map(|_| (0..b).collect()).collect();
-                    let mut comm = ShardComm::new(&mut ring, placement).map_err(anyhow::Error::msg)?;
+                    let mut comm = ShardComm::new(&mut ring, placement)?;
                     let mut optim = AdamW::<TrainBackend>::default();
                     let mut times = Vec::with_capacity(steps);
                     for step in 0..warmup + steps {

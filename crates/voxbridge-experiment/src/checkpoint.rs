@@ -1,8 +1,8 @@
 //! The trained model in a run directory: `checkpoint/model.safetensors` (burn module paths) and
 //! `checkpoint/model.json` (the architecture and the NSD subject of each ridge). Files are written
 //! under a temporary name and renamed, so a crash never leaves a half-written checkpoint behind.
-//! The same two files are part of every training checkpoint in object storage
-//! ([`crate::resume`]); [`load`] reads either.
+//! The same two files are part of every training checkpoint in object storage; the resume
+//! module reads them there, and its `load_model` reads a model from either place.
 
 use std::path::{Path, PathBuf};
 
@@ -10,11 +10,12 @@ use anyhow::{Context, bail};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
+use voxbridge_config::RunDir;
 use voxbridge_model::{MindEye2, MindEye2Config};
 
-pub const CHECKPOINT_DIR: &str = "checkpoint";
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-pub const MODEL_FILE: &str = "model.json";
+pub const CHECKPOINT_DIR: &str = RunDir::MODEL_DIR;
+pub const WEIGHTS_FILE: &str = RunDir::WEIGHTS_FILE;
+pub const MODEL_FILE: &str = RunDir::MODEL_CARD_FILE;
 
 /// `model.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,12 +29,12 @@ pub struct ModelCard {
     pub steps: u64,
 }
 
-/// Writes `<run_dir>/checkpoint/`.
-pub fn save<B: Backend>(run_dir: &Path, model: &MindEye2<B>, card: &ModelCard) -> anyhow::Result<PathBuf> {
-    let dir = run_dir.join(CHECKPOINT_DIR);
+/// Writes `<run>/checkpoint/`.
+pub fn save<B: Backend>(run: &RunDir, model: &MindEye2<B>, card: &ModelCard) -> anyhow::Result<PathBuf> {
+    let dir = run.model_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    write_atomically(&dir.join(WEIGHTS_FILE), &model_bytes(model)?)?;
-    write_atomically(&dir.join(MODEL_FILE), serde_json::to_string_pretty(card)?.as_bytes())?;
+    write_atomically(&run.model_weights(), &model_bytes(model)?)?;
+    write_atomically(&run.model_card(), serde_json::to_string_pretty(card)?.as_bytes())?;
     Ok(dir)
 }
 
@@ -53,19 +54,19 @@ pub fn model_bytes<B: Backend>(model: &MindEye2<B>) -> anyhow::Result<Vec<u8>> {
     safetensors::serialize(parsed.tensors(), Some(metadata)).context("serialising the model")
 }
 
-/// Reads a trained model: `location` is a run directory (or its `checkpoint/`), or a training
-/// checkpoint by path or URL — one `…/step-…-gen-…` checkpoint, or a root of them (the newest
-/// committed one is read).
-pub fn load<B: Backend>(location: &Path, device: &B::Device) -> anyhow::Result<(MindEye2<B>, ModelCard)> {
-    let dir = if location.join(MODEL_FILE).exists() { location.to_path_buf() } else { location.join(CHECKPOINT_DIR) };
-    if !dir.join(MODEL_FILE).exists() {
-        let text = location.to_string_lossy();
-        if let Some(found) = crate::resume::find_checkpoint(&text)? {
-            let (card, weights) = crate::resume::read_model_files(&found)?;
-            let model = model_from_bytes(&card, weights, &found.location(), device)?;
-            return Ok((model, card));
-        }
+/// The folder of a saved model at `location`: `location` itself when it holds `model.json`,
+/// else its `checkpoint/` (a run directory); `None` when neither holds one.
+pub fn saved_model_dir(location: &Path) -> Option<PathBuf> {
+    if location.join(MODEL_FILE).exists() {
+        return Some(location.to_path_buf());
     }
+    let run = RunDir::new(location);
+    run.model_card().exists().then(|| run.model_dir())
+}
+
+/// Reads the model saved in `location`: a run directory, or its `checkpoint/`.
+pub fn load_saved<B: Backend>(location: &Path, device: &B::Device) -> anyhow::Result<(MindEye2<B>, ModelCard)> {
+    let dir = saved_model_dir(location).unwrap_or_else(|| RunDir::new(location).model_dir());
     let card_path = dir.join(MODEL_FILE);
     let text = std::fs::read_to_string(&card_path).with_context(|| {
         format!(

@@ -15,6 +15,11 @@ use voxbridge_train::Evaluation;
 use crate::plots::{LinePlot, Series};
 use crate::run::{ResumeFrom, RunOptions, RunSummary, run_experiment};
 
+/// The demo's report, beside its runs under `--out`.
+pub const DEMO_REPORT: &str = "report.json";
+/// The fine-tune against scratch figure, beside the report.
+pub const DEMO_PLOT: &str = "finetune_vs_scratch.png";
+
 /// Sizes of the demo; [`DemoPlan::small`] is what `voxbridge demo` runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DemoPlan {
@@ -69,6 +74,11 @@ impl DemoPlan {
             prior_dim_head: 16,
             eval_every: 1,
         }
+    }
+
+    /// The plan for a preset: [`DemoPlan::tiny`] on `tiny`, else [`DemoPlan::small`].
+    pub fn for_preset(preset: &str) -> Self {
+        if preset == "tiny" { DemoPlan::tiny() } else { DemoPlan::small() }
     }
 
     /// The three experiments, reading `manifest`, pretraining into `pretrain_dir`.
@@ -162,6 +172,6 @@ pub fn run_demo(plan: &DemoPlan, manifest: &str, out: &Path, seed: u64, progress
         reference: Some(("chance", chance)),
         y_range: Some((0.0, 1.0)),
     }
-    .draw(&out.join("finetune_vs_scratch.png"))?;
+    .draw(&out.join(DEMO_PLOT))?;
     Ok(DemoRuns { pretrain, finetune, scratch })
 }

@@ -1,7 +1,8 @@
 //! Experiments end to end: a validated [`ExperimentConfig`](voxbridge_config::ExperimentConfig)
-//! becomes data in memory ([`inputs`]), a model (fresh or fine-tuned from a pretraining run,
-//! [`checkpoint`]), a training run ([`voxbridge_train::train`]), an evaluation, and a run
-//! directory ([`run`]):
+//! becomes data in memory ([`inputs`]), a model ([`architecture`]: fresh or fine-tuned from a
+//! pretraining run; [`resume`]: continued from a checkpoint), a training run
+//! ([`voxbridge_train::train`], watched by the observer, checkpointed by [`checkpointer`]), an
+//! evaluation, and a run directory ([`voxbridge_config::RunDir`]):
 //!
 //! ```text
 //! <run>/config.toml             the resolved config (every default written out)
@@ -12,23 +13,47 @@
 //! <run>/checkpoint/             model.safetensors + model.json (architecture, subjects)
 //! ```
 //!
+//! [`run`] lists a run's stages, each in its own module: already finished? (`finished`) →
+//! prepare (`prepare`) → start or resume (`start`) → train (`training`) → finish (`finish`).
 //! [`sweep`] expands a grid into runs and plots retrieval against the number of sessions;
 //! [`bench`] times training steps.
 
+pub mod architecture;
+pub mod baseline;
 pub mod bench;
+pub mod bench_setups;
 pub mod checkpoint;
+pub mod checkpointer;
+pub mod checkpoints;
+pub mod datasets;
 pub mod demo;
+pub mod demo_report;
+pub mod drills;
+mod finish;
+mod finished;
 pub mod inputs;
 pub mod metrics;
+pub mod model_file;
+mod observer;
+pub mod options;
 pub mod plots;
+pub mod predict;
+mod prepare;
+pub mod report;
 pub mod resume;
 pub mod run;
+pub mod run_eval;
+mod start;
 pub mod sweep;
+mod training;
 
 /// The CPU training backend (burn's `flex`).
 pub type CpuBackend = burn::backend::Flex;
 /// [`CpuBackend`] with autodiff.
 pub type TrainBackend = burn::backend::Autodiff<CpuBackend>;
 
-pub use run::{Preempted, ResumeFrom, RunOptions, RunReport, RunSummary, run_experiment};
+pub use options::{Preempted, ResumeFrom, RunOptions};
+pub use report::{RunReport, RunSummary};
+pub use resume::load_model;
+pub use run::run_experiment;
 pub use sweep::{SweepReport, run_sweep};

@@ -3,10 +3,11 @@
 //! checkpoint and continues the files.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+use voxbridge_config::RunDir;
 use voxbridge_train::StepRecord;
 
 /// One row of `epochs.csv`. Retrieval columns are empty in epochs that were not evaluated.
@@ -42,26 +43,27 @@ pub struct MetricsWriter {
 }
 
 impl MetricsWriter {
-    pub fn create(dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let open = |name: &str| {
-            let path = dir.join(name);
-            csv::Writer::from_path(&path).with_context(|| format!("cannot create {}", path.display()))
-        };
-        Ok(MetricsWriter { steps: open("steps.csv")?, epochs: open("epochs.csv")? })
+    /// Starts both files of `run` afresh.
+    pub fn create(run: &RunDir) -> anyhow::Result<Self> {
+        let dir = run.metrics();
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let open =
+            |path: PathBuf| csv::Writer::from_path(&path).with_context(|| format!("cannot create {}", path.display()));
+        Ok(MetricsWriter { steps: open(run.steps_csv())?, epochs: open(run.epochs_csv())? })
     }
 
     /// Continues the files of a run resumed after `steps_done` steps and `epochs_done` whole
     /// epochs: keeps the rows before those, drops the rest (written after the checkpoint, before
     /// a crash), and returns the kept rows. Missing files start empty.
     pub fn resume(
-        dir: &Path,
+        run: &RunDir,
         steps_done: u64,
         epochs_done: usize,
     ) -> anyhow::Result<(Self, Vec<StepRow>, Vec<EpochRecord>)> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let steps_path = dir.join("steps.csv");
-        let epochs_path = dir.join("epochs.csv");
+        let dir = run.metrics();
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let steps_path = run.steps_csv();
+        let epochs_path = run.epochs_csv();
         let step_rows: Vec<StepRow> = read_rows(&steps_path)?;
         let epoch_rows: Vec<EpochRecord> = read_rows(&epochs_path)?;
         let (kept_steps, kept_epochs) = (
@@ -225,22 +227,24 @@ mod tests {
     /// resume dropped every row from the first new one on.)
     #[test]
     fn resuming_a_steps_file_of_an_earlier_version_adds_the_new_columns() {
-        let dir = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::new(tmp.path());
+        std::fs::create_dir_all(run.metrics()).unwrap();
         let old = "step,epoch,lr,beta1,phase,temperature,loss,clip_loss,prior_loss,blur_loss,seconds\n\
                    0,0,0.0001,0.9,bimixco,0.006,3,1,NaN,NaN,0.5\n\
                    1,0,0.0001,0.9,bimixco,0.006,2.5,1,NaN,NaN,0.5\n\
                    2,0,0.0001,0.9,bimixco,0.006,2.4,1,NaN,NaN,0.5\n";
-        std::fs::write(dir.path().join("steps.csv"), old).unwrap();
-        let (mut writer, kept, _) = MetricsWriter::resume(dir.path(), 2, 0).unwrap();
+        std::fs::write(run.steps_csv(), old).unwrap();
+        let (mut writer, kept, _) = MetricsWriter::resume(&run, 2, 0).unwrap();
         assert_eq!(kept.len(), 2);
         writer.step(&record(2)).unwrap();
         drop(writer);
-        let text = std::fs::read_to_string(dir.path().join("steps.csv")).unwrap();
+        let text = std::fs::read_to_string(run.steps_csv()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], steps_header());
         assert!(lines[0].ends_with(",blur_cont"), "{text}");
         assert!(lines[1].ends_with(",0.5,NaN") && lines[3].ends_with(",0.25"), "{text}");
-        let (_, kept, _) = MetricsWriter::resume(dir.path(), 3, 0).unwrap();
+        let (_, kept, _) = MetricsWriter::resume(&run, 3, 0).unwrap();
         assert_eq!(kept.iter().map(|r| r.step).collect::<Vec<_>>(), [0, 1, 2]);
     }
 }

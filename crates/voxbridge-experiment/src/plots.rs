@@ -7,7 +7,10 @@ use std::sync::Once;
 use anyhow::Context;
 use plotters::prelude::*;
 
-use crate::run::RunReport;
+use voxbridge_config::RunDir;
+
+use crate::metrics::EpochRecord;
+use crate::report::RunReport;
 
 /// One line of a plot.
 #[derive(Debug, Clone)]
@@ -119,11 +122,12 @@ impl LinePlot<'_> {
     }
 }
 
-/// A run's plots: `loss.png` (per-step loss and the epoch means) and, when evaluated during
-/// training, `retrieval.png` (top-1 per epoch).
-pub fn run_plots(dir: &Path, report: &RunReport, step_losses: &[(u64, f64)]) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let epoch_end = |e: &crate::metrics::EpochRecord| e.steps as f64;
+/// A run's plots: `plots/loss.png` (per-step loss and the epoch means) and, when evaluated
+/// during training, `plots/retrieval.png` (top-1 per epoch).
+pub fn run_plots(run: &RunDir, report: &RunReport, step_losses: &[(u64, f64)]) -> anyhow::Result<()> {
+    let dir = run.plots();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let epoch_end = |e: &EpochRecord| e.steps as f64;
     LinePlot {
         title: &format!("{}: training loss", report.name),
         x_label: "step",
@@ -143,11 +147,11 @@ pub fn run_plots(dir: &Path, report: &RunReport, step_losses: &[(u64, f64)]) -> 
         reference: None,
         y_range: None,
     }
-    .draw(&dir.join("loss.png"))?;
+    .draw(&run.loss_plot())?;
     let evaluated: Vec<_> = report.epochs.iter().filter(|e| e.image_top1.is_some()).collect();
     if !evaluated.is_empty() {
         let chance = report.evaluation.values().next().map_or(0.0, |e| e.retrieval.chance);
-        let pick = |f: fn(&crate::metrics::EpochRecord) -> Option<f64>| -> Vec<(f64, f64)> {
+        let pick = |f: fn(&EpochRecord) -> Option<f64>| -> Vec<(f64, f64)> {
             evaluated.iter().filter_map(|e| f(e).map(|v| ((e.epoch + 1) as f64, v))).collect()
         };
         LinePlot {
@@ -161,7 +165,7 @@ pub fn run_plots(dir: &Path, report: &RunReport, step_losses: &[(u64, f64)]) -> 
             reference: Some(("chance", chance)),
             y_range: Some((0.0, 1.0)),
         }
-        .draw(&dir.join("retrieval.png"))?;
+        .draw(&run.retrieval_plot())?;
     }
     Ok(())
 }

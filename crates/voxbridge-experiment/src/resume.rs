@@ -16,6 +16,8 @@
 //!   COMMIT                 written last: every file's size and sha256, plus a summary
 //! ```
 //!
+//! [`load_model`] reads a trained model from a run directory or from any checkpoint location.
+//!
 //! The learning-rate/β1 schedule is a function of the step, and every random draw of step `s`
 //! (sampler orders, BiMixCo, prior noise, dropout) is a function of `(seed, s)`: the step count
 //! *is* the schedule position and the RNG state, and the checkpoint records how.
@@ -27,12 +29,14 @@ use bytes::Bytes;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 use voxbridge_checkpoint::{CheckpointId, CheckpointStore, CommitRecord, DAMAGED_FILE, Located, locate};
-use voxbridge_data::sampler::{BalancedStreams, Stream};
 use voxbridge_model::MindEye2;
+use voxbridge_train::sampler::{BalancedStreams, Stream};
 use voxbridge_train::{AdamW, ParamMoments, Resume, TrainData, TrainPlan, stream_keys};
 
 use crate::TrainBackend;
-use crate::checkpoint::{MODEL_FILE, ModelCard, WEIGHTS_FILE, model_bytes, model_from_bytes, parse_card};
+use crate::checkpoint::{
+    self, MODEL_FILE, ModelCard, WEIGHTS_FILE, model_bytes, model_from_bytes, parse_card, saved_model_dir,
+};
 
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "state.json";
@@ -41,9 +45,7 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub const STATE_FORMAT: u32 = 1;
 
 /// How every random draw is derived; stored so a reader knows what "the RNG state" is.
-pub const RNG_SCHEME: &str = "counter-based: step s draws from ChaCha8(seed ^ s·0x9E3779B97F4A7C15) (BiMixCo, \
-                              prior noise) and reseeds the backend with mix64(seed ^ mix64(s)) (dropout); \
-                              sampler orders are ChaCha8 permutations keyed by (seed, stream epoch, subject)";
+pub use voxbridge_seed::RNG_SCHEME;
 
 /// `state.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -202,6 +204,23 @@ pub fn newest_intact(store: &CheckpointStore, mark: bool) -> anyhow::Result<Opti
 pub fn read_model_files(found: &Found) -> anyhow::Result<(ModelCard, Vec<u8>)> {
     let card = parse_card(&found.read(MODEL_FILE)?, &format!("{}/{MODEL_FILE}", found.location()))?;
     Ok((card, found.read(WEIGHTS_FILE)?.to_vec()))
+}
+
+/// Reads a trained model: `location` is a run directory (or its `checkpoint/`), or a training
+/// checkpoint by path or URL — one `…/step-…-gen-…` checkpoint, or a root of them (the newest
+/// committed one is read).
+pub fn load_model<B: burn::tensor::backend::Backend>(
+    location: &std::path::Path,
+    device: &B::Device,
+) -> anyhow::Result<(MindEye2<B>, ModelCard)> {
+    if saved_model_dir(location).is_none()
+        && let Some(found) = find_checkpoint(&location.to_string_lossy())?
+    {
+        let (card, weights) = read_model_files(&found)?;
+        let model = model_from_bytes(&card, weights, &found.location(), device)?;
+        return Ok((model, card));
+    }
+    checkpoint::load_saved(location, device)
 }
 
 /// Everything one save writes.
@@ -372,7 +391,7 @@ pub fn base_state(
         sampler: Vec::new(),
         optimizer: OptimizerState { kind: "adamw".into(), beta2: 0.999, eps: 1e-8, steps: BTreeMap::new() },
         train_subjects: train_subjects.to_vec(),
-        sessions_used: sessions_used.iter().map(|(s, v)| (format!("subject{s}"), v.clone())).collect(),
+        sessions_used: sessions_used.iter().map(|(s, v)| (voxbridge_config::subject_key(*s), v.clone())).collect(),
         last_loss: None,
         voxbridge_version: env!("CARGO_PKG_VERSION").into(),
         parent,

@@ -13,6 +13,11 @@ use voxbridge_config::SweepRun;
 use crate::plots::{LinePlot, Series};
 use crate::run::{ResumeFrom, RunOptions, run_experiment};
 
+/// The sweep's report, in its directory.
+pub const SWEEP_REPORT: &str = "sweep.json";
+/// Retrieval against the number of sessions, beside the report.
+pub const SWEEP_PLOT: &str = "retrieval_vs_sessions.png";
+
 /// One run's line in `sweep.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SweepEntry {
@@ -77,7 +82,7 @@ pub fn run_sweep(runs: &[SweepRun], out: &Path, progress: bool) -> anyhow::Resul
         .collect::<BTreeMap<_, _>>();
     let report = SweepReport { runs: entries, by_sessions };
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    crate::checkpoint::write_atomically(&out.join("sweep.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    crate::checkpoint::write_atomically(&out.join(SWEEP_REPORT), serde_json::to_string_pretty(&report)?.as_bytes())?;
     let chance = report.runs.first().map_or(0.0, |r| r.chance);
     let line = |f: fn(&(f64, f64)) -> f64| report.by_sessions.iter().map(|(s, v)| (*s as f64, f(v))).collect();
     LinePlot {
@@ -91,6 +96,6 @@ pub fn run_sweep(runs: &[SweepRun], out: &Path, progress: bool) -> anyhow::Resul
         reference: Some(("chance", chance)),
         y_range: Some((0.0, 1.0)),
     }
-    .draw(&out.join("retrieval_vs_sessions.png"))?;
+    .draw(&out.join(SWEEP_PLOT))?;
     Ok(report)
 }

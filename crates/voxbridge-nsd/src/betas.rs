@@ -1,10 +1,10 @@
 //! The betas file (`betas_all_subj0X_fp32_renorm.hdf5`): dataset `betas`, one row per global
-//! trial, one column per voxel. Read through libhdf5 (the `hdf5-metno` bindings), a row range
-//! at a time: the whole array of a subject is ~1.9 GB.
+//! trial, one column per voxel. Read through the system's libhdf5, loaded at run time
+//! ([`crate::hdf5`]), a row range at a time: the whole array of a subject is ~1.9 GB.
 
 use std::path::Path;
 
-use crate::ImportError;
+use crate::{ImportError, hdf5};
 
 /// The dataset holding the betas.
 pub const DATASET: &str = "betas";
@@ -30,18 +30,17 @@ impl Betas {
     pub fn open(path: &Path) -> Result<Self, ImportError> {
         let file = path.display().to_string();
         let err = |message: String| ImportError::new(&file, message);
-        let h5 = hdf5::File::open(path).map_err(|e| err(format!("not a readable HDF5 file: {e}")))?;
+        let h5 = hdf5::File::open(path).map_err(|e| err(e.opening("NSD's HDF5 betas")))?;
         let dataset = h5.dataset(DATASET).map_err(|_| {
-            let names = h5.member_names().unwrap_or_default();
+            let names = h5.member_names();
             err(format!("no dataset `{DATASET}` (the file has {names:?})"))
         })?;
         let shape = dataset.shape();
         let [rows, voxels] = shape[..] else {
             return Err(err(format!("dataset `{DATASET}` has shape {shape:?}; expected [trials, voxels]")));
         };
-        let dtype = dataset.dtype().map_err(|e| err(format!("dataset `{DATASET}`: {e}")))?;
-        if !dtype.is::<f32>() && !dtype.is::<f64>() {
-            let held = dtype.to_descriptor().map(|d| format!("{d:?}")).unwrap_or_else(|_| "an unknown type".into());
+        let held = dataset.element_type().map_err(|e| err(format!("dataset `{DATASET}`: {e}")))?;
+        if !held.is_f32_or_f64() {
             return Err(err(format!("dataset `{DATASET}` holds {held}, not float32/float64 betas")));
         }
         Ok(Betas { file, dataset, rows, voxels })
@@ -53,9 +52,8 @@ impl Betas {
 
     /// Rows `range`, row-major `[range.len(), voxels]` (converted to f32 by libhdf5).
     pub fn read_rows(&self, range: std::ops::Range<usize>) -> Result<Vec<f32>, ImportError> {
-        let array = self.dataset.read_slice_2d::<f32, _>((range.clone(), ..)).map_err(|e| {
+        self.dataset.read_rows_f32(range.clone()).map_err(|e| {
             ImportError::new(&self.file, format!("reading rows {}..{} of `{DATASET}`: {e}", range.start, range.end))
-        })?;
-        Ok(array.iter().copied().collect())
+        })
     }
 }

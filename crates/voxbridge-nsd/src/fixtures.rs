@@ -92,11 +92,15 @@ pub fn write_wds(wds: &Path, subject: u8, trials: &[FixtureTrial]) -> std::io::R
 }
 
 /// An HDF5 file with dataset `betas` `[rows, voxels]` (float32): row r, voxel v = f(r, v).
-pub fn write_betas(path: &Path, rows: usize, voxels: usize, f: impl Fn(usize, usize) -> f32) -> hdf5::Result<()> {
-    let file = hdf5::File::create(path)?;
+pub fn write_betas(
+    path: &Path,
+    rows: usize,
+    voxels: usize,
+    f: impl Fn(usize, usize) -> f32,
+) -> Result<(), crate::hdf5::Hdf5Error> {
+    let file = crate::hdf5::File::create(path)?;
     let values: Vec<f32> = (0..rows * voxels).map(|i| f(i / voxels, i % voxels)).collect();
-    let ds = file.new_dataset::<f32>().shape([rows, voxels]).create(crate::betas::DATASET)?;
-    ds.write_raw(&values)
+    file.create_dataset(crate::betas::DATASET, &[rows, voxels], &values).map(drop)
 }
 
 /// A directory of `image_id.npy`, `clip_tokens.npy` `[N, tokens, dim]` and `lowlevel.npy`

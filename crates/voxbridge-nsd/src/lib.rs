@@ -9,6 +9,7 @@ pub mod behav;
 pub mod betas;
 pub mod completeness;
 pub mod fixtures;
+pub mod hdf5;
 pub mod import;
 pub mod targets;
 

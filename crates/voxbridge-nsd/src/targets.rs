@@ -13,7 +13,7 @@ use std::path::Path;
 
 use voxbridge_data::{TargetRows, TargetShapes};
 
-use crate::{ImportError, npy};
+use crate::{ImportError, hdf5, npy};
 
 /// The arrays a targets file may hold, in this order.
 const NAMES: [&str; 6] = ["image_id", "clip_tokens", "lowlevel", "captions", "convnext", "convnext_aug"];
@@ -65,9 +65,7 @@ impl Array {
                 file.read_exact_at(&mut bytes, *data_offset).map_err(|e| format!("reading `{}`: {e}", self.name))?;
                 dtype.decode(&bytes)
             }
-            Source::Hdf5(dataset) => {
-                dataset.read_raw::<f32>().map_err(|e| format!("reading dataset `{}`: {e}", self.name))
-            }
+            Source::Hdf5(dataset) => dataset.read_f32().map_err(|e| format!("reading dataset `{}`: {e}", self.name)),
         }
     }
 
@@ -81,12 +79,10 @@ impl Array {
                 out.extend(dtype.decode(&bytes)?);
             }
             Source::Hdf5(dataset) => {
-                let mut slab = vec![hdf5::SliceOrIndex::from(r..r + 1)];
-                slab.extend((1..self.shape.len()).map(|_| hdf5::SliceOrIndex::from(..)));
                 let row = dataset
-                    .read_slice::<f32, _, ndarray::IxDyn>(hdf5::Selection::from(hdf5::Hyperslab::from(slab)))
+                    .read_rows_f32(r..r + 1)
                     .map_err(|e| format!("reading row {r} of dataset `{}`: {e}", self.name))?;
-                out.extend(row.iter().copied());
+                out.extend(row);
             }
         }
         Ok(())
@@ -152,10 +148,10 @@ pub fn open(path: &Path) -> Result<Targets, ImportError> {
     } else if ext == "safetensors" {
         arrays = open_safetensors(path).map_err(err)?;
     } else if ext == "h5" || ext == "hdf5" {
-        let h5 = hdf5::File::open(path).map_err(|e| err(format!("not a readable HDF5 file: {e}")))?;
+        let h5 = hdf5::File::open(path).map_err(|e| err(e.opening("HDF5 targets")))?;
         for name in NAMES {
             if let Ok(ds) = h5.dataset(name) {
-                arrays.insert(name, Array { name, shape: ds.shape(), source: Source::Hdf5(ds) });
+                arrays.insert(name, Array { name, shape: ds.shape().to_vec(), source: Source::Hdf5(ds) });
             }
         }
         let images = arrays.get("image_id").and_then(|a| a.shape.first().copied()).unwrap_or(0);
@@ -171,16 +167,12 @@ pub fn open(path: &Path) -> Result<Targets, ImportError> {
 /// the rows after them are zeros, not targets. A file whose count is short of `images` is
 /// refused (files without the attributes were not written by the script and are taken whole).
 fn check_finished(h5: &hdf5::File, images: usize, teacher: bool) -> Result<(), String> {
-    let names = h5.attr_names().map_err(|e| format!("cannot list its attributes: {e}"))?;
     let counts = [("rows_done", true), ("convnext_rows_done", teacher)];
     for (attr, applies) in counts {
-        if !applies || !names.iter().any(|n| n == attr) {
+        if !applies || !h5.has_attr(attr).map_err(|e| format!("cannot list its attributes: {e}"))? {
             continue;
         }
-        let done = h5
-            .attr(attr)
-            .and_then(|a| a.read_scalar::<i64>())
-            .map_err(|e| format!("attribute `{attr}` is not a row count: {e}"))?;
+        let done = h5.attr_i64(attr).map_err(|e| format!("attribute `{attr}` is not a row count: {e}"))?;
         if usize::try_from(done).map_or(true, |d| d < images) {
             return Err(format!(
                 "attribute `{attr}` = {done} of {images} images: tools/nsd_targets.py has not finished this \
@@ -412,20 +404,18 @@ mod tests {
         let file = hdf5::File::create(&h5).unwrap();
         // int64 ids, as tools/nsd_targets.py writes them.
         let ids_i64: Vec<i64> = ids().iter().map(|&v| v as i64).collect();
-        file.new_dataset::<i64>().shape([N]).create("image_id").unwrap().write_raw(&ids_i64).unwrap();
-        file.new_dataset::<f32>().shape(clip).create("clip_tokens").unwrap().write_raw(&values(&clip)).unwrap();
-        file.new_dataset::<f32>().shape(low).create("lowlevel").unwrap().write_raw(&values(&low)).unwrap();
-        file.new_dataset::<f32>().shape(cnx).create("convnext").unwrap().write_raw(&values(&cnx)).unwrap();
-        let aug = file.new_dataset::<f32>().shape(cnx_aug).create("convnext_aug").unwrap();
-        aug.write_raw(&values(&cnx_aug)).unwrap();
-        file.new_attr::<i64>().create("rows_done").unwrap().write_scalar(&(N as i64)).unwrap();
-        let cnx_done = file.new_attr::<i64>().create("convnext_rows_done").unwrap();
-        cnx_done.write_scalar(&(N as i64 - 1)).unwrap();
+        file.create_dataset("image_id", &[N], &ids_i64).unwrap();
+        file.create_dataset("clip_tokens", &clip, &values(&clip)).unwrap();
+        file.create_dataset("lowlevel", &low, &values(&low)).unwrap();
+        file.create_dataset("convnext", &cnx, &values(&cnx)).unwrap();
+        file.create_dataset("convnext_aug", &cnx_aug, &values(&cnx_aug)).unwrap();
+        file.set_attr_i64("rows_done", N as i64).unwrap();
+        file.set_attr_i64("convnext_rows_done", N as i64 - 1).unwrap();
         drop(file);
         // An unfinished ConvNeXt pass: its count is short, the last row is zeros.
         let e = open(&h5).unwrap_err().to_string();
         assert!(e.contains("targets.h5") && e.contains(&format!("`convnext_rows_done` = {} of {N}", N - 1)), "{e}");
-        hdf5::File::open_rw(&h5).unwrap().attr("convnext_rows_done").unwrap().write_scalar(&(N as i64)).unwrap();
+        hdf5::File::open_rw(&h5).unwrap().set_attr_i64("convnext_rows_done", N as i64).unwrap();
         check(&h5);
 
         // The teacher's two arrays come together, with matching shapes.

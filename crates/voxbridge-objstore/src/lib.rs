@@ -3,7 +3,13 @@
 //! `s3://`, `gs://` and `file://` URLs are taken as they are. Credentials and
 //! endpoints come from the `AWS_*` / `GOOGLE_*` environment variables, so a moto server or
 //! MinIO works by setting `AWS_ENDPOINT` and `AWS_ALLOW_HTTP=true`. Errors are messages; the
-//! callers wrap them with the location in their own error types.
+//! callers wrap them with the location in their own error types. [`BlockingStore`] gives the
+//! store blocking calls (get, put — in parts when large —, head, list, delete) for the
+//! synchronous dataset and checkpoint code.
+
+mod blocking;
+
+pub use blocking::{BlockingStore, Upload};
 
 use object_store::ObjectStore;
 use object_store::path::Path;

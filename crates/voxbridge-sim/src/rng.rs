@@ -4,15 +4,11 @@
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use voxbridge_data::sampler::mix64;
 
-/// FNV-1a: a stable hash of the domain name (std's hasher may change between releases).
-fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
-}
-
+/// The stream `(domain, index)` of the simulation seeded with `seed`
+/// ([`voxbridge_seed::simulator_stream`]).
 pub fn stream(seed: u64, domain: &str, index: u64) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(mix64(mix64(seed) ^ fnv1a(domain)) ^ mix64(index.wrapping_add(0x5151)))
+    ChaCha8Rng::seed_from_u64(voxbridge_seed::simulator_stream(seed, domain, index))
 }
 
 /// Fills `out` with standard-normal draws.

@@ -100,29 +100,41 @@ impl<B: AutodiffBackend> AdamW<B> {
 
     /// An optimizer holding `moments` for the parameters of `model` with the same paths. A path
     /// the model lacks or a size that differs is an error naming the path.
-    pub fn import<M: Module<B>>(model: &M, moments: Vec<ParamMoments>) -> Result<Self, String> {
+    pub fn import<M: Module<B>>(model: &M, moments: Vec<ParamMoments>) -> Result<Self, MomentsError> {
         let params: HashMap<String, (ParamId, Vec<usize>, _)> =
             params_by_path(model).into_iter().map(|(path, id, shape, device)| (path, (id, shape, device))).collect();
         let mut optim = AdamW::default();
         for p in moments {
             let Some((id, shape, device)) = params.get(&p.path) else {
-                return Err(format!("optimizer state for `{}`, which the model does not have", p.path));
+                return Err(MomentsError::UnknownParam { path: p.path });
             };
             let n: usize = shape.iter().product();
             if p.shape != *shape || p.exp_avg.len() != n || p.exp_avg_sq.len() != n {
-                return Err(format!(
-                    "optimizer state for `{}` has shape {:?} ({} and {} values) but the parameter is {shape:?}",
-                    p.path,
-                    p.shape,
-                    p.exp_avg.len(),
-                    p.exp_avg_sq.len()
-                ));
+                return Err(MomentsError::Shape {
+                    path: p.path,
+                    shape: p.shape,
+                    exp_avg: p.exp_avg.len(),
+                    exp_avg_sq: p.exp_avg_sq.len(),
+                    param: shape.clone(),
+                });
             }
             let tensor = |values: Vec<f32>| Tensor::from_data(TensorData::new(values, [n]), device);
             optim.moments.insert(*id, Moments { m: tensor(p.exp_avg), v: tensor(p.exp_avg_sq), steps: p.steps });
         }
         Ok(optim)
     }
+}
+
+/// Saved AdamW state that does not fit the model it is imported for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MomentsError {
+    #[error("optimizer state for `{path}`, which the model does not have")]
+    UnknownParam { path: String },
+    #[error(
+        "optimizer state for `{path}` has shape {shape:?} ({exp_avg} and {exp_avg_sq} values) but the parameter is \
+         {param:?}"
+    )]
+    Shape { path: String, shape: Vec<usize>, exp_avg: usize, exp_avg_sq: usize, param: Vec<usize> },
 }
 
 /// One parameter's AdamW state: `exp_avg` (m) and `exp_avg_sq` (v) in the parameter's shape

@@ -1,4 +1,4 @@
-//! MindEye2's AdamW parameter groups (Train.ipynb "Setup optimizer"; spec §2.2 [QUIRK]): every
+//! MindEye2's AdamW parameter groups (Train.ipynb "Setup optimizer"; spec §2.2 \[QUIRK\]): every
 //! ridge parameter is decayed (biases too); in the backbone and the prior a parameter is exempt
 //! when its state-dict name contains `bias` (the intended `LayerNorm.weight` exemption never
 //! matches the real names, so LayerNorm / GroupNorm gains and DALLE2's `g` are decayed, and

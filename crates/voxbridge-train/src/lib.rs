@@ -1,25 +1,35 @@
 //! MindEye2's training recipe (spec §2.2): the OneCycle learning-rate and β1 schedule, the
 //! AdamW weight-decay groups, an AdamW whose β1 and learning rate change every step, the
-//! written-out step ([`step`]), the loop over epochs ([`trainer`]) and the evaluation of a model
-//! ([`evaluate`]). No IO: data comes in memory, progress goes to an observer.
+//! balanced per-subject sample streams ([`sampler`]), the written-out step ([`step`]) and its
+//! data-parallel hooks ([`comm`], [`distributed`]), the loop over epochs ([`trainer`]) and the
+//! evaluation of a model ([`evaluate`](mod@evaluate)). No IO: data comes in memory, progress goes to an
+//! observer.
 
 pub mod adamw;
+pub mod comm;
 pub mod decay;
 pub mod distributed;
+pub mod error;
 pub mod evaluate;
+mod ridge_wire;
+pub mod sampler;
 pub mod schedule;
+mod shard_comm;
 pub mod step;
 pub mod trainer;
 
-pub use adamw::{AdamW, ParamMoments};
+pub use adamw::{AdamW, MomentsError, ParamMoments};
+pub use comm::{Alone, StepComm, WholeState};
 pub use decay::{DecayGroup, decay_group, mindeye2_weight_decay};
+pub use error::{BatchError, CommError, NonFiniteLoss, StepError, WireError};
 pub use evaluate::{EvalOptions, Evaluation, TestTrials, evaluate};
 pub use schedule::{OneCycle, OneCyclePoint};
 pub use step::{
-    Alone, BLUR_CONT_TEMPERATURE, Batch, ContrastivePhase, Layout, NonFiniteLoss, Piece, StepComm, StepError,
-    StepReport, SubjectBatch, mixco_draw, teacher_pick, train_step,
+    BLUR_CONT_TEMPERATURE, Batch, ContrastivePhase, StepContext, StepReport, SubjectBatch, mixco_draw, teacher_pick,
+    train_step,
 };
 pub use trainer::{
     ClipTargets, Progress, Quiet, Resume, StepRecord, SubjectSamples, TeacherTargets, TrainData, TrainError,
     TrainObserver, TrainPlan, fresh_streams, stream_keys, train,
 };
+pub use voxbridge_placement::{Layout, Piece};

@@ -1,7 +1,8 @@
 //! One MindEye2 training step, written out: draw the step's randomness, forward, losses,
 //! backward, gradient synchronisation, optimizer step. Everything random comes from
-//! `(seed, step)`, so a run is reproducible and every rank of a distributed run can draw the
-//! same numbers.
+//! `(seed, step)` ([`voxbridge_seed`]), so a run is reproducible and every rank of a distributed
+//! run can draw the same numbers. What a data-parallel rank does differently sits behind the
+//! [`StepComm`] hooks, the identity on one process.
 
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
@@ -9,20 +10,20 @@ use burn::tensor::{Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Beta, Distribution, StandardNormal};
-use voxbridge_data::sampler::{BalancedStreams, mix64};
-use voxbridge_model::MindEye2;
 use voxbridge_model::losses::{
     LossTerms, LossWeights, MixcoDraw, l1_loss, l2_normalize, mixco_nce, mixco_voxels, soft_clip_loss, soft_cont_loss,
 };
-use voxbridge_model::prior::CondKeep;
+use voxbridge_model::lowlevel::LowLevelOutput;
+use voxbridge_model::prior::{CondKeep, DiffusionPrior};
+use voxbridge_model::{BackboneOutput, MindEye2};
+use voxbridge_placement::Layout;
 
 use crate::adamw::AdamW;
+use crate::comm::StepComm;
+use crate::error::{BatchError, CommError, NonFiniteLoss, StepError};
 
 /// Temperature of the low-level soft contrastive term (`utils.soft_cont_loss(..., temp=0.2)`).
 pub const BLUR_CONT_TEMPERATURE: f64 = 0.2;
-
-/// Keys the stream the augmented teacher views are picked from.
-const TEACHER_STREAM: u64 = 0x7EAC_4E55_A06D_1E55;
 
 /// One subject's share of a batch.
 #[derive(Debug, Clone)]
@@ -59,6 +60,40 @@ pub enum ContrastivePhase {
     },
 }
 
+/// Everything one step needs besides the model, its optimizer, the batch and the other ranks:
+/// where the step stands in the run and the rules the run trains with.
+#[derive(Clone, Copy)]
+pub struct StepContext<'a> {
+    /// The run's seed; with `step` it keys every random draw of the step.
+    pub seed: u64,
+    /// The step's index in the run (0-based): the schedule's position and the draws' counter.
+    pub step: u64,
+    /// This epoch's contrastive loss and its temperature.
+    pub phase: ContrastivePhase,
+    /// How the loss terms weigh in the total that is back-propagated.
+    pub loss_weights: &'a LossWeights,
+    /// AdamW's learning rate at this step (OneCycle).
+    pub lr: f64,
+    /// AdamW's β1 at this step (OneCycle cycles it as momentum).
+    pub beta1: f64,
+    /// The weight decay of the parameter at a burn module path (usually
+    /// [`mindeye2_weight_decay`](crate::mindeye2_weight_decay), scaled).
+    pub weight_decay: &'a dyn Fn(&str) -> f64,
+}
+
+impl std::fmt::Debug for StepContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepContext")
+            .field("seed", &self.seed)
+            .field("step", &self.step)
+            .field("phase", &self.phase)
+            .field("loss_weights", self.loss_weights)
+            .field("lr", &self.lr)
+            .field("beta1", &self.beta1)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What one step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepReport {
@@ -71,192 +106,141 @@ pub struct StepReport {
     pub blur_cont: Option<f64>,
 }
 
-/// Why a step stopped.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("step {step}: loss `{term}` is {value} (not finite); stopping before the optimizer step")]
-pub struct NonFiniteLoss {
-    pub step: u64,
-    pub term: &'static str,
-    pub value: f64,
-}
-
-/// Why a step failed.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum StepError {
-    #[error(transparent)]
-    NonFinite(#[from] NonFiniteLoss),
-    /// Talking to the other ranks failed (timeout, desync, a peer gone).
-    #[error("step {step}: {message}")]
-    Comm { step: u64, message: String },
-    /// The batch does not fit the model (teacher features of another size than the branch's).
-    #[error("step {step}: {message}")]
-    Data { step: u64, message: String },
-}
-
-/// A rank's part of one subject's share of the global batch: rows `rows` of share `subject`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Piece {
-    /// Position of the share in the global batch (the subject's ridge index).
-    pub subject: usize,
-    pub rows: std::ops::Range<usize>,
-}
-
-/// Where a rank's rows sit in the global batch: the global batch is the concatenation of the
-/// subjects' shares in subject order; a rank holds a contiguous run of rows of it, as pieces —
-/// whole shares, or part of one share when a subject is split over several ranks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Layout {
-    /// Rows of every share of the global batch.
-    pub shares: Vec<usize>,
-    /// This rank's pieces, in global row order.
-    pub pieces: Vec<Piece>,
-}
-
-impl Layout {
-    /// The whole batch on one process.
-    pub fn whole(shares: Vec<usize>) -> Self {
-        let pieces = shares.iter().enumerate().map(|(subject, &n)| Piece { subject, rows: 0..n }).collect();
-        Layout { shares, pieces }
+impl StepReport {
+    /// The values of the step's loss tensors.
+    fn read<B: AutodiffBackend>(terms: &LossTerms<B>, total: &Tensor<B, 1>) -> Self {
+        let scalar =
+            |t: &Tensor<B, 1>| t.clone().into_data().convert::<f64>().to_vec::<f64>().map(|v| v[0]).unwrap_or(f64::NAN);
+        StepReport {
+            total: scalar(total),
+            clip: scalar(&terms.clip),
+            prior: terms.prior.as_ref().map(scalar),
+            blur: terms.blur_l1.as_ref().map(scalar),
+            blur_cont: terms.blur_cont.as_ref().map(scalar),
+        }
     }
 
-    /// Global row of this rank's first row.
-    pub fn row_start(&self) -> usize {
-        self.pieces.first().map_or(0, |p| self.shares[..p.subject].iter().sum::<usize>() + p.rows.start)
+    /// The total of the reported terms with `weights`, as [`LossTerms::total`] weighs them (for
+    /// a report whose terms were summed over ranks).
+    pub fn weighted_total(&self, weights: &LossWeights) -> f64 {
+        self.clip * weights.clip
+            + self.prior.map_or(0.0, |p| p * weights.prior)
+            + self.blur.map_or(0.0, |b| b * weights.blur)
+            + self.blur_cont.map_or(0.0, |c| c * weights.blur_aux * weights.blur)
     }
 
-    /// Rows this rank holds.
-    pub fn local_rows(&self) -> usize {
-        self.pieces.iter().map(|p| p.rows.len()).sum()
-    }
-}
-
-/// How a step reaches the other ranks of a data-parallel run. A single process is [`Alone`].
-pub trait StepComm<B: AutodiffBackend> {
-    /// This rank's rows of the global batch; `None` for a single process (the batch is the
-    /// global batch). The batch a rank passes to [`train_step`] holds its subjects' *whole*
-    /// shares (mixing partners may be another rank's rows); the step keeps its pieces.
-    fn layout(&self) -> Option<Layout>;
-    /// Every rank's `rows × width` values, concatenated in global row order.
-    fn gather_rows(&mut self, local: Vec<f32>, width: usize) -> Result<Vec<f32>, String>;
-    /// Element-wise sum over ranks.
-    fn sum(&mut self, values: &mut [f32]) -> Result<(), String>;
-    /// Gradients of the shared parameters summed over all ranks; each ridge's summed over its
-    /// subject's owner ranks.
-    fn sync_gradients(&mut self, model: &MindEye2<B>, grads: GradientsParams) -> Result<GradientsParams, String>;
-    /// The whole run's state as one process would hold it — every subject's ridge, its AdamW
-    /// moments and its sample stream from the rank that owns it — on the writer (for
-    /// checkpoints); `None` on the other ranks. Every rank must call it at the same step.
-    fn whole_state(
-        &mut self,
-        model: &MindEye2<B>,
-        optim: &AdamW<B>,
-        streams: &BalancedStreams,
-    ) -> Result<Option<WholeState<B>>, String>;
-    /// Whether this rank writes checkpoints and the run directory (rank 0).
-    fn is_writer(&self) -> bool;
-}
-
-/// See [`StepComm::whole_state`].
-pub struct WholeState<B: AutodiffBackend> {
-    pub model: MindEye2<B>,
-    pub moments: Vec<crate::adamw::ParamMoments>,
-    pub streams: Vec<voxbridge_data::sampler::Stream>,
-}
-
-/// A single process: nothing to exchange.
-#[derive(Debug, Default)]
-pub struct Alone;
-
-impl<B: AutodiffBackend> StepComm<B> for Alone {
-    fn layout(&self) -> Option<Layout> {
-        None
-    }
-    fn gather_rows(&mut self, local: Vec<f32>, _: usize) -> Result<Vec<f32>, String> {
-        Ok(local)
-    }
-    fn sum(&mut self, _: &mut [f32]) -> Result<(), String> {
-        Ok(())
-    }
-    fn sync_gradients(&mut self, _: &MindEye2<B>, grads: GradientsParams) -> Result<GradientsParams, String> {
-        Ok(grads)
-    }
-    fn whole_state(
-        &mut self,
-        model: &MindEye2<B>,
-        optim: &AdamW<B>,
-        streams: &BalancedStreams,
-    ) -> Result<Option<WholeState<B>>, String> {
-        Ok(Some(WholeState { model: model.clone(), moments: optim.export(model), streams: streams.state().to_vec() }))
-    }
-    fn is_writer(&self) -> bool {
-        true
+    /// An error naming the first term that is NaN or infinite.
+    fn check_finite(&self, step: u64) -> Result<(), NonFiniteLoss> {
+        let terms = [
+            ("total", Some(self.total)),
+            ("clip", Some(self.clip)),
+            ("prior", self.prior),
+            ("blur", self.blur),
+            ("blur_cont", self.blur_cont),
+        ];
+        match terms.into_iter().find_map(|(term, value)| value.filter(|v| !v.is_finite()).map(|v| (term, v))) {
+            Some((term, value)) => Err(NonFiniteLoss { step, term, value }),
+            None => Ok(()),
+        }
     }
 }
 
 /// Forward, losses, backward, gradient synchronisation (nothing on one process; the sum over
-/// ranks in a data-parallel run), AdamW with this step's learning rate and β1 and
-/// `weight_decay(burn path)` per parameter (usually
-/// [`mindeye2_weight_decay`](crate::mindeye2_weight_decay)).
-///
-/// Data-parallel runs train the model one process would train on the global batch: every random
-/// draw is made for the global batch and sliced; the contrastive loss is computed on the
-/// gathered embeddings of the whole batch (other ranks' rows as constants), so each rank's
-/// backward yields its rows' share of the exact gradient; per-sample losses are scaled by the
-/// rank's share of the rows; the shared gradients are summed.
-#[allow(clippy::too_many_arguments)]
+/// ranks in a data-parallel run, see [`crate::comm`]), AdamW with the context's learning rate,
+/// β1 and weight decay.
 pub fn train_step<B: AutodiffBackend>(
     model: MindEye2<B>,
     optim: &mut AdamW<B>,
     batch: Batch<B>,
-    phase: ContrastivePhase,
-    weights: &LossWeights,
-    (lr, beta1): (f64, f64),
-    (seed, step): (u64, u64),
-    weight_decay: &dyn Fn(&str) -> f64,
+    context: &StepContext<'_>,
     comm: &mut dyn StepComm<B>,
 ) -> Result<(MindEye2<B>, StepReport), StepError> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let step = context.step;
+    let comm_error = |error: CommError| StepError::Comm { step, error };
     let device = batch.subjects.first().map(|s| s.voxels.device()).unwrap_or_default();
-    let comm_err = |message: String| StepError::Comm { step, message };
-
-    // Where this rank's rows sit in the global batch.
-    let local_sizes: Vec<usize> = batch.subjects.iter().map(|s| s.voxels.dims()[0]).collect();
-    let distributed = comm.layout();
-    let layout = distributed.clone().unwrap_or_else(|| Layout::whole(local_sizes.clone()));
-    let distributed = distributed.is_some();
-    let row_start = layout.row_start();
+    // BiMixCo's draws, the prior's noise and condition drops: the same on every rank.
+    let mut rng = ChaCha8Rng::seed_from_u64(voxbridge_seed::step_draws(context.seed, step));
     // Dropout draws from the backend's generator: reseeding it at every step after the first
     // makes step s's masks a function of (seed, s) alone, which is what an exact resume needs
-    // (each rank of a data-parallel run mixes in its first row, so ranks draw different masks).
+    // (ranks of a data-parallel run mix in their rank key, so they draw different masks).
     // Step 0 keeps the stream the trainer seeded, from which lazily initialised weights are
     // drawn during its forward pass.
     if step > 0 {
-        let rank_key = if distributed { mix64(row_start as u64 + 1) } else { 0 };
-        B::seed(&device, mix64(seed ^ mix64(step)) ^ rank_key);
+        B::seed(&device, voxbridge_seed::backend_step(context.seed, step, comm.rank_key()));
     }
-    let whole_shares: Vec<usize> = layout.pieces.iter().map(|p| layout.shares[p.subject]).collect();
-    if whole_shares != local_sizes {
-        return Err(comm_err(format!(
-            "the batch holds shares of {local_sizes:?} rows; this rank's pieces {:?} need whole shares of {whole_shares:?}",
-            layout.pieces
-        )));
-    }
-    let local_rows = layout.local_rows();
-    let global_rows: usize = layout.shares.iter().sum();
+    let layout = rank_layout(&batch, comm).map_err(|error| StepError::Batch { step, error })?;
 
-    // 1. Inputs: BiMixCo mixes each subject's voxels with a partner from the same subject's
-    //    share (which may be another rank's row: every owner holds the whole share). The draws
-    //    are made for every share of the global batch, in order.
-    let global_draws: Vec<MixcoDraw> = match phase {
+    // 1. Forward over this rank's rows. BiMixCo's draws are made for every share of the
+    //    global batch, in order.
+    let draws: Vec<MixcoDraw> = match context.phase {
         ContrastivePhase::BiMixCo { .. } => layout.shares.iter().map(|&n| mixco_draw(n, &mut rng)).collect(),
         ContrastivePhase::SoftClip { .. } => Vec::new(),
     };
+    let forward = forward_rows(&model, batch, &layout, draws);
+
+    // 2. Losses; the contrastive ones span the whole global batch.
+    let terms = losses(&model, forward, context, &mut rng, comm)?;
+    let total = terms.total(context.loss_weights);
+    let report = StepReport::read(&terms, &total);
+    let report = comm.reduce_report(report, context.loss_weights).map_err(comm_error)?;
+    report.check_finite(step)?;
+
+    // 3. Backward, gradient sync, optimizer step.
+    let grads = GradientsParams::from_grads(total.backward(), &model);
+    let grads = comm.sync_gradients(&model, grads).map_err(comm_error)?;
+    let model = optim.step(model, grads, context.lr, context.beta1, context.weight_decay);
+    Ok((model, report))
+}
+
+/// Where this rank's rows sit in the global batch, once the batch is checked to hold the whole
+/// shares its pieces are cut from.
+fn rank_layout<B: AutodiffBackend>(batch: &Batch<B>, comm: &dyn StepComm<B>) -> Result<Layout, BatchError> {
+    let held: Vec<usize> = batch.subjects.iter().map(|s| s.voxels.dims()[0]).collect();
+    let layout = comm.layout(&held);
+    let needed: Vec<usize> = layout.pieces.iter().map(|p| layout.shares[p.subject]).collect();
+    if needed != held {
+        return Err(BatchError::Shares { held, pieces: layout.pieces, needed });
+    }
+    Ok(layout)
+}
+
+/// This rank's rows of the global batch: the first, how many, and of how many in all.
+#[derive(Debug, Clone, Copy)]
+struct Rows {
+    start: usize,
+    local: usize,
+    global: usize,
+}
+
+/// The forward pass over this rank's rows, and what the losses compare it with.
+struct RankForward<B: AutodiffBackend> {
+    rows: Rows,
+    out: BackboneOutput<B>,
+    /// `[b_local, T, D]`.
+    clip_target: Tensor<B, 3>,
+    /// `[b, C, H, W]` per piece, when the data has latents.
+    blur_targets: Vec<Tensor<B, 4>>,
+    /// `[b, 1 + A, P, W]` per piece, when the data has teacher features.
+    teachers: Vec<Tensor<B, 4>>,
+    /// BiMixCo's draw over the global batch (perms not offset, as released); `None` in SoftCLIP.
+    draw: Option<MixcoDraw>,
+}
+
+/// Ridges and backbone over this rank's pieces. BiMixCo mixes each subject's voxels with a
+/// partner from the same subject's share (which may be another rank's row: every owner holds
+/// the whole share).
+fn forward_rows<B: AutodiffBackend>(
+    model: &MindEye2<B>,
+    batch: Batch<B>,
+    layout: &Layout,
+    draws: Vec<MixcoDraw>,
+) -> RankForward<B> {
     let mut ridge_outs = Vec::new();
     let mut targets = Vec::new();
     let mut blur_targets = Vec::new();
     let mut teachers = Vec::new();
     for (piece, share) in layout.pieces.iter().zip(batch.subjects) {
-        let voxels = match global_draws.get(piece.subject) {
+        let voxels = match draws.get(piece.subject) {
             Some(draw) => mixco_voxels(share.voxels, draw),
             None => share.voxels,
         };
@@ -267,211 +251,147 @@ pub fn train_step<B: AutodiffBackend>(
         teachers.extend(share.teacher.map(|t| t.narrow(0, start, len))); // [b, 1 + A, P, W]
     }
     let clip_target = Tensor::cat(targets, 0); // [b_local, T, D]
-    let draw = (!global_draws.is_empty()).then(|| MixcoDraw::concat(&global_draws, false));
-
-    // 2. Forward through the shared backbone.
+    let draw = (!draws.is_empty()).then(|| MixcoDraw::concat(&draws, false));
     let out = model.backbone.forward(Tensor::cat(ridge_outs, 0)); // [b_local, T, D] ×2
+    let rows = Rows { start: layout.row_start(), local: layout.local_rows(), global: layout.shares.iter().sum() };
+    RankForward { rows, out, clip_target, blur_targets, teachers, draw }
+}
 
-    // 3. Losses. The contrastive loss sees the whole global batch [B, T·D].
-    let mut preds = l2_normalize(out.clip_voxels.flatten::<2>(1, 2));
-    let mut targs = l2_normalize(clip_target.clone().flatten::<2>(1, 2));
-    if distributed {
-        preds = among_all_rows(comm, preds, row_start, global_rows).map_err(comm_err)?; // [B, T·D]
-        targs = all_rows(comm, targs, global_rows).map_err(comm_err)?; // [B, T·D]
-    }
-    let clip = match phase {
+/// The step's loss terms, in the order their draws and exchanges happen.
+fn losses<B: AutodiffBackend>(
+    model: &MindEye2<B>,
+    forward: RankForward<B>,
+    context: &StepContext<'_>,
+    rng: &mut ChaCha8Rng,
+    comm: &mut dyn StepComm<B>,
+) -> Result<LossTerms<B>, StepError> {
+    let step = context.step;
+    let comm_error = |error: CommError| StepError::Comm { step, error };
+    let RankForward { rows, out, clip_target, blur_targets, teachers, draw } = forward;
+    // The contrastive loss sees the whole global batch [B, T·D].
+    let preds = comm.among_all_rows(l2_normalize(out.clip_voxels.flatten::<2>(1, 2))).map_err(comm_error)?;
+    let targs = comm.all_rows(l2_normalize(clip_target.clone().flatten::<2>(1, 2))).map_err(comm_error)?;
+    let clip = match context.phase {
         ContrastivePhase::BiMixCo { temperature } => mixco_nce(preds, targs, temperature, draw.as_ref(), true),
         ContrastivePhase::SoftClip { temperature } => soft_clip_loss(preds, targs, temperature),
     };
-    // Per-sample losses: this rank's mean, weighted by its share of the rows, sums to the
-    // global mean over ranks.
-    let row_share = local_rows as f64 / global_rows.max(1) as f64;
     let prior = model.prior.as_ref().map(|prior| {
-        let [_, tokens, dim] = clip_target.dims();
-        let t: Vec<usize> = (0..global_rows).map(|_| rng.random_range(0..prior.schedule.timesteps)).collect();
-        let noise: Vec<f32> = (0..global_rows * tokens * dim).map(|_| StandardNormal.sample(&mut rng)).collect();
-        let p = prior.net.config.cond_drop_prob;
-        let keep = CondKeep::sample(global_rows, p, p, &mut || rng.random::<f64>());
-        let rows = row_start..row_start + local_rows;
-        let noise = noise[rows.start * tokens * dim..rows.end * tokens * dim].to_vec();
-        let noise = Tensor::<B, 3>::from_data(TensorData::new(noise, [local_rows, tokens, dim]), &device);
-        let keep = CondKeep { brain: keep.brain[rows.clone()].to_vec(), image: keep.image[rows.clone()].to_vec() };
-        let loss = prior.p_losses(clip_target.clone(), &t[rows], out.backbone.clone(), noise, &keep).1;
-        if distributed { loss * row_share } else { loss }
+        let loss = prior_loss(prior, clip_target, out.backbone.clone(), rows, rng);
+        comm.per_sample_share(loss)
     });
     // The low-level branch, once, when something trains it.
     let low_out = match &model.low_level {
         Some(low) if !blur_targets.is_empty() || !teachers.is_empty() => Some(low.forward(out.mixer_out.clone())),
         _ => None,
     };
-    // Low-level L1 against the VAE latents, mixed like the voxels during BiMixCo — with the
-    // concatenated, un-offset perms, as released (spec §2.1 [QUIRK]): a row's partner may be
-    // in another subject's share, so a data-parallel rank mixes the gathered global latents
-    // and keeps its rows.
     let blur_l1 = match (&low_out, blur_targets.is_empty()) {
         (Some(low_out), false) => {
-            let local = Tensor::cat(blur_targets, 0); // [b_local, C, H, W]
-            let shape = local.dims();
-            let target = match &draw {
-                Some(draw) => {
-                    let width = shape[1] * shape[2] * shape[3];
-                    let flat = local.flatten::<2>(1, 3); // [b_local, C·H·W]
-                    let global = if distributed {
-                        let values = flat.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
-                        let all = comm.gather_rows(values, width).map_err(comm_err)?;
-                        Tensor::<B, 2>::from_data(TensorData::new(all, [global_rows, width]), &device)
-                    } else {
-                        flat
-                    };
-                    mixco_voxels(global, draw).narrow(0, row_start, local_rows).reshape(shape)
-                }
-                None => local,
-            };
-            let loss = l1_loss(low_out.blurry_latent.clone(), target);
-            Some(if distributed { loss * row_share } else { loss })
+            let loss = blur_l1_loss(low_out, blur_targets, draw.as_ref(), rows, comm).map_err(comm_error)?;
+            Some(comm.per_sample_share(loss))
         }
         _ => None,
     };
-    // The low-level soft contrastive term (spec §2.1): student = the l2-normalised rows of the
-    // branch's features `[B·P, W]`; teachers = the l2-normalised clean teacher rows and those of
-    // one augmented view per image, picked for this step. As in Train.ipynb the teachers are
-    // each row's own image's, never mixed (BiMixCo mixes only the voxels and the VAE latents).
-    // Like the CLIP contrastive loss it spans the whole global batch: a data-parallel rank
-    // gathers every rank's rows, its own differentiable.
     let blur_cont = match (&low_out, teachers.is_empty()) {
-        (Some(low_out), false) => {
-            let local = Tensor::cat(teachers, 0); // [b_local, 1 + A, P, W]
-            let [_, views, positions, width] = local.dims();
-            let features = low_out.blurry_features.clone(); // [b_local, P', W']
-            let [_, model_positions, model_width] = features.dims();
-            if (model_positions, model_width) != (positions, width) || views < 2 {
-                return Err(StepError::Data {
-                    step,
-                    message: format!(
-                        "teacher features are {views} views of [{positions}, {width}]; the low-level branch makes \
-                         [{model_positions}, {model_width}] and needs the clean view plus ≥ 1 augmented one"
-                    ),
-                });
-            }
-            let picks = teacher_pick(seed, step, global_rows, views - 1);
-            let index = |rows: Vec<i64>| Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [local_rows]), &device);
-            let clean = index((0..local_rows).map(|i| (i * views) as i64).collect());
-            let aug = index((0..local_rows).map(|i| (i * views + 1 + picks[row_start + i]) as i64).collect());
-            let flat = local.reshape([local_rows * views, positions * width]); // [b_local·(1 + A), P·W]
-            let rows = local_rows * positions;
-            let teacher = l2_normalize(flat.clone().select(0, clean).reshape([rows, width])); // [b_local·P, W]
-            let teacher_aug = l2_normalize(flat.select(0, aug).reshape([rows, width])); // [b_local·P, W]
-            let student = l2_normalize(features.reshape([rows, width])); // [b_local·P, W]
-            let (student, teacher, teacher_aug) = if distributed {
-                // Exchanged a sample (P·W values) per row, as the other gathers are.
-                let per_sample = |t: Tensor<B, 2>| t.reshape([local_rows, positions * width]);
-                let rows_of = |t: Tensor<B, 2>| t.reshape([global_rows * positions, width]); // [B·P, W]
-                (
-                    rows_of(among_all_rows(comm, per_sample(student), row_start, global_rows).map_err(comm_err)?),
-                    rows_of(all_rows(comm, per_sample(teacher), global_rows).map_err(comm_err)?),
-                    rows_of(all_rows(comm, per_sample(teacher_aug), global_rows).map_err(comm_err)?),
-                )
-            } else {
-                (student, teacher, teacher_aug)
-            };
-            Some(soft_cont_loss(student, teacher, teacher_aug, BLUR_CONT_TEMPERATURE))
-        }
+        (Some(low_out), false) => Some(blur_cont_loss(low_out, teachers, context, rows, comm)?),
         _ => None,
     };
-    let terms = LossTerms { prior, clip, blur_l1, blur_cont };
-    let total = terms.total(weights);
-    let scalar =
-        |t: &Tensor<B, 1>| t.clone().into_data().convert::<f64>().to_vec::<f64>().map(|v| v[0]).unwrap_or(f64::NAN);
-    let mut report = StepReport {
-        total: scalar(&total),
-        clip: scalar(&terms.clip),
-        prior: terms.prior.as_ref().map(scalar),
-        blur: terms.blur_l1.as_ref().map(scalar),
-        blur_cont: terms.blur_cont.as_ref().map(scalar),
-    };
-    if distributed {
-        // The step's losses as one process would report them: the contrastive losses (CLIP and
-        // the low-level soft contrastive term) are already global; the per-sample parts are
-        // summed over ranks.
-        let mut parts = [report.prior.unwrap_or(0.0) as f32, report.blur.unwrap_or(0.0) as f32];
-        comm.sum(&mut parts).map_err(comm_err)?;
-        report.prior = report.prior.map(|_| f64::from(parts[0]));
-        report.blur = report.blur.map(|_| f64::from(parts[1]));
-        report.total = report.clip * weights.clip
-            + report.prior.map_or(0.0, |p| p * weights.prior)
-            + report.blur.map_or(0.0, |b| b * weights.blur)
-            + report.blur_cont.map_or(0.0, |c| c * weights.blur_aux * weights.blur);
-    }
-    let checked = [
-        ("total", Some(report.total)),
-        ("clip", Some(report.clip)),
-        ("prior", report.prior),
-        ("blur", report.blur),
-        ("blur_cont", report.blur_cont),
-    ];
-    for (term, value) in checked {
-        if let Some(value) = value
-            && !value.is_finite()
-        {
-            return Err(NonFiniteLoss { step, term, value }.into());
-        }
-    }
+    Ok(LossTerms { prior, clip, blur_l1, blur_cont })
+}
 
-    // 4. Backward, gradient sync, optimizer step.
-    let grads = GradientsParams::from_grads(total.backward(), &model);
-    let grads = comm.sync_gradients(&model, grads).map_err(comm_err)?;
-    let model = optim.step(model, grads, lr, beta1, weight_decay);
-    Ok((model, report))
+/// The prior's diffusion loss on this rank's rows (this rank's mean): timesteps, noise and
+/// condition drops are drawn for the whole global batch, in that order, and sliced.
+fn prior_loss<B: AutodiffBackend>(
+    prior: &DiffusionPrior<B>,
+    clip_target: Tensor<B, 3>,
+    brain: Tensor<B, 3>,
+    rows: Rows,
+    rng: &mut ChaCha8Rng,
+) -> Tensor<B, 1> {
+    let [_, tokens, dim] = clip_target.dims();
+    let t: Vec<usize> = (0..rows.global).map(|_| rng.random_range(0..prior.schedule.timesteps)).collect();
+    let noise: Vec<f32> = (0..rows.global * tokens * dim).map(|_| StandardNormal.sample(rng)).collect();
+    let p = prior.net.config.cond_drop_prob;
+    let keep = CondKeep::sample(rows.global, p, p, &mut || rng.random::<f64>());
+    let mine = rows.start..rows.start + rows.local;
+    let noise = noise[mine.start * tokens * dim..mine.end * tokens * dim].to_vec();
+    let noise = Tensor::<B, 3>::from_data(TensorData::new(noise, [rows.local, tokens, dim]), &clip_target.device());
+    let keep = CondKeep { brain: keep.brain[mine.clone()].to_vec(), image: keep.image[mine.clone()].to_vec() };
+    prior.p_losses(clip_target, &t[mine], brain, noise, &keep).1
+}
+
+/// Low-level L1 against the VAE latents, mixed like the voxels during BiMixCo — with the
+/// concatenated, un-offset perms, as released (spec §2.1 [QUIRK]): a row's partner may be in
+/// another subject's share, so the latents of the whole global batch are mixed and this rank's
+/// rows kept.
+fn blur_l1_loss<B: AutodiffBackend>(
+    low_out: &LowLevelOutput<B>,
+    blur_targets: Vec<Tensor<B, 4>>,
+    draw: Option<&MixcoDraw>,
+    rows: Rows,
+    comm: &mut dyn StepComm<B>,
+) -> Result<Tensor<B, 1>, CommError> {
+    let local = Tensor::cat(blur_targets, 0); // [b_local, C, H, W]
+    let shape = local.dims();
+    let target = match draw {
+        Some(draw) => {
+            let global = comm.all_rows(local.flatten::<2>(1, 3))?; // [B, C·H·W]
+            mixco_voxels(global, draw).narrow(0, rows.start, rows.local).reshape(shape)
+        }
+        None => local,
+    };
+    Ok(l1_loss(low_out.blurry_latent.clone(), target))
+}
+
+/// The low-level soft contrastive term (spec §2.1): student = the l2-normalised rows of the
+/// branch's features `[B·P, W]`; teachers = the l2-normalised clean teacher rows and those of
+/// one augmented view per image, picked for this step. As in Train.ipynb the teachers are each
+/// row's own image's, never mixed (BiMixCo mixes only the voxels and the VAE latents). Like the
+/// CLIP contrastive loss it spans the whole global batch, exchanged a sample (P·W values) per
+/// row.
+fn blur_cont_loss<B: AutodiffBackend>(
+    low_out: &LowLevelOutput<B>,
+    teachers: Vec<Tensor<B, 4>>,
+    context: &StepContext<'_>,
+    rows: Rows,
+    comm: &mut dyn StepComm<B>,
+) -> Result<Tensor<B, 1>, StepError> {
+    let step = context.step;
+    let comm_error = |error: CommError| StepError::Comm { step, error };
+    let local = Tensor::cat(teachers, 0); // [b_local, 1 + A, P, W]
+    let [_, views, positions, width] = local.dims();
+    let device = local.device();
+    let features = low_out.blurry_features.clone(); // [b_local, P', W']
+    let [_, model_positions, model_width] = features.dims();
+    if (model_positions, model_width) != (positions, width) || views < 2 {
+        let error = BatchError::TeacherShape { views, positions, width, model_positions, model_width };
+        return Err(StepError::Batch { step, error });
+    }
+    let picks = teacher_pick(context.seed, step, rows.global, views - 1);
+    let b = rows.local;
+    let index = |rows: Vec<i64>| Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [b]), &device);
+    let clean = index((0..b).map(|i| (i * views) as i64).collect());
+    let aug = index((0..b).map(|i| (i * views + 1 + picks[rows.start + i]) as i64).collect());
+    let flat = local.reshape([b * views, positions * width]); // [b_local·(1 + A), P·W]
+    let local_rows = b * positions;
+    let teacher = l2_normalize(flat.clone().select(0, clean).reshape([local_rows, width])); // [b_local·P, W]
+    let teacher_aug = l2_normalize(flat.select(0, aug).reshape([local_rows, width])); // [b_local·P, W]
+    let student = l2_normalize(features.reshape([local_rows, width])); // [b_local·P, W]
+    let per_sample = |t: Tensor<B, 2>| t.reshape([b, positions * width]);
+    let rows_of = |t: Tensor<B, 2>| t.reshape([rows.global * positions, width]); // [B·P, W]
+    let student = rows_of(comm.among_all_rows(per_sample(student)).map_err(comm_error)?);
+    let teacher = rows_of(comm.all_rows(per_sample(teacher)).map_err(comm_error)?);
+    let teacher_aug = rows_of(comm.all_rows(per_sample(teacher_aug)).map_err(comm_error)?);
+    Ok(soft_cont_loss(student, teacher, teacher_aug, BLUR_CONT_TEMPERATURE))
 }
 
 /// Which augmented teacher view (`0..augs`) each of the global batch's `rows` uses at `step`:
 /// MindEye2 draws a fresh augmentation of every image each step; voxbridge stores `augs` fixed
-/// views per image and picks one per row and step. From a stream of its own, so the step's
-/// other draws are the same with or without teacher features.
+/// views per image and picks one per row and step. From a stream of its own
+/// ([`voxbridge_seed::teacher_views`]), so the step's other draws are the same with or without
+/// teacher features.
 pub fn teacher_pick(seed: u64, step: u64, rows: usize, augs: usize) -> Vec<usize> {
-    let mut rng = ChaCha8Rng::seed_from_u64(mix64(mix64(seed ^ mix64(step)) ^ TEACHER_STREAM));
+    let mut rng = ChaCha8Rng::seed_from_u64(voxbridge_seed::teacher_views(seed, step));
     (0..rows).map(|_| rng.random_range(0..augs.max(1))).collect()
-}
-
-/// This rank's rows `local` `[n, width]` among every rank's: `[total, width]` in global row
-/// order, rows `start..start + n` being `local` itself (differentiable), the others constants.
-fn among_all_rows<B: AutodiffBackend>(
-    comm: &mut dyn StepComm<B>,
-    local: Tensor<B, 2>,
-    start: usize,
-    total: usize,
-) -> Result<Tensor<B, 2>, String> {
-    let [n, width] = local.dims();
-    let device = local.device();
-    let all = comm.gather_rows(host_values(local.clone().detach()), width)?;
-    let constant = |values: &[f32], rows: usize| {
-        Tensor::<B, 2>::from_data(TensorData::new(values.to_vec(), [rows, width]), &device)
-    };
-    let mut parts = Vec::with_capacity(3);
-    if start > 0 {
-        parts.push(constant(&all[..start * width], start));
-    }
-    parts.push(local);
-    if total > start + n {
-        parts.push(constant(&all[(start + n) * width..], total - start - n));
-    }
-    Ok(Tensor::cat(parts, 0))
-}
-
-/// Every rank's rows of `local` `[n, width]`, as one constant `[total, width]`.
-fn all_rows<B: AutodiffBackend>(
-    comm: &mut dyn StepComm<B>,
-    local: Tensor<B, 2>,
-    total: usize,
-) -> Result<Tensor<B, 2>, String> {
-    let width = local.dims()[1];
-    let device = local.device();
-    let all = comm.gather_rows(host_values(local), width)?;
-    Ok(Tensor::<B, 2>::from_data(TensorData::new(all, [total, width]), &device))
-}
-
-fn host_values<B: AutodiffBackend>(t: Tensor<B, 2>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default()
 }
 
 /// `utils.mixco`'s draw: a random permutation, β ~ Beta(0.15, 0.15), selected with p = 0.5;

@@ -10,13 +10,15 @@ use std::time::Instant;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
-use voxbridge_data::sampler::{BalancedStreams, iters_per_epoch};
 use voxbridge_model::MindEye2;
 use voxbridge_model::losses::{LossWeights, cosine_anneal};
 
 use crate::adamw::AdamW;
+use crate::comm::StepComm;
+use crate::error::StepError;
+use crate::sampler::{BalancedStreams, iters_per_epoch};
 use crate::schedule::OneCycle;
-use crate::step::{Batch, ContrastivePhase, StepComm, StepError, SubjectBatch, train_step};
+use crate::step::{Batch, ContrastivePhase, StepContext, SubjectBatch, train_step};
 
 /// BiMixCo's fixed temperature (`mixco_nce(..., temp=0.006)`).
 pub const BIMIXCO_TEMPERATURE: f64 = 0.006;
@@ -141,9 +143,10 @@ impl TrainPlan {
         }
     }
 
-    /// Samples per subject per batch: `batch_size // subjects`, at least 1.
+    /// Samples per subject per batch: `batch_size // subjects`, at least 1
+    /// ([`voxbridge_placement::per_subject`], which job planning applies too).
     pub fn per_subject(batch_size: usize, subjects: usize) -> usize {
-        (batch_size / subjects.max(1)).max(1)
+        voxbridge_placement::per_subject(batch_size, subjects)
     }
 
     /// Steps the run will take.
@@ -292,17 +295,16 @@ pub fn train<B: AutodiffBackend>(
         let picks = streams.next_batch(plan.per_subject);
         let batch = assemble(data, &picks, &device);
         let point = plan.schedule.at(step as usize);
-        let (next, report) = train_step(
-            model,
-            &mut optim,
-            batch,
+        let context = StepContext {
+            seed: plan.seed,
+            step,
             phase,
-            &plan.weights,
-            (point.lr, point.beta1),
-            (plan.seed, step),
-            &decay,
-            comm,
-        )?;
+            loss_weights: &plan.weights,
+            lr: point.lr,
+            beta1: point.beta1,
+            weight_decay: &decay,
+        };
+        let (next, report) = train_step(model, &mut optim, batch, &context, comm)?;
         model = next;
         let (phase_name, temperature) = match phase {
             ContrastivePhase::BiMixCo { temperature } => ("bimixco", temperature),

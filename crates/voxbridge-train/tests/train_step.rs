@@ -9,7 +9,9 @@ use burn::tensor::{Distribution, Tensor};
 use voxbridge_model::losses::LossWeights;
 use voxbridge_model::prior::PriorConfig;
 use voxbridge_model::{BackboneMode, MindEye2, MindEye2Config};
-use voxbridge_train::{AdamW, Batch, ContrastivePhase, StepReport, SubjectBatch, mindeye2_weight_decay, train_step};
+use voxbridge_train::{
+    AdamW, Batch, ContrastivePhase, StepContext, StepReport, SubjectBatch, mindeye2_weight_decay, train_step,
+};
 
 type B = Autodiff<Flex>;
 
@@ -51,6 +53,11 @@ fn batch() -> Batch<B> {
     Batch { subjects }
 }
 
+/// Step `step` of a run seeded `seed`: `phase`, learning rate `lr`, β1 0.9, MindEye2's decay.
+fn context(weights: &LossWeights, phase: ContrastivePhase, lr: f64, (seed, step): (u64, u64)) -> StepContext<'_> {
+    StepContext { seed, step, phase, loss_weights: weights, lr, beta1: 0.9, weight_decay: &mindeye2_weight_decay }
+}
+
 fn run(steps: u64, phase: ContrastivePhase) -> Vec<StepReport> {
     let _guard = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
@@ -64,11 +71,7 @@ fn run(steps: u64, phase: ContrastivePhase) -> Vec<StepReport> {
             model,
             &mut optim,
             data.clone(),
-            phase,
-            &LossWeights::default(),
-            (3e-3, 0.9),
-            (7, step),
-            &mindeye2_weight_decay,
+            &context(&LossWeights::default(), phase, 3e-3, (7, step)),
             &mut voxbridge_train::Alone,
         )
         .expect("finite losses");
@@ -105,11 +108,7 @@ fn a_non_finite_loss_names_the_step_and_term() {
         model,
         &mut AdamW::default(),
         data,
-        ContrastivePhase::SoftClip { temperature: 0.05 },
-        &LossWeights::default(),
-        (1e-3, 0.9),
-        (0, 17),
-        &mindeye2_weight_decay,
+        &context(&LossWeights::default(), ContrastivePhase::SoftClip { temperature: 0.05 }, 1e-3, (0, 17)),
         &mut voxbridge_train::Alone,
     )
     .unwrap_err();
@@ -144,11 +143,7 @@ fn low_level_l1_is_trained_in_both_phases() {
                 model,
                 &mut optim,
                 data.clone(),
-                phase,
-                &LossWeights::default(),
-                (3e-3, 0.9),
-                (1, step),
-                &mindeye2_weight_decay,
+                &context(&LossWeights::default(), phase, 3e-3, (1, step)),
                 &mut voxbridge_train::Alone,
             )
             .expect("finite losses");
@@ -193,11 +188,7 @@ fn one_step(model: &MindEye2<B>, data: &Batch<B>, phase: ContrastivePhase, step:
         model.clone(),
         &mut AdamW::default(),
         data.clone(),
-        phase,
-        &LossWeights::default(),
-        (1e-3, 0.9),
-        (9, step),
-        &mindeye2_weight_decay,
+        &context(&LossWeights::default(), phase, 1e-3, (9, step)),
         &mut voxbridge_train::Alone,
     )
     .expect("finite losses")
@@ -223,7 +214,7 @@ fn blur_cont_is_soft_cont_loss_of_the_branch_features_and_the_picked_teachers() 
         [(ContrastivePhase::SoftClip { temperature: 0.05 }, 3u64), (ContrastivePhase::BiMixCo { temperature: 0.05 }, 4)]
     {
         // The step's draws: BiMixCo's per-share draw comes first from the (seed, step) stream.
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9 ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(voxbridge_seed::step_draws(9, step));
         let ridge_outs: Vec<Tensor<B, 2>> = data
             .subjects
             .iter()
@@ -310,11 +301,7 @@ fn the_maps_projector_learns_only_through_the_soft_contrastive_term() {
             model,
             &mut optim,
             with.clone(),
-            phase,
-            &LossWeights::default(),
-            (3e-3, 0.9),
-            (2, step),
-            &mindeye2_weight_decay,
+            &context(&LossWeights::default(), phase, 3e-3, (2, step)),
             &mut voxbridge_train::Alone,
         )
         .expect("finite losses");
@@ -339,11 +326,7 @@ fn teacher_features_that_do_not_fit_the_branch_are_an_error() {
         model,
         &mut AdamW::default(),
         data,
-        ContrastivePhase::SoftClip { temperature: 0.05 },
-        &LossWeights::default(),
-        (1e-3, 0.9),
-        (0, 5),
-        &mindeye2_weight_decay,
+        &context(&LossWeights::default(), ContrastivePhase::SoftClip { temperature: 0.05 }, 1e-3, (0, 5)),
         &mut voxbridge_train::Alone,
     )
     .unwrap_err()

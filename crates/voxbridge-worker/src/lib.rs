@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use voxbridge_collective::TcpRing;
-use voxbridge_coordinator::protocol::{FromWorker, ToWorker, encode};
 use voxbridge_experiment::{ResumeFrom, RunOptions, run::run_experiment_on};
+use voxbridge_protocol::{FromWorker, ToWorker, decode, encode};
 
 /// What this build supports, as one JSON object (`voxbridge-worker --capabilities`):
 /// `voxbridge submit` asks before it starts workers that need a feature (NCCL on a GPU site).
@@ -74,7 +74,7 @@ fn wait_for_address(file: &Path, deadline: Instant) -> anyhow::Result<String> {
     let mut wait = Duration::from_millis(50);
     loop {
         match std::fs::read_to_string(file) {
-            Ok(text) => return voxbridge_coordinator::address::parse(&text, file).map_err(anyhow::Error::msg),
+            Ok(text) => return voxbridge_protocol::address_file::parse(&text, file).map_err(anyhow::Error::msg),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let now = Instant::now();
                 if now >= deadline {
@@ -120,7 +120,7 @@ pub fn run(args: &WorkerArgs) -> anyhow::Result<()> {
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line).context("the coordinator closed the connection before the start")?;
     let ToWorker::Start { rank, world, generation, ring_addrs } =
-        serde_json::from_str(&line).with_context(|| format!("unexpected message from the coordinator: {line}"))?;
+        decode(&line).with_context(|| format!("unexpected message from the coordinator: {line}"))?;
     tracing::info!(rank, world, generation, "starting");
 
     let alive = Arc::new(AtomicBool::new(true));

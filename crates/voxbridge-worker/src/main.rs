@@ -88,7 +88,7 @@ fn main() -> ExitCode {
         println!("{}", voxbridge_worker::capabilities());
         return ExitCode::SUCCESS;
     }
-    voxbridge_coordinator::init_logging("info");
+    voxbridge_logging::init_logging("info");
     let coordinator = match (args.coordinator, args.coordinator_file) {
         (Some(addr), _) => voxbridge_worker::CoordinatorAt::Addr(addr),
         (None, Some(file)) => voxbridge_worker::CoordinatorAt::File(file),

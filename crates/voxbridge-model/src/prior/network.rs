@@ -83,15 +83,8 @@ impl CondKeep {
     /// [`CondKeep::sample`] with a self-contained seeded generator (SplitMix64), reproducible
     /// across platforms and independent of any backend RNG.
     pub fn seeded(batch: usize, brain_drop: f64, image_drop: f64, seed: u64) -> Self {
-        let mut state = seed;
-        let mut uniform = move || {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut generator = voxbridge_seed::SplitMix64::new(seed);
+        let mut uniform = move || generator.next_f64();
         Self::sample(batch, brain_drop, image_drop, &mut uniform)
     }
 

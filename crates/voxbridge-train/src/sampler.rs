@@ -1,26 +1,30 @@
-//! Deterministic shuffles: the order of an epoch is a pure function of (seed, epoch, stream), so
-//! a resumed or re-run training sees exactly the same batches.
+//! Deterministic sample streams: the order of an epoch is a pure function of (seed, epoch,
+//! stream) ([`voxbridge_seed::epoch_shuffle`]), so a resumed or re-run training sees exactly the
+//! same batches. The streams' positions are what a checkpoint stores of the sampler.
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-/// SplitMix64 finaliser: spreads nearby inputs over the whole u64 range.
-pub fn mix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
 /// A permutation of `0..len` for one epoch of one stream (for example one subject).
 pub fn epoch_order(len: usize, seed: u64, epoch: u64, stream: u64) -> Vec<usize> {
-    let key = mix64(mix64(mix64(seed) ^ epoch) ^ stream.rotate_left(17));
-    let mut rng = ChaCha8Rng::seed_from_u64(key);
+    let mut rng = ChaCha8Rng::seed_from_u64(voxbridge_seed::epoch_shuffle(seed, epoch, stream));
     let mut order: Vec<usize> = (0..len).collect();
     order.shuffle(&mut rng);
     order
+}
+
+/// Why saved sampler streams cannot continue this run: they belong to other data or another seed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SamplerStateError {
+    /// The saved streams are of other subjects, or of subjects with other numbers of samples.
+    #[error("sampler streams (subject, samples) {saved:?} do not match this run's {expected:?}")]
+    OtherStreams { saved: Vec<(u64, usize)>, expected: Vec<(u64, usize)> },
+    /// A saved order is not the permutation this seed gives for its epoch (or its position is
+    /// past its end).
+    #[error("sampler stream {id} (epoch {epoch}, position {pos}): the saved order is not this seed's permutation")]
+    ForeignOrder { id: u64, epoch: u64, pos: usize },
 }
 
 /// MindEye2's multi-subject batches (spec §2.3): every batch takes the same number of samples
@@ -65,18 +69,15 @@ impl BalancedStreams {
     /// Streams continuing from `state`. The streams must be those `new(lens, ids, seed)` would
     /// make (same subjects, sizes), and each saved order must be the permutation the seed gives
     /// for its epoch — anything else means the checkpoint belongs to other data.
-    pub fn restore(lens: &[usize], ids: &[u64], seed: u64, state: Vec<Stream>) -> Result<Self, String> {
+    pub fn restore(lens: &[usize], ids: &[u64], seed: u64, state: Vec<Stream>) -> Result<Self, SamplerStateError> {
         let expected: Vec<(u64, usize)> = ids.iter().copied().zip(lens.iter().copied()).collect();
-        let got: Vec<(u64, usize)> = state.iter().map(|s| (s.id, s.len)).collect();
-        if expected != got {
-            return Err(format!("sampler streams (subject, samples) {got:?} do not match this run's {expected:?}"));
+        let saved: Vec<(u64, usize)> = state.iter().map(|s| (s.id, s.len)).collect();
+        if expected != saved {
+            return Err(SamplerStateError::OtherStreams { saved, expected });
         }
         for s in &state {
             if s.pos > s.order.len() || s.order != epoch_order(s.len, seed, s.epoch, s.id) {
-                return Err(format!(
-                    "sampler stream {} (epoch {}, position {}): the saved order is not this seed's permutation",
-                    s.id, s.epoch, s.pos
-                ));
+                return Err(SamplerStateError::ForeignOrder { id: s.id, epoch: s.epoch, pos: s.pos });
             }
         }
         Ok(BalancedStreams { streams: state, seed })
@@ -157,9 +158,9 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(a.next_batch(3), b.next_batch(3));
         }
-        let err = BalancedStreams::restore(&[10, 5], &[2, 3], 42, saved.clone()).unwrap_err();
+        let err = BalancedStreams::restore(&[10, 5], &[2, 3], 42, saved.clone()).unwrap_err().to_string();
         assert!(err.contains("do not match"), "{err}");
-        let err = BalancedStreams::restore(&[10, 4], &[2, 3], 43, saved).unwrap_err();
+        let err = BalancedStreams::restore(&[10, 4], &[2, 3], 43, saved).unwrap_err().to_string();
         assert!(err.contains("not this seed's permutation"), "{err}");
     }
 

@@ -1,5 +1,11 @@
-//! Coordinator ⇄ worker messages: one JSON object per line over the worker's TCP connection.
+//! What the coordinator and its workers say to each other, shared by both sides so a worker
+//! needs nothing of the coordinator's event loop: the messages, one JSON object per line over
+//! the worker's TCP connection ([`encode`], [`decode`]), and the address file a coordinator
+//! started under SLURM publishes for its workers ([`address_file`]).
 
+pub mod address_file;
+
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Worker → coordinator.
@@ -35,6 +41,11 @@ pub fn encode<T: Serialize>(message: &T) -> String {
     line
 }
 
+/// The message a line holds (its newline, if any, is ignored).
+pub fn decode<T: DeserializeOwned>(line: &str) -> serde_json::Result<T> {
+    serde_json::from_str(line)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,5 +58,12 @@ mod tests {
         assert_eq!(serde_json::from_str::<FromWorker>(&line).unwrap(), join);
         let start = ToWorker::Start { rank: 1, world: 2, generation: 0, ring_addrs: vec!["a".into(), "b".into()] };
         assert_eq!(serde_json::from_str::<ToWorker>(&encode(&start)).unwrap(), start);
+    }
+
+    #[test]
+    fn decode_reads_what_encode_writes() {
+        let stopped = FromWorker::Stopped { steps_done: 12 };
+        assert_eq!(decode::<FromWorker>(&encode(&stopped)).unwrap(), stopped);
+        assert!(decode::<ToWorker>("{\"start\":{}}").is_err());
     }
 }

@@ -11,6 +11,10 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 # libhdf5 (Debian's serial build): the NSD import tests read HDF5 betas through the libhdf5 that
 # `voxbridge data import-nsd` loads at run time. The build itself needs no HDF5 (checked below).
 pkg-config --exists hdf5 2>/dev/null || need_apt+=(libhdf5-dev)
+# Mesa's lavapipe (software Vulkan): the `--device wgpu` tests run burn's GPU kernels on it.
+lavapipe_icd=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json
+[[ -f $lavapipe_icd ]] || need_apt+=(mesa-vulkan-drivers)
+ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1 ' || need_apt+=(libvulkan1)
 if ((${#need_apt[@]})); then
   echo "installing: ${need_apt[*]}"
   if [[ $(id -u) -eq 0 ]]; then apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
@@ -65,20 +69,34 @@ bash scripts/slurm-up.sh "$scratch/slurm"
 export SLURM_CONF="$scratch/slurm/slurm.conf"
 trap 'scancel --full --user="$(id -un)" 2>/dev/null; bash scripts/slurm-down.sh "$scratch/slurm"; kill "$moto_pid" 2>/dev/null; rm -rf "$scratch" || true' EXIT
 
+# wgpu finds lavapipe through the Vulkan loader; only its ICD is probed (the package also
+# installs Intel/Radeon ones). XDG_RUNTIME_DIR silences Mesa's warning on headless machines.
+export VK_DRIVER_FILES="$lavapipe_icd" VK_ICD_FILENAMES="$lavapipe_icd"
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$scratch/xdg}"
+mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
+# One feature set for lint, build and tests, so the dependency tree is built once: the
+# binaries and the end-to-end tests with `--device wgpu`. (The default, CPU-only build is
+# what the fresh-machine check builds.)
+# (tests/lib.rs builds the binaries with the same list.)
+features=voxbridge-cli/wgpu,voxbridge-worker/wgpu,voxbridge-e2e/wgpu
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --release --workspace --all-targets --locked -- -D warnings
+cargo clippy --release --workspace --all-targets --locked --features "$features" -- -D warnings
 echo "== cargo build (binaries used by the end-to-end tests)"
-cargo build --release --workspace --bins --locked
+cargo build --release --workspace --bins --locked --features "$features"
 echo "== fresh machine: the CLI builds, runs and links no libhdf5 with every system HDF5 hidden"
 bash scripts/fresh-machine-check.sh
-echo "== cargo build: GPU code (burn's cuda backend, NCCL collectives; no CUDA toolkit needed, run only on a GPU)"
-cargo build --release --locked -p voxbridge-experiment -p voxbridge-worker \
-  --features voxbridge-experiment/cuda,voxbridge-worker/nccl
+echo "== cargo clippy: CUDA and NCCL code (burn's cuda backend, NCCL on device memory; no CUDA toolkit needed, run only on a GPU)"
+cargo clippy --release --locked -p voxbridge-cli -p voxbridge-worker -p voxbridge-train -p voxbridge-collective \
+  --all-targets --features voxbridge-cli/nccl,voxbridge-worker/nccl,voxbridge-train/nccl,voxbridge-collective/nccl \
+  -- -D warnings
+echo "== scripts/gpu-check.sh --dry-run (the GPU check's plan, without a GPU)"
+bash scripts/gpu-check.sh --dry-run
 echo "== cargo test"
 log="$scratch/test.log"
-cargo test --release --workspace --locked 2>&1 | tee "$log"
+cargo test --release --workspace --locked --features "$features" 2>&1 | tee "$log"
 # One closing line for the whole workspace (cargo prints one summary per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
      END { printf "voxbridge: %d passed, %d failed\n", p, f }' "$log"

@@ -17,6 +17,11 @@ use std::sync::OnceLock;
 
 use tempfile::TempDir;
 
+/// The features the binaries are built with: those the tests of this build expect (the test
+/// command's list, so that the harness's build is a no-op after it).
+const BUILD_FEATURES: Option<&str> =
+    if cfg!(feature = "wgpu") { Some("voxbridge-cli/wgpu,voxbridge-worker/wgpu,voxbridge-e2e/wgpu") } else { None };
+
 /// The binaries the tests drive; all are built together.
 pub const BINARIES: [&str; 3] = ["voxbridge", "voxbridge-coordinator", "voxbridge-worker"];
 
@@ -81,6 +86,7 @@ fn ensure_built() {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let output = Command::new(&cargo)
                 .args(["build", "--release", "--workspace", "--bins"])
+                .args(BUILD_FEATURES.map(|f| ["--features", f]).into_iter().flatten())
                 .current_dir(workspace_root())
                 .stdin(Stdio::null())
                 .output()

@@ -224,3 +224,31 @@ fn training_errors_name_the_field_and_keep_finished_runs() {
     assert!(stderr.contains("already holds the finished run `a`"), "{stderr}");
     assert_eq!(std::fs::read(run.join("report.json")).unwrap(), before);
 }
+
+/// A device this binary was built without is refused before anything is read or written,
+/// naming the cargo feature to build with.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_device_the_binary_lacks_names_the_feature_to_build_with() {
+    let data = SimDataset::tiny(0);
+    let dir = tempfile::tempdir().unwrap();
+    let exp = dir.path().join("gpu.toml");
+    std::fs::write(&exp, experiment("gpu", &data.manifest_str(), "[2]", "max_steps = 1")).unwrap();
+    let run = dir.path().join("run");
+    let out = voxbridge(&[
+        "train".as_ref(),
+        exp.as_os_str(),
+        "--out".as_ref(),
+        run.as_os_str(),
+        "--device".as_ref(),
+        "cuda".as_ref(),
+    ]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = voxbridge_e2e::stderr(&out);
+    assert!(err.contains("--device cuda") && err.contains("--features cuda"), "{err}");
+    assert!(!run.join("report.json").exists());
+    // A bad spelling is a usage error listing the devices.
+    let out = voxbridge(&["train".as_ref(), exp.as_os_str(), "--device".as_ref(), "gpu0".as_ref()]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(voxbridge_e2e::stderr(&out).contains("cpu, cuda, cuda:N, wgpu"), "{}", describe(&out));
+}

@@ -1,8 +1,51 @@
 //! Typed values of command-line options: each a closed set of spellings (clap lists them when
 //! a value is wrong) or a parser, mapped to the library's types.
 
-use clap::ValueEnum;
+use clap::{Args, ValueEnum};
+use voxbridge_config::{DeviceSpec, Precision};
 use voxbridge_experiment::ResumeFrom;
+
+/// `--device` and `--precision`, on every command that computes; they win over the
+/// experiment's `[compute]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Args)]
+pub struct ComputeArgs {
+    /// Where to compute: cpu, cuda, cuda:N or wgpu (overrides `[compute] device`). GPU devices
+    /// need a binary built with the `cuda` or `wgpu` feature.
+    #[arg(long, value_name = "DEVICE", value_parser = parse_device)]
+    pub device: Option<DeviceSpec>,
+    /// Matmul precision: fp32, or bf16 (f32 master weights and AdamW moments; f32 softmax,
+    /// norms and losses). `tf32` is accepted for fp32: burn's f32 matmuls use TF32 on CUDA.
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
+}
+
+impl ComputeArgs {
+    pub fn precision(&self) -> Option<Precision> {
+        self.precision.map(PrecisionArg::precision)
+    }
+}
+
+/// `--device`.
+pub fn parse_device(text: &str) -> Result<DeviceSpec, String> {
+    text.parse()
+}
+
+/// `--precision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    #[value(alias = "tf32")]
+    Fp32,
+    Bf16,
+}
+
+impl PrecisionArg {
+    pub fn precision(self) -> Precision {
+        match self {
+            PrecisionArg::Fp32 => Precision::Fp32,
+            PrecisionArg::Bf16 => Precision::Bf16,
+        }
+    }
+}
 
 /// `--resume`: `auto`, or a checkpoint's path or URL.
 pub fn parse_resume(text: &str) -> Result<ResumeFrom, String> {

@@ -7,8 +7,8 @@ use voxbridge_experiment::ResumeFrom;
 use voxbridge_experiment::baseline::{Sessions, parse_sessions};
 use voxbridge_experiment::predict::{TrialSelection, parse_trials};
 
-use crate::arg_values::parse_resume;
 pub use crate::arg_values::{Anchor, DemoPreset, Normalisation, Preset};
+use crate::arg_values::{ComputeArgs, parse_resume};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -141,6 +141,8 @@ pub struct TrainArgs {
     /// With --workers: seconds allowed for each collective after the first step.
     #[arg(long, default_value_t = 60)]
     pub step_timeout_s: u64,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -150,6 +152,8 @@ pub struct SweepArgs {
     /// Directory of the sweep (default runs/<sweep name>); each run gets a subdirectory.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -175,6 +179,8 @@ pub struct EvalArgs {
     /// Also write the evaluation as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -234,8 +240,10 @@ pub struct BenchCkptArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchTrainArgs {
-    /// `P1` or `P1-big` (notes/perf-anchors.md), or an experiment TOML file whose model and batch
-    /// are timed on random data. Repeat to time several side by side.
+    /// `P1` or `P1-big` (notes/perf-anchors.md), `released` (MindEye2 as released fine-tuning
+    /// subject 1, batch 24, blurry branch off: the torch anchor's `released`), `pretrain` (its
+    /// 7 subjects, batch 63), or an experiment TOML file whose model and batch are timed on
+    /// random data. Repeat to time several side by side.
     #[arg(long, default_values_t = ["P1".to_string()])]
     pub config: Vec<String>,
     /// Timed steps (median reported).
@@ -250,6 +258,8 @@ pub struct BenchTrainArgs {
     /// Also write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -257,6 +267,27 @@ pub struct ParamsArgs {
     /// Model file (TOML), e.g. experiments/models/mindeye2-released.toml.
     #[arg(long)]
     pub model: PathBuf,
+    /// Instead of the parameter table: the per-GPU memory of one training step (weights,
+    /// gradients, AdamW moments, saved activations) and whether it fits --capacity-gb.
+    #[arg(long, requires = "batch")]
+    pub memory: bool,
+    /// With --memory: the global batch, split evenly over the subjects (MindEye2's shares).
+    #[arg(long, requires = "memory", value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch: Option<u32>,
+    /// With --memory: the dtype of matmuls and convolutions (weights, gradients, AdamW moments,
+    /// softmax, norms and losses are f32 either way).
+    #[arg(long, requires = "memory", default_value = "bf16", value_parser = crate::model_cmd::precision_parser())]
+    pub precision: voxbridge_experiment::model_file::ComputeDtype,
+    /// With --memory: data-parallel GPUs; subjects are sharded over them, shared weights replicated.
+    #[arg(long, requires = "memory", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub gpus: u32,
+    /// With --memory: train only these of the model file's ridges, by 1-based position (NSD
+    /// subject numbers for the released file), e.g. 2,3,4,5,6,7,8 for pretraining; default all.
+    #[arg(long, requires = "memory", value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..))]
+    pub subjects: Option<Vec<u8>>,
+    /// With --memory: device memory in GB (10^9 bytes; an "80 GB" card holds 74.5 GiB).
+    #[arg(long, requires = "memory", default_value_t = 80.0, value_parser = crate::model_cmd::parse_capacity_gb)]
+    pub capacity_gb: f64,
 }
 
 #[derive(Debug, Args)]
@@ -299,6 +330,8 @@ pub struct PredictArgs {
     /// Seed of the prior's Gaussian draws.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -427,6 +460,8 @@ pub struct DemoArgs {
     /// Preset to simulate (small is the demo; tiny for a quick look).
     #[arg(long, value_enum, default_value_t = DemoPreset::Small)]
     pub preset: DemoPreset,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
 }
 
 #[cfg(test)]

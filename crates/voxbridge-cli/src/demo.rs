@@ -40,6 +40,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         oracle,
         progress,
         started,
+        compute: voxbridge_experiment::ComputeChoice {
+            device: args.compute.device,
+            precision: args.compute.precision(),
+        },
     })?;
     let report = &outcome.report;
 

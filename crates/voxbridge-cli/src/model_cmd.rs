@@ -1,15 +1,44 @@
 //! `voxbridge params` and `voxbridge predict`: MindEye2 architectures and checkpoints, through
 //! voxbridge-experiment's `model_file` and `predict`.
 
-use voxbridge_experiment::model_file::{load_model_config, params_report};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use voxbridge_experiment::model_file::{ComputeDtype, MemoryRequest, load_model_config, memory_report, params_report};
 use voxbridge_experiment::predict::{PredictInput, PredictRequest, predict as run_prediction};
 
 use crate::args::{ParamsArgs, PredictArgs};
 
+/// `params` prints the parameter table, or with `--memory` the per-GPU memory estimate (FITS or
+/// DOES NOT FIT is a result, not a failure: the exit status is 0 either way).
 pub fn params(args: &ParamsArgs) -> anyhow::Result<()> {
     let config = load_model_config(&args.model)?;
-    print!("{}", params_report(&config));
+    match (args.memory, args.batch) {
+        (true, Some(batch)) => {
+            let request = MemoryRequest {
+                batch: batch as usize,
+                compute: args.precision,
+                gpus: args.gpus as usize,
+                subjects: args.subjects.clone(),
+                capacity_bytes: (args.capacity_gb * 1e9).round() as u64,
+            };
+            print!("{}", memory_report(&config, &request)?);
+        }
+        _ => print!("{}", params_report(&config)),
+    }
     Ok(())
+}
+
+/// `--precision`: `bf16` or `fp32` (clap lists them on a wrong value).
+pub fn precision_parser() -> impl TypedValueParser<Value = ComputeDtype> {
+    PossibleValuesParser::new(["bf16", "fp32"])
+        .map(|name| name.parse::<ComputeDtype>().expect("both possible values are precisions"))
+}
+
+/// `--capacity-gb`: a positive number of GB (10^9 bytes).
+pub fn parse_capacity_gb(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(gb) if gb.is_finite() && gb > 0.0 && gb < 1e9 => Ok(gb),
+        _ => Err(format!("`{text}` is not a positive number of GB")),
+    }
 }
 
 pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
@@ -30,6 +59,7 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
         out: args.out.clone(),
         prior_steps: args.prior_steps,
         seed: args.seed,
+        device: args.compute.device.unwrap_or_default(),
     };
     let prediction = run_prediction(&request, &mut |notice| eprintln!("{notice}"))?;
     eprintln!("wrote {} ({})", args.out.display(), prediction.describe());

@@ -5,17 +5,22 @@ use std::path::Path;
 
 use anyhow::Context;
 use voxbridge_config::{RunDir, load_experiment, load_sweep, subject_key};
-use voxbridge_experiment::bench::{bench_checkpoint, bench_train, bench_train_workers};
-use voxbridge_experiment::bench_setups::{MAX_PARTS_IN_FLIGHT, all_reduce, anchor_setup, train_setup};
+use voxbridge_experiment::bench::bench_checkpoint;
+use voxbridge_experiment::bench_setups::{BenchRequest, MAX_PARTS_IN_FLIGHT, all_reduce, anchor_setup, bench_configs};
 use voxbridge_experiment::report::read_report;
 use voxbridge_experiment::run_eval::{EvalRequest, Evaluation, evaluate_run};
 use voxbridge_experiment::sweep::SWEEP_PLOT;
-use voxbridge_experiment::{ResumeFrom, RunOptions, run_experiment, run_sweep};
+use voxbridge_experiment::{ComputeChoice, ResumeFrom, RunOptions, run_experiment, run_sweep};
 
+use crate::arg_values::ComputeArgs;
 use crate::args::{BenchAllreduceArgs, BenchCkptArgs, BenchTrainArgs, EvalArgs, SweepArgs, TrainArgs};
 
 fn progress() -> bool {
     std::io::stderr().is_terminal()
+}
+
+fn compute_choice(args: &ComputeArgs) -> ComputeChoice {
+    ComputeChoice { device: args.device, precision: args.precision() }
 }
 
 pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
@@ -35,6 +40,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         allow_config_change: args.allow_config_change.clone(),
         checkpoint_url: args.checkpoint_url.clone(),
         stop: Some(stop),
+        compute: compute_choice(&args.compute),
         ..RunOptions::new(dir)
     };
     let summary = run_experiment(&config, &options)?;
@@ -72,7 +78,13 @@ fn train_workers(args: &TrainArgs, workers: usize, name: &str, dir: &Path) -> an
     };
     let experiment = std::fs::canonicalize(&args.experiment)
         .with_context(|| format!("cannot read {}", args.experiment.display()))?;
-    let launch = voxbridge_coordinator::local_launch(&worker, &experiment, dir, options, args.step_timeout_s);
+    let mut launch = voxbridge_coordinator::local_launch(&worker, &experiment, dir, options, args.step_timeout_s);
+    if let Some(device) = args.compute.device {
+        launch.args.extend(["--device".into(), device.to_string().into()]);
+    }
+    if let Some(precision) = args.compute.precision() {
+        launch.args.extend(["--precision".into(), precision.to_string().into()]);
+    }
     if let voxbridge_coordinator::Outcome::Stopped { steps_done } =
         voxbridge_coordinator::run_blocking("127.0.0.1:0", launch)?
     {
@@ -93,7 +105,7 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
         .path()
         .to_path_buf();
     let out = args.out.clone().unwrap_or(default_out);
-    let report = run_sweep(&runs, &out, progress())?;
+    let report = run_sweep(&runs, &out, progress(), compute_choice(&args.compute))?;
     println!("sweep of {} runs in {} (first: {prefix})", report.runs.len(), out.display());
     println!("  {:<44} {:>8} {:>8} {:>8}", "run", "sessions", "image", "brain");
     for r in &report.runs {
@@ -116,6 +128,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         prior_steps: args.prior_steps,
         seed: args.seed,
         json: args.json.clone(),
+        device: args.compute.device.unwrap_or_default(),
     };
     evaluate_run(&request, &mut |subject, e| print_evaluation(&subject_key(subject), e))?;
     Ok(())
@@ -148,25 +161,47 @@ fn print_evaluation(subject: &str, e: &Evaluation) {
 }
 
 pub fn bench(args: &BenchTrainArgs) -> anyhow::Result<()> {
-    let mut results = Vec::new();
+    let device = args.compute.device.unwrap_or_default();
+    let precision = args.compute.precision().unwrap_or_default();
+    let request = BenchRequest { configs: &args.config, warmup: args.warmup, steps: args.steps, workers: args.workers };
+    let results = bench_configs(device, precision, &request)?;
     println!(
-        "{:<28} {:>12} {:>6} {:>10} {:>10} {:>10} {:>10}",
-        "config", "parameters", "batch", "median ms", "min ms", "max ms", "samples/s"
+        "{:<28} {:>7} {:>5} {:>12} {:>6} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>10}",
+        "config",
+        "device",
+        "prec",
+        "parameters",
+        "batch",
+        "median ms",
+        "min ms",
+        "max ms",
+        "samples/s",
+        "TFLOP",
+        "TFLOP/s",
+        "peak GiB"
     );
-    for name in &args.config {
-        let setup = train_setup(name)?;
-        let mut runs = vec![bench_train(&setup, args.warmup, args.steps)];
-        if let Some(workers) = args.workers {
-            runs.push(bench_train_workers(&setup, workers, args.warmup, args.steps)?);
-        }
-        for r in runs {
-            println!(
-                "{:<28} {:>12} {:>6} {:>10.1} {:>10.1} {:>10.1} {:>10.0}",
-                r.name, r.parameters, r.batch, r.median_ms, r.min_ms, r.max_ms, r.samples_per_second
-            );
-            results.push(r);
-        }
+    for r in &results {
+        let peak = r.memory.map_or("n/a".to_string(), |m| format!("{:.2}", m.peak as f64 / (1u64 << 30) as f64));
+        println!(
+            "{:<28} {:>7} {:>5} {:>12} {:>6} {:>10.1} {:>10.1} {:>10.1} {:>10.0} {:>9.4} {:>9.3} {:>10}",
+            r.name,
+            r.device,
+            r.precision,
+            r.parameters,
+            r.batch,
+            r.median_ms,
+            r.min_ms,
+            r.max_ms,
+            r.samples_per_second,
+            r.model_flop_per_step / 1e12,
+            r.achieved_tflops,
+            peak
+        );
     }
+    if let Some(m) = results.first().and_then(|r| r.memory) {
+        println!("(backend {}; peak memory: {})", results[0].backend, m.source);
+    }
+    println!("(TFLOP: model FLOPs of one step, forward + backward, counted from the architecture)");
     println!("({} timed steps after {} warm-up; threads: burn's default for this machine)", args.steps, args.warmup);
     if args.workers.is_some() {
         println!("(×N workers: ranks are threads of this process sharing its cores; samples/s is per worker)");

@@ -8,17 +8,21 @@
 //!
 //! [`TcpRing`] is the CPU implementation (loopback and CPU clusters): a ring of TCP connections,
 //! ring all-reduce (reduce-scatter then all-gather, each rank sending `2·(w−1)/w` of the buffer).
-//! The NCCL implementation (GPU) plugs in behind the same trait.
+//! The NCCL implementation (GPU, feature `nccl`) plugs in behind the same trait, and offers
+//! collectives on raw device pointers ([`nccl::NcclComm`]); every NCCL call is bounded by the
+//! deadlines of [`watchdog`] ([`CollectiveError::DeviceTimeout`] names op, step and rank).
 
 mod framing;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 mod ring;
+pub mod watchdog;
 mod wire;
 
 use std::time::Duration;
 
 pub use ring::{TcpRing, bench_all_reduce, local_rings};
+pub use watchdog::OpLabel;
 pub use wire::{Header, Op};
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +49,18 @@ pub enum CollectiveError {
     /// The GPU library failed (NCCL, CUDA).
     #[error("{0}")]
     Backend(String),
+    /// A device collective (NCCL) did not complete within its deadline; the communicator was
+    /// aborted and every later operation on it fails. `seq` counts the communicator's device
+    /// collectives.
+    #[error(
+        "NCCL {op} #{seq} ({label}) on rank {rank}: not complete after {waited:?}; communicator aborted (a peer \
+         stopped participating, or a GPU hung)"
+    )]
+    DeviceTimeout { op: Op, label: OpLabel, seq: u64, rank: usize, waited: Duration },
+    /// A device collective failed (an NCCL error, asynchronous or returned, or a CUDA error), or
+    /// its communicator had been aborted before.
+    #[error("NCCL {op} #{seq} ({label}) on rank {rank}: {reason}")]
+    DeviceFailed { op: Op, label: OpLabel, seq: u64, rank: usize, reason: String },
 }
 
 pub type Result<T, E = CollectiveError> = std::result::Result<T, E>;

@@ -3,9 +3,10 @@
 //! Each section function runs every rule for its keys before giving up, so one bad value
 //! never hides another; the per-value rules themselves live in `rules`.
 
+use crate::compute::{ComputeConfig, DeviceSpec, Precision};
 use crate::error::Problem;
 use crate::location::SourceMap;
-use crate::raw::{RawCheckpoint, RawData, RawEval, RawModel, RawOptim, RawTrain};
+use crate::raw::{RawCheckpoint, RawCompute, RawData, RawEval, RawModel, RawOptim, RawTrain};
 use crate::rules;
 use crate::validated::{
     BackboneKind, CheckpointConfig, DataConfig, EvalConfig, ModelConfig, ModelFamily, NewSubjectBias, OptimConfig,
@@ -233,4 +234,12 @@ pub(crate) fn eval(c: &mut Checker<'_>, raw: RawEval) -> Option<EvalConfig> {
         prior_steps: prior_steps?,
         mind_reader_batch: mind_reader_batch?,
     })
+}
+
+pub(crate) fn compute(c: &mut Checker<'_>, raw: RawCompute) -> Option<ComputeConfig> {
+    let device = c.optional("compute.device", raw.device, DeviceSpec::Cpu, |d| d.parse());
+    let precision = c.optional("compute.precision", raw.precision, Precision::Fp32, |v| {
+        rules::one_of(&v, &Precision::ALL, |p| p.as_str())
+    });
+    Some(ComputeConfig { device: device?, precision: precision? })
 }

@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 
 use crate::ExperimentConfig;
 
-/// Fields that do not change what is trained: the run's name, evaluation, and where and how
-/// often checkpoints go.
-const NOT_TRAINING_RELEVANT: [&str; 3] = ["name", "eval.", "checkpoint."];
+/// Fields that do not change what is trained: the run's name, evaluation, where and how often
+/// checkpoints go, and the device (a run may continue on another one; precision does count).
+const NOT_TRAINING_RELEVANT: [&str; 4] = ["name", "eval.", "checkpoint.", "compute.device"];
 
 /// One differing field, as dotted key and TOML values (`None`: absent on that side).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,6 +30,7 @@
 
 pub mod by_subject;
 mod check;
+mod compute;
 mod diff;
 mod error;
 mod location;
@@ -44,11 +45,13 @@ mod validated;
 mod tests;
 
 pub use by_subject::{parse_subject_key, subject_key};
+pub use compute::{ComputeConfig, DeviceSpec, Precision};
 pub use diff::{FieldChange, training_changes};
 pub use error::{ConfigError, Problem};
 pub use location::line_col;
 pub use raw::{
-    RawCheckpoint, RawData, RawEval, RawExperiment, RawModel, RawOptim, RawSessions, RawTrain, parse_experiment,
+    RawCheckpoint, RawCompute, RawData, RawEval, RawExperiment, RawModel, RawOptim, RawSessions, RawTrain,
+    parse_experiment,
 };
 pub use run_dir::RunDir;
 pub use sweep::{SweepRun, derive as derive_experiment, expand as expand_sweep, load_sweep};

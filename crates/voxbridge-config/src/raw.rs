@@ -33,6 +33,8 @@ pub struct RawExperiment {
     pub model: RawModel,
     #[serde(default)]
     pub eval: RawEval,
+    #[serde(default)]
+    pub compute: RawCompute,
 }
 
 /// `[data]`: which recordings to train and evaluate on.
@@ -106,6 +108,14 @@ pub struct RawEval {
     pub every_epochs: Option<i64>,
     pub prior_steps: Option<i64>,
     pub mind_reader_batch: Option<i64>,
+}
+
+/// `[compute]`: device and precision.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCompute {
+    pub device: Option<String>,
+    pub precision: Option<String>,
 }
 
 /// `data.sessions` as written: an integer, or a word that should be `"all"`.

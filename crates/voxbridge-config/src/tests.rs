@@ -45,6 +45,10 @@ loops = 10
 every_epochs = 5
 prior_steps = 0
 mind_reader_batch = 200
+
+[compute]
+device = "cuda:1"
+precision = "bf16"
 "#;
 
 /// Only the required keys (lines 1-4); tests append sections from line 5 on.
@@ -105,6 +109,7 @@ fn full_example_is_read_exactly() {
             low_level: false,
         },
         eval: EvalConfig { ways: 100, loops: 10, every_epochs: 5, prior_steps: 0, mind_reader_batch: 200 },
+        compute: ComputeConfig { device: DeviceSpec::Cuda(1), precision: Precision::Bf16 },
     };
     assert_eq!(config, expected);
 }
@@ -360,4 +365,40 @@ fn word_choices_and_fine_tune_rules_are_checked() {
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].field, "train.init_from");
     assert!(found[0].message.contains("one new subject"), "{}", found[0].message);
+}
+
+#[test]
+fn compute_problems_name_the_field_and_the_choices() {
+    let problems = problems(&format!("{MINIMAL}\n[compute]\ndevice = \"gpu\"\nprecision = \"fp16\"\n"));
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["compute.device", "compute.precision"]);
+    assert!(problems[0].message.contains("cpu, cuda, cuda:N, wgpu"), "{}", problems[0].message);
+    assert!(problems[1].message.contains("`fp32`, `bf16`"), "{}", problems[1].message);
+    assert!(problems.iter().all(|p| p.line.is_some()), "{problems:?}");
+}
+
+#[test]
+fn compute_defaults_to_the_cpu_in_f32_and_old_resolved_configs_read() {
+    let config = load(MINIMAL).unwrap();
+    assert_eq!(config.compute, ComputeConfig { device: DeviceSpec::Cpu, precision: Precision::Fp32 });
+    // A run directory's config.toml written before `[compute]` existed.
+    let old = config.to_toml().replace("[compute]\ndevice = \"cpu\"\nprecision = \"fp32\"\n", "");
+    assert!(!old.contains("[compute]"), "{old}");
+    let reread: ExperimentConfig = toml::from_str(&old).unwrap();
+    assert_eq!(reread, config);
+}
+
+#[test]
+fn the_device_is_not_part_of_a_runs_identity_but_precision_is() {
+    let config = load(MINIMAL).unwrap();
+    let on_gpu =
+        ExperimentConfig { compute: ComputeConfig { device: DeviceSpec::Cuda(2), ..config.compute }, ..config.clone() };
+    assert_eq!(on_gpu.config_hash(), config.config_hash());
+    let in_bf16 =
+        ExperimentConfig { compute: ComputeConfig { precision: Precision::Bf16, ..config.compute }, ..config.clone() };
+    assert_ne!(in_bf16.config_hash(), config.config_hash());
+    let keys: Vec<String> = training_changes(&config, &on_gpu).into_iter().map(|c| c.key).collect();
+    assert!(keys.is_empty(), "{keys:?}");
+    let keys: Vec<String> = training_changes(&config, &in_bf16).into_iter().map(|c| c.key).collect();
+    assert_eq!(keys, ["compute.precision"]);
 }

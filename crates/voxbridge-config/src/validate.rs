@@ -34,22 +34,29 @@ impl RawExperiment {
         let checkpoint = check::checkpoint(&mut c, self.checkpoint);
         let model = check::model(&mut c, self.model);
         let eval = check::eval(&mut c, self.eval);
+        let compute = check::compute(&mut c, self.compute);
 
-        match (name, data, train, optim, checkpoint, model, eval) {
-            (Some(name), Some(data), Some(train), Some(optim), Some(checkpoint), Some(model), Some(eval))
-                if c.is_clean() =>
-            {
-                Ok(ExperimentConfig {
-                    name,
-                    description: self.description,
-                    data,
-                    train,
-                    optim,
-                    checkpoint,
-                    model,
-                    eval,
-                })
-            }
+        match (name, data, train, optim, checkpoint, model, eval, compute) {
+            (
+                Some(name),
+                Some(data),
+                Some(train),
+                Some(optim),
+                Some(checkpoint),
+                Some(model),
+                Some(eval),
+                Some(compute),
+            ) if c.is_clean() => Ok(ExperimentConfig {
+                name,
+                description: self.description,
+                data,
+                train,
+                optim,
+                checkpoint,
+                model,
+                eval,
+                compute,
+            }),
             _ => Err(ConfigError::Invalid { file: origin.to_owned(), problems: c.into_problems() }),
         }
     }

@@ -4,6 +4,7 @@
 //! ([`ExperimentConfig::to_toml`]). Writing defaults out explicitly means a saved config still
 //! describes the run exactly after a default changes in a later release.
 
+use crate::compute::ComputeConfig;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,9 @@ pub struct ExperimentConfig {
     pub checkpoint: CheckpointConfig,
     pub model: ModelConfig,
     pub eval: EvalConfig,
+    /// Older resolved configs (before `[compute]`) read as the CPU in f32.
+    #[serde(default)]
+    pub compute: ComputeConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,9 +234,12 @@ impl ExperimentConfig {
         toml::to_string(self).expect("a validated ExperimentConfig only holds TOML-representable values")
     }
 
-    /// Hex SHA-256 of [`to_toml`](Self::to_toml): identical for files that differ only in
-    /// comments, formatting or whether a default was written out.
+    /// Hex SHA-256 of [`to_toml`](Self::to_toml) without `compute.device`: identical for files
+    /// that differ only in comments, formatting, whether a default was written out, or the
+    /// device (the same run, finished or continued on another device).
     pub fn config_hash(&self) -> String {
-        hex::encode(Sha256::digest(self.to_toml().as_bytes()))
+        let identity =
+            ExperimentConfig { compute: ComputeConfig { device: Default::default(), ..self.compute }, ..self.clone() };
+        hex::encode(Sha256::digest(identity.to_toml().as_bytes()))
     }
 }

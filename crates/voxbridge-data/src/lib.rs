@@ -28,18 +28,6 @@ pub use storage::Storage;
 pub use verify::{VerifyReport, verify};
 pub use writer::DatasetWriter;
 
-/// A permutation of `0..len` for epoch `epoch` of stream `stream` (a subject): ChaCha8 keyed by
-/// [`voxbridge_seed::epoch_shuffle`], the permutation training's sampler
-/// (`voxbridge_train::sampler::epoch_order`) draws; both pin the same first values.
-pub(crate) fn epoch_order(len: usize, seed: u64, epoch: u64, stream: u64) -> Vec<usize> {
-    use rand::SeedableRng;
-    use rand::seq::SliceRandom;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(voxbridge_seed::epoch_shuffle(seed, epoch, stream));
-    let mut order: Vec<usize> = (0..len).collect();
-    order.shuffle(&mut rng);
-    order
-}
-
 /// Path of a trials shard under the dataset root.
 pub fn trials_path(subject: u8, session: u16) -> String {
     format!("trials/subj{subject:02}/session{session:02}.parquet")
@@ -48,13 +36,4 @@ pub fn trials_path(subject: u8, session: u16) -> String {
 /// Path of the i-th targets shard under the dataset root.
 pub fn targets_path(part: usize) -> String {
     format!("targets/part-{part:05}.parquet")
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn epoch_orders_are_the_training_samplers() {
-        // The values `voxbridge_train::sampler`'s pinned test records (rand 0.9 / rand_chacha 0.9).
-        assert_eq!(super::epoch_order(10, 0, 0, 0), [8, 7, 4, 9, 1, 5, 2, 3, 6, 0]);
-    }
 }

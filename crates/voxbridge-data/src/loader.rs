@@ -327,7 +327,7 @@ impl SubjectTrials {
     /// The order of the training trials in `epoch`: a pure function of (seed, epoch, subject), so
     /// a resumed or repeated run sees the same batches.
     pub fn train_order(&self, seed: u64, epoch: u64) -> Vec<usize> {
-        crate::epoch_order(self.train.len(), seed, epoch, self.subject as u64)
+        voxbridge_seed::epoch_order(self.train.len(), seed, epoch, self.subject as u64)
     }
 
     /// Image ids this subject's trials refer to.

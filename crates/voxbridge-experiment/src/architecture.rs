@@ -11,17 +11,45 @@ use voxbridge_model::lowlevel::LowLevelConfig;
 use voxbridge_model::prior::PriorConfig;
 use voxbridge_model::{BackboneMode, MindEye2, MindEye2Config, RidgeBiasInit};
 
-use crate::TrainBackend;
+use crate::engine::CpuTrain;
 use crate::inputs::{self, ExperimentInputs};
 use crate::resume;
+use burn::tensor::backend::AutodiffBackend;
 
 /// A fresh model, or the pretrained one with a new ridge for the fine-tuned subject; with the
-/// architecture actually trained (the pretrained one when fine-tuning).
-pub(crate) fn initial_model(
+/// architecture actually trained (the pretrained one when fine-tuning). Weights are drawn on
+/// the host (burn's CPU backend, seeded with `train.seed`, every parameter in module order),
+/// then moved to `device`: GPU backends draw other random streams, and a run must start from
+/// the same weights on every device.
+pub(crate) fn initial_model<B: AutodiffBackend>(
     config: &ExperimentConfig,
     inputs: &ExperimentInputs,
-    device: &burn::tensor::Device<TrainBackend>,
-) -> anyhow::Result<(MindEye2<TrainBackend>, Option<String>, MindEye2Config)> {
+    device: &B::Device,
+) -> anyhow::Result<(MindEye2<B>, Option<String>, MindEye2Config)> {
+    let host = Default::default();
+    <CpuTrain as burn::tensor::backend::Backend>::seed(&host, config.train.seed);
+    let (model, init_from, architecture) = initial_model_on::<CpuTrain>(config, inputs, &host)?;
+    // Every parameter is drawn now, in module order, whatever the worker count: one process
+    // and N workers (each touching only its own subjects' ridges in its first step) start
+    // from the same weights.
+    materialise(&model);
+    let card = crate::checkpoint::ModelCard {
+        architecture: architecture.clone(),
+        subjects: config.data.train_subjects.clone(),
+        run: config.name.clone(),
+        steps: 0,
+    };
+    let bytes = crate::checkpoint::model_bytes(&model)?;
+    drop(model);
+    let model = crate::checkpoint::model_from_bytes::<B>(&card, bytes, "the initial weights", device)?;
+    Ok((model, init_from, architecture))
+}
+
+fn initial_model_on<B: AutodiffBackend>(
+    config: &ExperimentConfig,
+    inputs: &ExperimentInputs,
+    device: &B::Device,
+) -> anyhow::Result<(MindEye2<B>, Option<String>, MindEye2Config)> {
     let Some(from) = &config.train.init_from else {
         let [tokens, dim] = [inputs.train.targets.tokens, inputs.train.targets.dim];
         let mut architecture =
@@ -29,8 +57,8 @@ pub(crate) fn initial_model(
         inputs::fit_projector_to_teacher(&mut architecture, inputs);
         return Ok((MindEye2::init(&architecture, device), None, architecture));
     };
-    let (pretrained, card) = resume::load_model::<TrainBackend>(Path::new(from), device)
-        .with_context(|| format!("train.init_from = {from:?}"))?;
+    let (pretrained, card) =
+        resume::load_model::<B>(Path::new(from), device).with_context(|| format!("train.init_from = {from:?}"))?;
     let arch = &card.architecture;
     if (arch.clip_tokens, arch.clip_dim) != (inputs.train.targets.tokens, inputs.train.targets.dim) {
         bail!(

@@ -1,10 +1,12 @@
-//! `voxbridge bench train`: milliseconds per training step and samples per second, on the
-//! configurations of `notes/perf-anchors.md` (P1, P1-big) or on an experiment's model. One timed
-//! step is what the anchors time: forward, losses, backward, AdamW, loss read back.
+//! `voxbridge bench train`: milliseconds per training step, samples per second, achieved
+//! TFLOP/s (model FLOPs counted analytically) and peak device memory, on the configurations of
+//! `bench/torch_anchor.py` (P1, P1-big, released, pretrain) or on an experiment's model, on any
+//! backend ([`Engine`]). One timed step is what the anchors time: forward, losses, backward,
+//! AdamW, loss read back (which waits for the device).
 
 use std::time::Instant;
 
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
 use voxbridge_model::losses::LossWeights;
 use voxbridge_model::prior::PriorConfig;
@@ -13,7 +15,7 @@ use voxbridge_train::{
     AdamW, ClipTargets, ContrastivePhase, StepContext, SubjectSamples, TrainData, mindeye2_weight_decay,
 };
 
-use crate::TrainBackend;
+use crate::engine::{CpuTrain, DeviceMemory, Engine};
 
 /// A benchmark configuration.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -47,13 +49,53 @@ impl BenchSetup {
         };
         Some(BenchSetup { name: name.into(), model, per_subject: 6 })
     }
+
+    /// The anchor's `released` (MindEye2 as released fine-tuning subject 1: hidden 4096, 4
+    /// blocks, 256×1664 tokens, prior depth 6; the blurry branch off; batch 24 of subject 1,
+    /// 2,212,136,216 parameters) or `pretrain` (the same with subjects 2–8's ridges, batch 63
+    /// = 9 per subject, 2,560,103,704 parameters). Voxel counts are NSD's nsdgeneral ones.
+    pub fn released(name: &str) -> Option<BenchSetup> {
+        const NSD_VOXELS: [usize; 8] = [15724, 14278, 15226, 13153, 13039, 17907, 12682, 14386];
+        let (voxels, per_subject) = match name {
+            "released" => (NSD_VOXELS[..1].to_vec(), 24),
+            "pretrain" => (NSD_VOXELS[1..].to_vec(), 9),
+            _ => return None,
+        };
+        let model = MindEye2Config {
+            voxels,
+            hidden: 4096,
+            blocks: 4,
+            clip_tokens: 256,
+            clip_dim: 1664,
+            dropout: 0.15,
+            backbone_mode: BackboneMode::Released,
+            low_level: None,
+            prior: Some(PriorConfig::mindeye2(1664, 256, 6, 52)),
+        };
+        Some(BenchSetup { name: name.into(), model, per_subject })
+    }
+
+    /// Samples per step.
+    pub fn batch(&self) -> usize {
+        self.per_subject * self.model.voxels.len()
+    }
 }
 
 /// What [`bench_train`] measured.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BenchResult {
     pub name: String,
+    /// `cpu`, `wgpu`, `cuda:N`, and the backend's own name.
+    pub device: String,
+    pub backend: String,
+    pub precision: String,
     pub parameters: u64,
+    /// Model FLOPs of one step (forward + backward), counted from the architecture.
+    pub model_flop_per_step: f64,
+    /// `model_flop_per_step` / median step time.
+    pub achieved_tflops: f64,
+    /// Device memory after the timed steps (`None`: the backend does not report it).
+    pub memory: Option<DeviceMemory>,
     pub batch: usize,
     pub warmup: usize,
     pub steps: usize,
@@ -64,10 +106,12 @@ pub struct BenchResult {
 }
 
 /// A model of `setup` and random data for it (one batch per subject).
-fn model_and_data(setup: &BenchSetup) -> (MindEye2<TrainBackend>, TrainData, Vec<Vec<usize>>) {
-    let device = Default::default();
-    <TrainBackend as Backend>::seed(&device, 0);
-    let model = MindEye2::<TrainBackend>::init(&setup.model, &device);
+fn model_and_data<B: AutodiffBackend>(
+    setup: &BenchSetup,
+    device: &B::Device,
+) -> (MindEye2<B>, TrainData, Vec<Vec<usize>>) {
+    B::seed(device, 0);
+    let model = MindEye2::<B>::init(&setup.model, device);
     let (tokens, dim) = (setup.model.clip_tokens, setup.model.clip_dim);
     let b = setup.per_subject;
     let mut values = vec![0f32; b * tokens * dim];
@@ -98,15 +142,16 @@ fn model_and_data(setup: &BenchSetup) -> (MindEye2<TrainBackend>, TrainData, Vec
 }
 
 /// The anchors' timed step: SoftCLIP (τ 0.006), default loss weights, lr 3e-4, β1 0.9.
-fn bench_step(
-    model: MindEye2<TrainBackend>,
-    optim: &mut AdamW<TrainBackend>,
+fn bench_step<B: AutodiffBackend>(
+    model: MindEye2<B>,
+    optim: &mut AdamW<B>,
     data: &TrainData,
     picks: &[Vec<usize>],
     step: u64,
-    comm: &mut dyn voxbridge_train::StepComm<TrainBackend>,
-) -> anyhow::Result<MindEye2<TrainBackend>> {
-    let batch = voxbridge_train::trainer::assemble::<TrainBackend>(data, picks, &Default::default());
+    comm: &mut dyn voxbridge_train::StepComm<B>,
+) -> anyhow::Result<MindEye2<B>> {
+    let device = model.backbone.backbone_linear.weight.device();
+    let batch = voxbridge_train::trainer::assemble::<B>(data, picks, &device);
     let context = StepContext {
         seed: 0,
         step,
@@ -122,16 +167,21 @@ fn bench_step(
 
 /// Times `steps` SoftCLIP steps (τ 0.006, prior loss ×30) after `warmup` untimed ones, on random
 /// voxels and a fixed random target, as the anchors do.
-pub fn bench_train(setup: &BenchSetup, warmup: usize, steps: usize) -> BenchResult {
-    let (mut model, data, picks) = model_and_data(setup);
+pub fn bench_train<B: AutodiffBackend>(
+    engine: &Engine<B>,
+    setup: &BenchSetup,
+    warmup: usize,
+    steps: usize,
+) -> anyhow::Result<BenchResult> {
+    let (mut model, data, picks) = model_and_data::<B>(setup, &engine.device);
     let parameters = burn::module::Module::num_params(&model) as u64;
-    let b = setup.per_subject;
-    let mut optim = AdamW::<TrainBackend>::default();
+    let _autocast = voxbridge_model::precision::Autocast::enter(engine.compute_dtype());
+    let mut optim = AdamW::<B>::default();
     let mut times = Vec::with_capacity(steps);
     for step in 0..warmup + steps {
         let started = Instant::now();
-        model = bench_step(model, &mut optim, &data, &picks, step as u64, &mut voxbridge_train::Alone)
-            .expect("random data gives finite losses");
+        model = bench_step(model, &mut optim, &data, &picks, step as u64, &mut voxbridge_train::Alone)?;
+        engine.sync();
         if step >= warmup {
             times.push(started.elapsed().as_secs_f64() * 1e3);
         }
@@ -139,10 +189,17 @@ pub fn bench_train(setup: &BenchSetup, warmup: usize, steps: usize) -> BenchResu
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let median_ms = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
-    let batch = b * setup.model.voxels.len();
-    BenchResult {
+    let batch = setup.batch();
+    let flop = step_flop(setup);
+    Ok(BenchResult {
         name: setup.name.clone(),
+        device: engine.spec.to_string(),
+        backend: B::name(&engine.device),
+        precision: engine.precision.to_string(),
         parameters,
+        model_flop_per_step: flop,
+        achieved_tflops: flop / (median_ms / 1e3) / 1e12,
+        memory: engine.memory(),
         batch,
         warmup,
         steps,
@@ -150,26 +207,33 @@ pub fn bench_train(setup: &BenchSetup, warmup: usize, steps: usize) -> BenchResu
         min_ms: sorted.first().copied().unwrap_or(f64::NAN),
         max_ms: sorted.last().copied().unwrap_or(f64::NAN),
         samples_per_second: batch as f64 / (median_ms / 1e3),
-    }
+    })
+}
+
+/// Model FLOPs of one training step of `setup` (forward + backward of every matmul).
+pub fn step_flop(setup: &BenchSetup) -> f64 {
+    voxbridge_model::budget::train_step_flops(&setup.model, setup.batch()).total() as f64
 }
 
 /// Data-parallel steps: `workers` ranks (threads of this process on a loopback TCP ring), the
 /// setup's subjects sharded over them, the same global batch as [`bench_train`]. The median is
 /// the slowest rank's; samples/s is per worker (its share of the global batch).
-pub fn bench_train_workers(
+pub fn bench_train_workers<B: AutodiffBackend>(
+    engine: &Engine<B>,
     setup: &BenchSetup,
     workers: usize,
     warmup: usize,
     steps: usize,
 ) -> anyhow::Result<BenchResult> {
     use voxbridge_train::distributed::{Placement, ShardComm};
-    let (model, data, _) = model_and_data(setup);
+    let (model, data, _) = model_and_data::<B>(setup, &engine.device);
     crate::architecture::materialise(&model);
     let parameters = burn::module::Module::num_params(&model) as u64;
     let subjects = setup.model.voxels.len();
     let placement = Placement::new(subjects, workers, setup.per_subject)?;
     let (rings, _) = voxbridge_collective::local_rings(workers, std::time::Duration::from_secs(120))?;
     let b = setup.per_subject;
+    let compute = engine.compute_dtype();
     let per_rank: Vec<Vec<f64>> = std::thread::scope(|scope| {
         let handles: Vec<_> = rings
             .into_iter()
@@ -183,9 +247,10 @@ pub fn bench_train_workers(
                     targets: data.targets.clone(),
                 };
                 scope.spawn(move || -> anyhow::Result<Vec<f64>> {
+                    let _autocast = voxbridge_model::precision::Autocast::enter(compute);
                     let picks: Vec<Vec<usize>> = local.subjects.iter().map(|_| (0..b).collect()).collect();
-                    let mut comm = ShardComm::new(&mut ring, placement)?;
-                    let mut optim = AdamW::<TrainBackend>::default();
+                    let mut comm = ShardComm::<B>::new(&mut ring, placement)?;
+                    let mut optim = AdamW::<B>::default();
                     let mut times = Vec::with_capacity(steps);
                     for step in 0..warmup + steps {
                         let started = Instant::now();
@@ -207,9 +272,17 @@ pub fn bench_train_workers(
     per_step.sort_by(f64::total_cmp);
     let median_ms = per_step.get(per_step.len() / 2).copied().unwrap_or(f64::NAN);
     let batch = b * subjects;
+    let flop = step_flop(setup);
     Ok(BenchResult {
         name: format!("{} ×{workers} workers", setup.name),
+        device: engine.spec.to_string(),
+        backend: B::name(&engine.device),
+        precision: engine.precision.to_string(),
         parameters,
+        // Each worker computes its share of the batch: the whole step's FLOPs per median step.
+        model_flop_per_step: flop,
+        achieved_tflops: flop / (median_ms / 1e3) / 1e12,
+        memory: engine.memory(),
         batch,
         warmup,
         steps,
@@ -275,8 +348,8 @@ pub fn bench_checkpoint(
             )
         }
         Some(setup) => {
-            let (model, data, picks) = model_and_data(setup);
-            let mut optim = AdamW::<TrainBackend>::default();
+            let (model, data, picks) = model_and_data::<CpuTrain>(setup, &Default::default());
+            let mut optim = AdamW::<CpuTrain>::default();
             // One step, so the optimizer holds moments for every trained parameter.
             let model = bench_step(model, &mut optim, &data, &picks, 0, &mut voxbridge_train::Alone)?;
             let store = store.clone();

@@ -128,7 +128,7 @@ mod tests {
     use voxbridge_model::{BackboneMode, MindEye2Config};
 
     use super::*;
-    use crate::CpuBackend;
+    use crate::engine::CpuBackend;
 
     /// Regression: burn's writer orders header metadata by a `HashMap`, so saving the same
     /// weights twice gave different bytes, and a checkpoint in S3 and one on disk different

@@ -8,9 +8,9 @@ use voxbridge_checkpoint::{CheckpointId, CheckpointStore};
 use voxbridge_config::CheckpointConfig;
 use voxbridge_train::{Progress, StepComm};
 
-use crate::TrainBackend;
 use crate::checkpoint::ModelCard;
 use crate::resume::{self, TrainingCheckpoint, TrainingState};
+use burn::tensor::backend::AutodiffBackend;
 
 /// Whether a checkpoint is due after `steps_done` steps: every `every_steps` steps (0: at each
 /// epoch's end), and always after the run's last step.
@@ -61,15 +61,15 @@ impl<'a> Checkpointer<'a> {
     }
 
     /// Whether a checkpoint is due after this step (see [`checkpoint_due`]).
-    pub fn is_due(&self, p: &Progress<'_, TrainBackend>) -> bool {
+    pub fn is_due<B: AutodiffBackend>(&self, p: &Progress<'_, B>) -> bool {
         checkpoint_due(p.steps_done, p.epoch_finished, p.run_finished, self.every_steps)
     }
 
     /// Every rank gathers the whole state; the writer (rank 0) commits it.
-    pub fn save(
+    pub fn save<B: AutodiffBackend>(
         &self,
-        p: &Progress<'_, TrainBackend>,
-        comm: &mut dyn StepComm<TrainBackend>,
+        p: &Progress<'_, B>,
+        comm: &mut dyn StepComm<B>,
         last_loss: f64,
     ) -> anyhow::Result<()> {
         let Some(whole) = comm.whole_state(p.model, p.optim, p.streams).map_err(anyhow::Error::msg)? else {

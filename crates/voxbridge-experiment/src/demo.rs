@@ -146,13 +146,20 @@ impl DemoRuns {
 }
 
 /// Runs the three experiments under `out/runs/` and draws `out/finetune_vs_scratch.png`.
-pub fn run_demo(plan: &DemoPlan, manifest: &str, out: &Path, seed: u64, progress: bool) -> anyhow::Result<DemoRuns> {
+pub fn run_demo(
+    plan: &DemoPlan,
+    manifest: &str,
+    out: &Path,
+    seed: u64,
+    progress: bool,
+    compute: crate::options::ComputeChoice,
+) -> anyhow::Result<DemoRuns> {
     let runs = out.join("runs");
     let dir = |c: &ExperimentConfig| -> PathBuf { runs.join(&c.name) };
     let pretrain_dir = runs.join("demo-pretrain-subjects2-8");
     let [pre, fine, scratch] = plan.experiments(manifest, &pretrain_dir, seed)?;
     let go = |c: &ExperimentConfig| {
-        run_experiment(c, &RunOptions { progress, resume: ResumeFrom::Auto, ..RunOptions::new(dir(c)) })
+        run_experiment(c, &RunOptions { progress, resume: ResumeFrom::Auto, compute, ..RunOptions::new(dir(c)) })
     };
     let pretrain = go(&pre)?;
     let finetune = go(&fine)?;

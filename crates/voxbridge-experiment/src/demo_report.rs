@@ -151,13 +151,15 @@ pub struct DemoRequest<'a> {
     pub progress: bool,
     /// When the demo started (the report's `seconds`).
     pub started: Instant,
+    /// `--device` / `--precision`.
+    pub compute: crate::options::ComputeChoice,
 }
 
 /// Runs the demo's three runs on the (verified) dataset, scores subject 1 against a ridge
 /// baseline and the oracle, and writes the report.
 pub fn run_and_score(request: DemoRequest<'_>) -> anyhow::Result<DemoOutcome> {
     let plan = DemoPlan::for_preset(request.preset);
-    let runs = run_demo(&plan, &request.data.manifest, request.out, request.seed, request.progress)?;
+    let runs = run_demo(&plan, &request.data.manifest, request.out, request.seed, request.progress, request.compute)?;
     let dataset = Dataset::open(&request.data.manifest)?;
     let ridge = ridge_baseline(&dataset, 1, Sessions::First(1), request.seed)?;
     let fine = runs.finetune_eval().context("the fine-tuned run has no evaluation of subject 1")?.clone();

@@ -8,15 +8,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use voxbridge_checkpoint::fault::{FAULT_ENV, SignalError, kill_self, parse_put_fault, signal_self};
 use voxbridge_train::StepComm;
 
-use crate::TrainBackend;
+use burn::tensor::backend::AutodiffBackend;
 
 /// Whether the run stops after this step: asked on any rank (the flag a SIGTERM handler sets),
 /// agreed by all of them with one 4-byte sum, so every rank stops after the same step. The
 /// run's last step never stops (it ends anyway).
-pub(crate) fn agree_to_stop(
+pub(crate) fn agree_to_stop<B: AutodiffBackend>(
     flag: Option<&AtomicBool>,
     run_finished: bool,
-    comm: &mut dyn StepComm<TrainBackend>,
+    comm: &mut dyn StepComm<B>,
 ) -> Result<bool, String> {
     match flag {
         Some(flag) if !run_finished => {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use burn::module::{AutodiffModule, Module};
+use burn::tensor::backend::AutodiffBackend;
 use voxbridge_collective::Collective;
 use voxbridge_config::ExperimentConfig;
 use voxbridge_train::distributed::gather_model;
@@ -18,11 +19,11 @@ use crate::report::{RunReport, RunSummary};
 use crate::training::Trained;
 
 /// Gathers, evaluates and saves the trained model, and writes the report.
-pub(crate) fn finish(
+pub(crate) fn finish<B: AutodiffBackend>(
     config: &ExperimentConfig,
     rank: &Rank,
     prepared: Prepared,
-    trained: Trained,
+    trained: Trained<B>,
     train_trials: usize,
     collective: Option<&mut (dyn Collective + '_)>,
 ) -> anyhow::Result<RunSummary> {

@@ -29,6 +29,7 @@ pub mod datasets;
 pub mod demo;
 pub mod demo_report;
 pub mod drills;
+pub mod engine;
 mod finish;
 mod finished;
 pub mod inputs;
@@ -47,12 +48,9 @@ mod start;
 pub mod sweep;
 mod training;
 
-/// The CPU training backend (burn's `flex`).
-pub type CpuBackend = burn::backend::Flex;
-/// [`CpuBackend`] with autodiff.
-pub type TrainBackend = burn::backend::Autodiff<CpuBackend>;
+pub use engine::{BackendTask, CpuBackend, CpuTrain, Engine, dispatch};
 
-pub use options::{Preempted, ResumeFrom, RunOptions};
+pub use options::{ComputeChoice, Preempted, ResumeFrom, RunOptions};
 pub use report::{RunReport, RunSummary};
 pub use resume::load_model;
 pub use run::run_experiment;

@@ -11,12 +11,12 @@ use voxbridge_config::{ExperimentConfig, RunDir};
 use voxbridge_model::MindEye2;
 use voxbridge_train::{EvalOptions, Progress, StepComm, StepRecord, TrainObserver, TrainPlan, evaluate};
 
-use crate::TrainBackend;
 use crate::checkpointer::Checkpointer;
 use crate::drills::{ArmedDrill, agree_to_stop};
 use crate::inputs::ExperimentInputs;
 use crate::metrics::{EpochRecord, MetricsWriter};
 use crate::options::Preempted;
+use burn::tensor::backend::AutodiffBackend;
 
 /// Retrieval settings of `[eval]`; the prior's samples only when `with_prior` (final evaluation).
 pub(crate) fn eval_options(config: &ExperimentConfig, with_prior: bool) -> EvalOptions {
@@ -164,7 +164,7 @@ impl<'a> RunObserver<'a> {
     }
 }
 
-impl TrainObserver<TrainBackend> for RunObserver<'_> {
+impl<B: AutodiffBackend> TrainObserver<B> for RunObserver<'_> {
     fn on_step(&mut self, r: &StepRecord) {
         let result = self.metrics.step(r);
         self.keep(result);
@@ -179,7 +179,7 @@ impl TrainObserver<TrainBackend> for RunObserver<'_> {
         }
     }
 
-    fn on_epoch_end(&mut self, epoch: usize, model: &MindEye2<TrainBackend>) {
+    fn on_epoch_end(&mut self, epoch: usize, model: &MindEye2<B>) {
         let (l, c, p, n, seconds) = std::mem::take(&mut self.epoch_sums);
         let n_f = n.max(1) as f64;
         let every = self.config.eval.every_epochs as usize;
@@ -219,8 +219,8 @@ impl TrainObserver<TrainBackend> for RunObserver<'_> {
 
     fn after_step(
         &mut self,
-        p: &Progress<'_, TrainBackend>,
-        comm: &mut dyn StepComm<TrainBackend>,
+        p: &Progress<'_, B>,
+        comm: &mut dyn StepComm<B>,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         if let Some(e) = self.error.take() {
             return Err(e.into());

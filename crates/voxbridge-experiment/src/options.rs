@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use voxbridge_collective::Collective;
-use voxbridge_config::{ExperimentConfig, RunDir};
+use voxbridge_config::{DeviceSpec, ExperimentConfig, Precision, RunDir};
 
 /// Where and how to run.
 #[derive(Debug, Clone)]
@@ -27,6 +27,16 @@ pub struct RunOptions {
     /// Set (by a SIGTERM handler) to stop: the step under way finishes, every rank agrees on
     /// the step, a checkpoint is committed, and the run returns [`Preempted`].
     pub stop: Option<Arc<AtomicBool>>,
+    /// `--device` and `--precision`: override `[compute]`.
+    pub compute: ComputeChoice,
+}
+
+/// The command line's choice of device and precision; each wins over the experiment's
+/// `[compute]` when given.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ComputeChoice {
+    pub device: Option<DeviceSpec>,
+    pub precision: Option<Precision>,
 }
 
 /// A run stopped on request (preemption, the job's time limit) after committing a checkpoint
@@ -51,7 +61,16 @@ impl RunOptions {
             step_timeout: std::time::Duration::from_secs(60),
             generation: 0,
             stop: None,
+            compute: ComputeChoice::default(),
         }
+    }
+
+    /// `config` with the command line's device and precision, which win over `[compute]`.
+    pub fn compute_of(&self, config: &ExperimentConfig) -> ExperimentConfig {
+        let mut config = config.clone();
+        config.compute.device = self.compute.device.unwrap_or(config.compute.device);
+        config.compute.precision = self.compute.precision.unwrap_or(config.compute.precision);
+        config
     }
 }
 

@@ -12,7 +12,9 @@ use voxbridge_model::prior::DiffusionPrior;
 use voxbridge_model::tensors::{HostTensor, TensorMap};
 use voxbridge_model::{MindEye2, MindEye2Config};
 
-use crate::CpuBackend as B;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+
+use crate::engine::{BackendTask, Engine};
 use crate::model_file::{describe, load_model_config};
 
 /// Which trials of a dataset to predict on: `--trials`.
@@ -67,6 +69,8 @@ pub struct PredictRequest {
     pub prior_steps: Option<usize>,
     /// Seed of the prior's Gaussian draws.
     pub seed: u64,
+    /// Where to compute (`--device`).
+    pub device: voxbridge_config::DeviceSpec,
 }
 
 /// What was written: each tensor's name and shape, and the image ids' count (with `--data`).
@@ -87,7 +91,23 @@ impl Prediction {
 /// Runs the checkpoint on the request's voxels and writes its outputs to `request.out`;
 /// `notice` hears the inferred architecture when there is no model file.
 pub fn predict(request: &PredictRequest, notice: &mut dyn FnMut(String)) -> anyhow::Result<Prediction> {
-    let device = Default::default();
+    struct Task<'a, 'n>(&'a PredictRequest, &'a mut (dyn FnMut(String) + 'n));
+    impl BackendTask for Task<'_, '_> {
+        type Output = Prediction;
+        fn run<A: AutodiffBackend>(self, engine: Engine<A>) -> anyhow::Result<Prediction> {
+            predict_on::<A::InnerBackend>(self.0, self.1, &engine.device)
+        }
+    }
+    crate::engine::dispatch(request.device, Default::default(), Task(request, notice))
+}
+
+/// [`predict`] on the backend `B` (inference: no autodiff).
+fn predict_on<B: Backend>(
+    request: &PredictRequest,
+    notice: &mut dyn FnMut(String),
+    device: &B::Device,
+) -> anyhow::Result<Prediction> {
+    let device = device.clone();
     // A run directory (its `checkpoint/`), or that folder itself.
     let location = RunDir::new(&request.checkpoint);
     let run_checkpoint = location.path().join(RunDir::MODEL_CARD_FILE).is_file() || location.model_dir().is_dir();
@@ -227,7 +247,7 @@ fn chosen_trials(
 }
 
 /// DDIM (eta 1, no guidance) from the backbone tokens, with Gaussian draws from `seed`.
-fn sample_prior(prior: &DiffusionPrior<B>, brain: Tensor<B, 3>, steps: usize, seed: u64) -> Tensor<B, 3> {
+fn sample_prior<B: Backend>(prior: &DiffusionPrior<B>, brain: Tensor<B, 3>, steps: usize, seed: u64) -> Tensor<B, 3> {
     use rand::SeedableRng;
     use rand_distr::{Distribution, StandardNormal};
     let device = brain.device();

@@ -33,10 +33,10 @@ use voxbridge_model::MindEye2;
 use voxbridge_train::sampler::{BalancedStreams, Stream};
 use voxbridge_train::{AdamW, ParamMoments, Resume, TrainData, TrainPlan, stream_keys};
 
-use crate::TrainBackend;
 use crate::checkpoint::{
     self, MODEL_FILE, ModelCard, WEIGHTS_FILE, model_bytes, model_from_bytes, parse_card, saved_model_dir,
 };
+use burn::tensor::backend::AutodiffBackend;
 
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "state.json";
@@ -224,8 +224,8 @@ pub fn load_model<B: burn::tensor::backend::Backend>(
 }
 
 /// Everything one save writes.
-pub struct TrainingCheckpoint<'a> {
-    pub model: &'a MindEye2<TrainBackend>,
+pub struct TrainingCheckpoint<'a, B: AutodiffBackend> {
+    pub model: &'a MindEye2<B>,
     pub card: &'a ModelCard,
     /// AdamW moments by parameter path (every parameter with state).
     pub moments: &'a [ParamMoments],
@@ -235,10 +235,10 @@ pub struct TrainingCheckpoint<'a> {
 
 /// Serialises and commits one checkpoint. Memory: one serialised copy of the state (the files'
 /// bytes) plus the store's bounded upload buffers.
-pub fn save_training(
+pub fn save_training<B: AutodiffBackend>(
     store: &CheckpointStore,
     id: CheckpointId,
-    parts: &TrainingCheckpoint<'_>,
+    parts: &TrainingCheckpoint<'_, B>,
 ) -> anyhow::Result<CommitRecord> {
     let moments = parts.moments;
     let mut state = parts.state.clone();
@@ -305,22 +305,22 @@ fn optimizer_moments(bytes: &[u8], steps: &BTreeMap<String, i32>, origin: &str) 
 }
 
 /// A checkpoint read back for resuming.
-pub struct Restored {
-    pub model: MindEye2<TrainBackend>,
+pub struct Restored<B: AutodiffBackend> {
+    pub model: MindEye2<B>,
     pub card: ModelCard,
     pub state: TrainingState,
     pub config_toml: String,
-    pub resume: Resume<TrainBackend>,
+    pub resume: Resume<B>,
 }
 
 /// Reads every file of `found` (checksums verified) and rebuilds model, optimizer and sampler for
 /// `plan` on `data`. State that does not fit this run (other subjects, sizes, seed) is an error.
-pub fn restore(
+pub fn restore<B: AutodiffBackend>(
     found: &Found,
     data: &TrainData,
     plan: &TrainPlan,
-    device: &burn::tensor::Device<TrainBackend>,
-) -> anyhow::Result<Restored> {
+    device: &B::Device,
+) -> anyhow::Result<Restored<B>> {
     let at = found.location();
     let state: TrainingState = serde_json::from_slice(&found.read(STATE_FILE)?)
         .with_context(|| format!("{at}/{STATE_FILE} is not a voxbridge training state"))?;
@@ -331,7 +331,7 @@ pub fn restore(
         bail!("{at}: trained with seed {}, this run has seed {}", state.rng.seed, plan.seed);
     }
     let (card, weights) = read_model_files(found)?;
-    let model = model_from_bytes::<TrainBackend>(&card, weights, &format!("{at}/{WEIGHTS_FILE}"), device)?;
+    let model = model_from_bytes::<B>(&card, weights, &format!("{at}/{WEIGHTS_FILE}"), device)?;
     let moments =
         optimizer_moments(&found.read(OPTIMIZER_FILE)?, &state.optimizer.steps, &format!("{at}/{OPTIMIZER_FILE}"))?;
     let mut optim = AdamW::import(&model, moments).map_err(|e| anyhow::anyhow!("{at}/{OPTIMIZER_FILE}: {e}"))?;
@@ -350,13 +350,13 @@ pub fn restore(
 
 /// The state of a run after `steps_done` steps, without the optimizer step counts (filled in by
 /// [`save_training`]).
-pub fn training_state(
+pub fn training_state<B: AutodiffBackend>(
     base: &TrainingState,
     steps_done: u64,
     epoch: usize,
     epoch_finished: bool,
     streams: &[Stream],
-    optim: &AdamW<TrainBackend>,
+    optim: &AdamW<B>,
     last_loss: f64,
 ) -> TrainingState {
     TrainingState {

@@ -1,11 +1,13 @@
 //! One experiment, end to end, into its run directory (layout in `voxbridge_config::RunDir`),
 //! as a list of stages: already finished? → prepare → start or resume → train → finish.
 
+use burn::tensor::backend::AutodiffBackend;
 use voxbridge_collective::Collective;
 use voxbridge_config::ExperimentConfig;
 
 pub use crate::architecture::mindeye2_config;
 pub use crate::checkpointer::checkpoint_due;
+use crate::engine::{BackendTask, Engine, dispatch};
 use crate::options::Rank;
 pub use crate::options::{Preempted, ResumeFrom, RunOptions, checkpoint_url};
 pub use crate::report::{REPORT_FILE, RunReport, RunSummary, read_report};
@@ -27,10 +29,37 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions) -> anyhow
 /// each rank holds only its subjects' ridges and trains the same model on its rows of each
 /// global batch. Rank 0 writes the run directory, checkpoints (the whole state, gathered) and
 /// the final model and evaluation; rank r > 0 writes its metrics under `<dir>/rank-r/`.
+/// It runs on the device of `[compute] device` (or `options.device`, which wins).
 pub fn run_experiment_on(
     config: &ExperimentConfig,
     options: &RunOptions,
-    mut collective: Option<&mut dyn Collective>,
+    collective: Option<&mut dyn Collective>,
+) -> anyhow::Result<RunSummary> {
+    let config = options.compute_of(config);
+    let task = RunTask { config: &config, options, collective };
+    dispatch(config.compute.device, config.compute.precision, task)
+}
+
+/// [`run_on`] as a task generic over the backend.
+struct RunTask<'a, 'c> {
+    config: &'a ExperimentConfig,
+    options: &'a RunOptions,
+    collective: Option<&'a mut (dyn Collective + 'c)>,
+}
+
+impl BackendTask for RunTask<'_, '_> {
+    type Output = RunSummary;
+    fn run<B: AutodiffBackend>(self, engine: Engine<B>) -> anyhow::Result<RunSummary> {
+        run_on(&engine, self.config, self.options, self.collective)
+    }
+}
+
+/// The stages of a run on the backend `engine` chose.
+fn run_on<B: AutodiffBackend>(
+    engine: &Engine<B>,
+    config: &ExperimentConfig,
+    options: &RunOptions,
+    mut collective: Option<&mut (dyn Collective + '_)>,
 ) -> anyhow::Result<RunSummary> {
     let rank = Rank::of(options, collective.as_deref());
     if let Some(report) = finished::agree_on_finished(&config.config_hash(), &rank, collective.as_deref_mut())? {
@@ -40,8 +69,16 @@ pub fn run_experiment_on(
     let prepared = prepare::prepare(config, options, &rank)?;
     let found = start::find_resume_point(&prepared.store, &options.resume, collective.as_deref_mut())?;
     let train_trials = prepare::count_train_trials(&prepared, &rank, collective.as_deref_mut())?;
-    let started = start::start_or_resume(config, options, &rank, &prepared, found)?;
-    let trained =
-        training::train_run(config, options, &rank, &prepared, started, train_trials, collective.as_deref_mut())?;
+    let started = start::start_or_resume::<B>(config, options, &rank, &prepared, found, &engine.device)?;
+    let trained = training::train_run(
+        engine,
+        config,
+        options,
+        &rank,
+        &prepared,
+        started,
+        train_trials,
+        collective.as_deref_mut(),
+    )?;
     finish::finish(config, &rank, prepared, trained, train_trials, collective)
 }

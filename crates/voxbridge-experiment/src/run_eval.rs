@@ -10,7 +10,9 @@ use voxbridge_config::{ExperimentConfig, RunDir};
 use voxbridge_data::Dataset;
 use voxbridge_train::{EvalOptions, evaluate};
 
-use crate::CpuBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+
+use crate::engine::{BackendTask, Engine};
 use crate::report::read_report;
 use crate::resume::load_model;
 
@@ -33,6 +35,8 @@ pub struct EvalRequest {
     pub seed: u64,
     /// Also write the evaluations as JSON here (keyed `"subject<N>"`).
     pub json: Option<PathBuf>,
+    /// Where to compute (`--device`).
+    pub device: voxbridge_config::DeviceSpec,
 }
 
 /// Evaluates each subject in turn (`each` hears every evaluation as it is made) and returns
@@ -41,8 +45,23 @@ pub fn evaluate_run(
     request: &EvalRequest,
     each: &mut dyn FnMut(u8, &Evaluation),
 ) -> anyhow::Result<BTreeMap<u8, Evaluation>> {
-    let device = Default::default();
-    let (model, card) = load_model::<CpuBackend>(&request.run, &device)?;
+    struct Task<'a, 'e>(&'a EvalRequest, &'a mut (dyn FnMut(u8, &Evaluation) + 'e));
+    impl BackendTask for Task<'_, '_> {
+        type Output = BTreeMap<u8, Evaluation>;
+        fn run<A: AutodiffBackend>(self, engine: Engine<A>) -> anyhow::Result<Self::Output> {
+            evaluate_run_on::<A::InnerBackend>(self.0, self.1, &engine.device)
+        }
+    }
+    crate::engine::dispatch(request.device, Default::default(), Task(request, each))
+}
+
+/// [`evaluate_run`] on the backend `B`.
+fn evaluate_run_on<B: Backend>(
+    request: &EvalRequest,
+    each: &mut dyn FnMut(u8, &Evaluation),
+    device: &B::Device,
+) -> anyhow::Result<BTreeMap<u8, Evaluation>> {
+    let (model, card) = load_model::<B>(&request.run, device)?;
     let run_dir = if RunDir::new(&request.run).model_dir().exists() {
         RunDir::new(&request.run)
     } else {

@@ -3,33 +3,32 @@
 //! trained with other training-relevant settings unless allowed.
 
 use anyhow::{Context, bail};
-use burn::tensor::backend::Backend;
 use voxbridge_checkpoint::CheckpointStore;
 use voxbridge_collective::Collective;
 use voxbridge_config::ExperimentConfig;
 use voxbridge_model::{MindEye2, MindEye2Config};
 use voxbridge_train::Resume;
 
-use crate::TrainBackend;
-use crate::architecture::{initial_model, materialise};
+use crate::architecture::initial_model;
 use crate::inputs;
 use crate::options::{Rank, ResumeFrom, RunOptions};
 use crate::prepare::Prepared;
 use crate::resume;
+use burn::tensor::backend::AutodiffBackend;
 
 /// The model training starts from, and where.
-pub(crate) struct Started {
+pub(crate) struct Started<B: AutodiffBackend> {
     /// This rank's part of the model: the shared weights and its subjects' ridges.
-    pub model: MindEye2<TrainBackend>,
+    pub model: MindEye2<B>,
     /// The pretraining run (or checkpoint) the model was fine-tuned from.
     pub init_from: Option<String>,
     /// The architecture trained (the pretrained one when fine-tuning).
     pub architecture: MindEye2Config,
     /// Optimizer and sampler state after the checkpoint's steps; `None`: step 0.
-    pub resume: Option<Resume<TrainBackend>>,
+    pub resume: Option<Resume<B>>,
 }
 
-impl Started {
+impl<B: AutodiffBackend> Started<B> {
     /// Steps done before this start.
     pub fn steps_done(&self) -> u64 {
         self.resume.as_ref().map_or(0, |r| r.steps_done)
@@ -38,19 +37,19 @@ impl Started {
 
 /// The model of `found` (a checkpoint to resume), else a fresh or fine-tuned one; on a rank of
 /// a data-parallel run, keeping only its subjects' ridges.
-pub(crate) fn start_or_resume(
+pub(crate) fn start_or_resume<B: AutodiffBackend>(
     config: &ExperimentConfig,
     options: &RunOptions,
     rank: &Rank,
     prepared: &Prepared,
     found: Option<resume::Found>,
-) -> anyhow::Result<Started> {
+    device: &B::Device,
+) -> anyhow::Result<Started<B>> {
     let inputs = &prepared.inputs;
     let plan = &prepared.plan;
-    let device = Default::default();
     let (mut model, init_from, architecture, mut resume) = match &found {
         Some(found) => {
-            let restored = resume::restore(found, &inputs.train, plan, &device)?;
+            let restored = resume::restore(found, &inputs.train, plan, device)?;
             refuse_config_changes(config, &restored.config_toml, &found.location(), &options.allow_config_change)?;
             tracing::info!(
                 from = %found.location(),
@@ -61,12 +60,7 @@ pub(crate) fn start_or_resume(
             (restored.model, restored.state.parent.clone(), restored.card.architecture, Some(restored.resume))
         }
         None => {
-            <TrainBackend as Backend>::seed(&device, config.train.seed);
-            let (model, init_from, architecture) = initial_model(config, inputs, &device)?;
-            // Every parameter is drawn now, in module order, whatever the worker count: one
-            // process and N workers (each touching only its own subjects' ridges in its first
-            // step) start from the same weights.
-            materialise(&model);
+            let (model, init_from, architecture) = initial_model(config, inputs, device)?;
             (model, init_from, architecture, None)
         }
     };

@@ -44,14 +44,19 @@ pub struct SweepReport {
 }
 
 /// Runs every run of `runs` (from [`voxbridge_config::load_sweep`]) under `out`.
-pub fn run_sweep(runs: &[SweepRun], out: &Path, progress: bool) -> anyhow::Result<SweepReport> {
+pub fn run_sweep(
+    runs: &[SweepRun],
+    out: &Path,
+    progress: bool,
+    compute: crate::options::ComputeChoice,
+) -> anyhow::Result<SweepReport> {
     let mut entries = Vec::new();
     for (i, run) in runs.iter().enumerate() {
         tracing::info!(run = %run.name, "sweep run {}/{}", i + 1, runs.len());
         let dir = out.join(&run.name);
         let summary = run_experiment(
             &run.config,
-            &RunOptions { progress, resume: ResumeFrom::Auto, ..RunOptions::new(dir.clone()) },
+            &RunOptions { progress, resume: ResumeFrom::Auto, compute, ..RunOptions::new(dir.clone()) },
         )
         .with_context(|| format!("sweep run `{}`", run.name))?;
         let report = &summary.report;

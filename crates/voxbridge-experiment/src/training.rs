@@ -10,19 +10,20 @@ use voxbridge_model::{MindEye2, MindEye2Config};
 use voxbridge_train::distributed::ShardComm;
 use voxbridge_train::train;
 
-use crate::TrainBackend;
 use crate::checkpoint::ModelCard;
 use crate::checkpointer::Checkpointer;
 use crate::drills::ArmedDrill;
+use crate::engine::Engine;
 use crate::observer::{ObservedRun, RunObserver};
 use crate::options::{Rank, RunOptions};
 use crate::prepare::Prepared;
 use crate::resume;
 use crate::start::Started;
+use burn::tensor::backend::AutodiffBackend;
 
 /// A model trained to the end of its plan (this rank's part of it).
-pub(crate) struct Trained {
-    pub model: MindEye2<TrainBackend>,
+pub(crate) struct Trained<B: AutodiffBackend> {
+    pub model: MindEye2<B>,
     pub observed: ObservedRun,
     /// When training started, for the run's training time (which includes gathering the model).
     pub started_at: Instant,
@@ -32,15 +33,16 @@ pub(crate) struct Trained {
 
 /// Trains `started` on this rank's data, checkpointing as `[checkpoint]` asks; a stop request
 /// returns [`Preempted`](crate::options::Preempted) once every rank committed.
-pub(crate) fn train_run(
+pub(crate) fn train_run<B: AutodiffBackend>(
+    engine: &Engine<B>,
     config: &ExperimentConfig,
     options: &RunOptions,
     rank: &Rank,
     prepared: &Prepared,
-    started: Started,
+    started: Started<B>,
     train_trials: usize,
     collective: Option<&mut (dyn Collective + '_)>,
-) -> anyhow::Result<Trained> {
+) -> anyhow::Result<Trained<B>> {
     let (inputs, plan) = (&prepared.inputs, &prepared.plan);
     let steps_done = started.steps_done();
     tracing::info!(
@@ -76,10 +78,16 @@ pub(crate) fn train_run(
     observer.stop = options.stop.clone();
     let started_at = Instant::now();
     let weight_decay = config.optim.weight_decay;
+    // Matmuls and convolutions of this thread's forward passes run in the run's precision
+    // (torch's autocast); weights, gradients and AdamW stay f32.
+    let compute = engine.compute_dtype();
+    tracing::info!(device = %engine.spec, precision = %engine.precision, matmuls = compute.as_str(), "compute");
+    let _autocast = voxbridge_model::precision::Autocast::enter(compute);
     let trained = match collective {
         Some(c) if rank.is_shared() => {
+            let device_comm = engine.device_comm(&mut *c)?;
             let comm = ShardComm::new(c, prepared.placement.clone()).map_err(anyhow::Error::msg)?;
-            let mut comm = comm.with_step_timeout(options.step_timeout);
+            let mut comm = comm.with_device_comm(device_comm).with_step_timeout(options.step_timeout);
             train(started.model, &inputs.train, plan, weight_decay, started.resume, &mut observer, &mut comm)
         }
         _ => train(

@@ -7,6 +7,7 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::config::{BackboneMode, MindEye2Config};
+use crate::precision;
 use crate::tensors::{LoadError, TensorMap};
 
 /// LayerNorm → Linear → GELU → Dropout → Linear over the last axis of width `width`.
@@ -47,8 +48,8 @@ impl<B: Backend> MixerBlock<B> {
     /// `[.., width]` → `[.., width]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let x = self.norm.forward(x);
-        let x = self.dropout.forward(gelu(self.fc1.forward(x)));
-        self.fc2.forward(x)
+        let x = self.dropout.forward(gelu(precision::linear(&self.fc1, x)));
+        precision::linear(&self.fc2, x)
     }
 }
 
@@ -83,7 +84,7 @@ impl<B: Backend> ClipProjector<B> {
     /// `[B, T, D]` → `[B, T, D]`.
     pub fn forward(&self, mut x: Tensor<B, 3>) -> Tensor<B, 3> {
         for (norm, linear) in self.norms.iter().zip(&self.linears) {
-            x = linear.forward(gelu(norm.forward(x)));
+            x = precision::linear(linear, gelu(norm.forward(x)));
         }
         x
     }
@@ -223,8 +224,11 @@ impl<B: Backend> Backbone<B> {
     pub fn forward(&self, ridge_out: Tensor<B, 2>) -> BackboneOutput<B> {
         let mixer_out = self.mixer(ridge_out);
         let [batch, _] = mixer_out.dims();
-        let backbone =
-            self.backbone_linear.forward(mixer_out.clone()).reshape([batch, self.clip_tokens, self.clip_dim]);
+        let backbone = precision::linear(&self.backbone_linear, mixer_out.clone()).reshape([
+            batch,
+            self.clip_tokens,
+            self.clip_dim,
+        ]);
         let clip_voxels = self.clip_proj.forward(backbone.clone());
         BackboneOutput { mixer_out, backbone, clip_voxels }
     }

@@ -4,10 +4,12 @@
 //! This crate does no IO, storage or distribution: it turns bytes and tensors into tensors.
 
 pub mod backbone;
+pub mod budget;
 pub mod config;
 pub mod losses;
 pub mod lowlevel;
 pub mod mindeye2;
+pub mod precision;
 pub mod prior;
 pub mod ridge;
 pub mod tensors;

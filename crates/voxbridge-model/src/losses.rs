@@ -2,6 +2,13 @@
 //!
 //! Contrastive losses take row vectors that the caller has flattened (`[B, tokens·dim]`) and,
 //! where MindEye2 does, l2-normalised ([`l2_normalize`]).
+//!
+//! Mixed precision: everything here stays f32, the similarity matmuls included (plain `matmul`,
+//! not `precision::matmul`), although `torch.autocast` would run those in bf16. The logits are
+//! cosines scaled by 1/τ (τ ≈ 0.004–0.0075 for SoftCLIP): bf16's 2⁻⁸ relative rounding of a
+//! cosine near 1 becomes an error of ~0.5 in a logit, comparable to the logit gaps the loss
+//! learns from; and issue 20 asks for f32 losses. The matmuls are `[B, T·D] × [T·D, B]`, cheap
+//! next to the model's.
 
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};

@@ -5,6 +5,7 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Tensor, backend::Backend};
 
+use crate::precision;
 use crate::tensors::{LoadError, TensorMap};
 
 #[derive(Module, Debug)]
@@ -74,7 +75,7 @@ impl<B: Backend> SubjectRidge<B> {
     /// built the model for.
     pub fn forward(&self, subject: usize, voxels: Tensor<B, 2>) -> Tensor<B, 2> {
         match self.linear(subject) {
-            Some(linear) => linear.forward(voxels),
+            Some(linear) => precision::linear(linear, voxels),
             None => panic!("subject {subject}'s ridge is not held by this process (held: {:?})", self.held()),
         }
     }

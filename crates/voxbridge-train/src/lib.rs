@@ -8,9 +8,12 @@
 pub mod adamw;
 pub mod comm;
 pub mod decay;
+pub mod device_comm;
 pub mod distributed;
 pub mod error;
 pub mod evaluate;
+#[cfg(feature = "nccl")]
+pub mod nccl_device;
 mod ridge_wire;
 pub mod sampler;
 pub mod schedule;

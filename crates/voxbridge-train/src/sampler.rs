@@ -2,18 +2,9 @@
 //! stream) ([`voxbridge_seed::epoch_shuffle`]), so a resumed or re-run training sees exactly the
 //! same batches. The streams' positions are what a checkpoint stores of the sampler.
 
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-/// A permutation of `0..len` for one epoch of one stream (for example one subject).
-pub fn epoch_order(len: usize, seed: u64, epoch: u64, stream: u64) -> Vec<usize> {
-    let mut rng = ChaCha8Rng::seed_from_u64(voxbridge_seed::epoch_shuffle(seed, epoch, stream));
-    let mut order: Vec<usize> = (0..len).collect();
-    order.shuffle(&mut rng);
-    order
-}
+pub use voxbridge_seed::epoch_order;
 
 /// Why saved sampler streams cannot continue this run: they belong to other data or another seed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -3,14 +3,21 @@
 //! ridges; the global batch's embeddings are gathered for the contrastive losses, shared
 //! gradients summed over all ranks and each split subject's ridge gradients over its owners (a
 //! split-off communicator).
+//!
+//! Data movement per step, where the tensors live ([`DeviceCollective`]): the shared gradients
+//! are flattened on the device into buckets of at most `max_bucket` values, in the model's
+//! visiting order (identical on every rank: same architecture), one all-reduce per bucket, and
+//! split back as views; the contrastive embeddings are all-gathered as one flat tensor each.
+//! A split subject's ridge gradients (one `[hidden, voxels]` matrix) go over the owners'
+//! sub-communicator through host memory.
 
 use std::collections::HashMap;
 use std::ops::Range;
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Tensor, TensorData};
 use voxbridge_collective::Collective;
 use voxbridge_model::MindEye2;
 use voxbridge_model::losses::LossWeights;
@@ -18,14 +25,17 @@ use voxbridge_placement::{Layout, Placement};
 
 use crate::adamw::{AdamW, ParamMoments};
 use crate::comm::{StepComm, WholeState};
+use crate::device_comm::{DeviceCollective, HostStaged};
 use crate::error::CommError;
 use crate::ridge_wire::{gather_ridges, ridge_subject};
 use crate::sampler::{BalancedStreams, Stream};
 use crate::step::StepReport;
 
 /// [`StepComm`] of one rank of a [`Placement`].
-pub struct ShardComm<'a> {
+pub struct ShardComm<'a, B: AutodiffBackend> {
     collective: &'a mut dyn Collective,
+    /// How tensors reach the other ranks: through host memory, or NCCL on the device.
+    device_comm: Box<dyn DeviceCollective<B::InnerBackend> + 'a>,
     placement: Placement,
     /// This rank's rows of the global batch.
     layout: Layout,
@@ -36,7 +46,7 @@ pub struct ShardComm<'a> {
     step_timeout: Option<std::time::Duration>,
 }
 
-impl std::fmt::Debug for ShardComm<'_> {
+impl<B: AutodiffBackend> std::fmt::Debug for ShardComm<'_, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShardComm")
             .field("placement", &self.placement)
@@ -45,8 +55,9 @@ impl std::fmt::Debug for ShardComm<'_> {
     }
 }
 
-impl<'a> ShardComm<'a> {
+impl<'a, B: AutodiffBackend> ShardComm<'a, B> {
     /// Joins this rank's owner group (a collective of all ranks: every rank must call it).
+    /// Tensors travel through host memory; see [`with_device_comm`](Self::with_device_comm).
     pub fn new(collective: &'a mut dyn Collective, placement: Placement) -> Result<Self, CommError> {
         let (rank, world) = (collective.rank(), collective.world_size());
         if placement.world() != world {
@@ -59,7 +70,21 @@ impl<'a> ShardComm<'a> {
         let group = collective.split(color).map_err(|error| CommError::OwnerGroups { error })?;
         let group = split.map(|s| (s, group));
         let layout = placement.layout(rank);
-        Ok(ShardComm { collective, placement, layout, group, step_timeout: None })
+        Ok(ShardComm {
+            collective,
+            device_comm: Box::new(HostStaged::default()),
+            placement,
+            layout,
+            group,
+            step_timeout: None,
+        })
+    }
+
+    /// Moves gradients and embeddings with `device_comm` (NCCL on CUDA) instead of through host
+    /// memory.
+    pub fn with_device_comm(mut self, device_comm: Box<dyn DeviceCollective<B::InnerBackend> + 'a>) -> Self {
+        self.device_comm = device_comm;
+        self
     }
 
     /// After the first step's gradient sync, every collective gets `timeout`.
@@ -72,20 +97,22 @@ impl<'a> ShardComm<'a> {
         self.layout.shares.iter().sum()
     }
 
-    /// Every rank's `rows × width` values, concatenated in global row order. Ranks may hold
-    /// different numbers of rows: each pads to the largest, the padding is dropped after the
-    /// all-gather.
-    fn gather_rows(&mut self, mut local: Vec<f32>, width: usize) -> Result<Vec<f32>, CommError> {
+    /// Every rank's `rows × width` values `[rows, width]`, concatenated in global row order,
+    /// as a constant on the device. Ranks may hold different numbers of rows: each pads to the
+    /// largest, the padding is dropped after the all-gather.
+    fn gather_rows(&mut self, local: Tensor<B, 2>) -> Result<Tensor<B::InnerBackend, 2>, CommError> {
         let world = self.collective.world_size();
         let most = (0..world).map(|r| self.placement.rows_of(r)).max().unwrap_or(0);
-        local.resize(most * width, 0.0);
-        let all = self.collective.all_gather(&local)?;
-        let mut out = Vec::with_capacity(self.global_rows() * width);
-        for r in 0..world {
-            let start = r * most * width;
-            out.extend_from_slice(&all[start..start + self.placement.rows_of(r) * width]);
+        let [rows, width] = local.dims();
+        let local = local.detach().inner();
+        let device = local.device();
+        let mut flat = local.reshape([rows * width]);
+        if most > rows {
+            flat = Tensor::cat(vec![flat, Tensor::zeros([(most - rows) * width], &device)], 0);
         }
-        Ok(out)
+        let all = self.device_comm.all_gather(flat, &mut *self.collective)?.reshape([world * most, width]);
+        let parts: Vec<_> = (0..world).map(|r| all.clone().narrow(0, r * most, self.placement.rows_of(r))).collect();
+        Ok(Tensor::cat(parts, 0))
     }
 }
 
@@ -94,7 +121,7 @@ fn is_per_subject(path: &str) -> bool {
     path.starts_with("ridge.")
 }
 
-impl<B: AutodiffBackend> StepComm<B> for ShardComm<'_> {
+impl<B: AutodiffBackend> StepComm<B> for ShardComm<'_, B> {
     fn layout(&self, _held: &[usize]) -> Layout {
         self.layout.clone()
     }
@@ -105,28 +132,21 @@ impl<B: AutodiffBackend> StepComm<B> for ShardComm<'_> {
 
     fn among_all_rows(&mut self, local: Tensor<B, 2>) -> Result<Tensor<B, 2>, CommError> {
         let (start, total) = (self.layout.row_start(), self.global_rows());
-        let [n, width] = local.dims();
-        let device = local.device();
-        let all = self.gather_rows(host_values(local.clone().detach()), width)?;
-        let constant = |values: &[f32], rows: usize| {
-            Tensor::<B, 2>::from_data(TensorData::new(values.to_vec(), [rows, width]), &device)
-        };
+        let n = local.dims()[0];
+        let all = self.gather_rows(local.clone())?;
         let mut parts = Vec::with_capacity(3);
         if start > 0 {
-            parts.push(constant(&all[..start * width], start));
+            parts.push(Tensor::from_inner(all.clone().narrow(0, 0, start)));
         }
         parts.push(local);
         if total > start + n {
-            parts.push(constant(&all[(start + n) * width..], total - start - n));
+            parts.push(Tensor::from_inner(all.narrow(0, start + n, total - start - n)));
         }
         Ok(Tensor::cat(parts, 0))
     }
 
     fn all_rows(&mut self, local: Tensor<B, 2>) -> Result<Tensor<B, 2>, CommError> {
-        let width = local.dims()[1];
-        let device = local.device();
-        let all = self.gather_rows(host_values(local), width)?;
-        Ok(Tensor::<B, 2>::from_data(TensorData::new(all, [self.global_rows(), width]), &device))
+        Ok(Tensor::from_inner(self.gather_rows(local)?))
     }
 
     fn per_sample_share(&self, loss: Tensor<B, 1>) -> Tensor<B, 1> {
@@ -154,11 +174,11 @@ impl<B: AutodiffBackend> StepComm<B> for ShardComm<'_> {
     ) -> Result<GradientsParams, CommError> {
         // Shared parameters: summed over every rank.
         let shared = |path: &str| !is_per_subject(path);
-        sum_gradients(model, &mut grads, &shared, &mut *self.collective)?;
+        sum_gradients(model, &mut grads, &shared, &mut *self.device_comm, &mut *self.collective)?;
         // The split subject's ridge: summed over its owners only.
         if let Some((subject, group)) = self.group.as_mut() {
             let own = |path: &str| ridge_subject(path) == Some(*subject);
-            sum_gradients(model, &mut grads, &own, &mut **group)?;
+            sum_gradients(model, &mut grads, &own, &mut HostStaged::default(), &mut **group)?;
         }
         if let Some(timeout) = self.step_timeout.take() {
             self.collective.set_timeout(timeout);
@@ -196,24 +216,49 @@ impl<B: AutodiffBackend> StepComm<B> for ShardComm<'_> {
     }
 }
 
-fn host_values<B: AutodiffBackend>(t: Tensor<B, 2>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default()
-}
-
-/// Sums the gradients of the parameters whose paths `select` picks over `collective`, in one
-/// flat buffer (visiting order is the same on every rank: same architecture).
+/// Sums the gradients of the parameters whose paths `select` picks over `group`: flattened on
+/// the device in visiting order (the same on every rank: same architecture) into buckets of at
+/// most `device_comm.max_bucket()` values, one all-reduce per bucket, split back as views.
 fn sum_gradients<B: AutodiffBackend>(
     model: &MindEye2<B>,
     grads: &mut GradientsParams,
     select: &dyn Fn(&str) -> bool,
-    collective: &mut dyn Collective,
+    device_comm: &mut dyn DeviceCollective<B::InnerBackend>,
+    group: &mut dyn Collective,
 ) -> Result<(), CommError> {
-    let mut flat = Flatten::<B> { grads, select, path: Vec::new(), buffer: Vec::new(), slots: HashMap::new() };
+    let mut flat = Flatten::<B> { grads, select, path: Vec::new(), parts: Vec::new() };
     model.visit(&mut flat);
-    let Flatten { grads, mut buffer, slots, .. } = flat;
-    collective.all_reduce_sum(&mut buffer)?;
-    model.visit(&mut Restore::<B> { grads, buffer: &buffer, slots: &slots });
+    let Flatten { grads, parts, .. } = flat;
+    let mut slots = HashMap::new();
+    for bucket in buckets(&parts.iter().map(|p| p.len).collect::<Vec<_>>(), device_comm.max_bucket()) {
+        let pieces: Vec<_> = parts[bucket.clone()].iter().map(|p| p.values.clone()).collect();
+        let summed = device_comm.all_reduce_sum(Tensor::cat(pieces, 0), group)?;
+        let mut offset = 0;
+        for part in &parts[bucket] {
+            slots.insert(part.id, (summed.clone().narrow(0, offset, part.len), part.shape.clone()));
+            offset += part.len;
+        }
+    }
+    model.visit(&mut Restore::<B> { grads, slots });
     Ok(())
+}
+
+/// Consecutive runs of `lens` whose sums stay within `max` (a longer single entry gets a run of
+/// its own): the buckets of one all-reduce each.
+fn buckets(lens: &[usize], max: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, &len) in lens.iter().enumerate() {
+        if i > start && size + len > max {
+            out.push(start..i);
+            (start, size) = (i, 0);
+        }
+        size += len;
+    }
+    if start < lens.len() {
+        out.push(start..lens.len());
+    }
+    out
 }
 
 /// Each subject's sample stream from its first owner, in subject order (every owner of a split
@@ -246,17 +291,20 @@ fn broadcast_streams(
     Ok(all)
 }
 
-/// Where each selected gradient sits in the flat buffer: range, shape, device.
-type Slots<B> =
-    HashMap<ParamId, (Range<usize>, Vec<usize>, burn::tensor::Device<<B as AutodiffBackend>::InnerBackend>)>;
+/// One selected gradient, flattened (a view on the device).
+struct FlatPart<B: AutodiffBackend> {
+    id: ParamId,
+    values: Tensor<B::InnerBackend, 1>,
+    len: usize,
+    shape: Vec<usize>,
+}
 
-/// Moves the gradients of the selected parameters into one buffer, in visiting order.
+/// Takes the gradients of the selected parameters out of `grads`, flattened, in visiting order.
 struct Flatten<'a, B: AutodiffBackend> {
     grads: &'a mut GradientsParams,
     select: &'a dyn Fn(&str) -> bool,
     path: Vec<String>,
-    buffer: Vec<f32>,
-    slots: Slots<B>,
+    parts: Vec<FlatPart<B>>,
 }
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for Flatten<'_, B> {
@@ -273,25 +321,37 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Flatten<'_, B> {
             return;
         }
         let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) else { return };
-        let (shape, device) = (grad.dims().to_vec(), grad.device());
-        let values = grad.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
-        let range = self.buffer.len()..self.buffer.len() + values.len();
-        self.buffer.extend_from_slice(&values);
-        self.slots.insert(param.id, (range, shape, device));
+        let shape = grad.dims().to_vec();
+        let len = shape.iter().product();
+        self.parts.push(FlatPart { id: param.id, values: grad.reshape([len]), len, shape });
     }
 }
 
-/// Puts the summed gradients back.
+/// Puts the summed gradients back, reshaped to their parameters' shapes.
 struct Restore<'a, B: AutodiffBackend> {
     grads: &'a mut GradientsParams,
-    buffer: &'a [f32],
-    slots: &'a Slots<B>,
+    slots: HashMap<ParamId, (Tensor<B::InnerBackend, 1>, Vec<usize>)>,
 }
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for Restore<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let Some((range, shape, device)) = self.slots.get(&param.id) else { return };
-        let data = TensorData::new(self.buffer[range.clone()].to_vec(), shape.clone());
-        self.grads.register::<B::InnerBackend, D>(param.id, Tensor::from_data(data, device));
+        let Some((flat, shape)) = self.slots.remove(&param.id) else { return };
+        let shape: [usize; D] = shape.try_into().expect("a parameter's gradient has the parameter's rank");
+        self.grads.register::<B::InnerBackend, D>(param.id, flat.reshape(shape));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::buckets;
+
+    #[test]
+    #[allow(clippy::single_range_in_vec_init)] // the expected lists of buckets are ranges
+    fn buckets_keep_order_and_stay_within_the_limit() {
+        assert_eq!(buckets(&[3, 3, 3, 3], 6), [0..2, 2..4]);
+        assert_eq!(buckets(&[3, 10, 1, 1], 6), [0..1, 1..2, 2..4], "an oversized gradient gets a bucket of its own");
+        assert_eq!(buckets(&[5], 6), [0..1]);
+        assert_eq!(buckets(&[], 6), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(buckets(&[1, 2, 3], usize::MAX), [0..3], "one all-reduce when everything fits");
     }
 }

@@ -43,6 +43,9 @@ pub struct WorkerArgs {
     pub step_timeout: Duration,
     /// Reduce over NCCL on this CUDA device (feature `nccl`); the TCP ring otherwise.
     pub nccl_device: Option<usize>,
+    /// `--device` and `--precision`: override the experiment's `[compute]`.
+    pub device: Option<voxbridge_config::DeviceSpec>,
+    pub precision: Option<voxbridge_config::Precision>,
     /// Continue from the newest committed checkpoint (if any) even in generation 0: a job
     /// resubmitted after preemption.
     pub resume: bool,
@@ -146,6 +149,7 @@ pub fn run(args: &WorkerArgs) -> anyhow::Result<()> {
             resume,
             generation,
             stop: args.stop.clone(),
+            compute: voxbridge_experiment::ComputeChoice { device: args.device, precision: args.precision },
             ..RunOptions::new(args.out.clone())
         };
         match run_experiment_on(&config, &options, Some(&mut *collective)) {

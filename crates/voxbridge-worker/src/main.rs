@@ -41,11 +41,18 @@ struct Args {
     /// Seconds allowed for every later collective.
     #[arg(long, default_value_t = 60)]
     step_timeout_s: u64,
-    /// All-reduce over NCCL on this CUDA device (built with the `nccl` feature): a device
-    /// number, or `local` for SLURM's `SLURM_LOCALID` (one worker per GPU). Training itself
-    /// still runs on the CPU backend in this version.
+    /// All-reduce host buffers over NCCL on this CUDA device (built with the `nccl` feature): a
+    /// device number, or `local` for SLURM's `SLURM_LOCALID`. For a CPU model only; a model on
+    /// the GPU (`--device cuda`) all-reduces on device memory by itself.
     #[arg(long)]
     nccl_device: Option<String>,
+    /// Where this rank computes: cpu, cuda, cuda:N, cuda:local (SLURM's `SLURM_LOCALID`, one
+    /// worker per GPU) or wgpu; overrides the experiment's `[compute] device`.
+    #[arg(long)]
+    device: Option<String>,
+    /// fp32 or bf16; overrides the experiment's `[compute] precision`.
+    #[arg(long, value_parser = ["fp32", "tf32", "bf16"])]
+    precision: Option<String>,
     /// `auto`: continue from the newest committed checkpoint when there is one (a resubmitted
     /// job); `never` (default): a fresh run, unless the coordinator restarted this worker.
     #[arg(long, default_value = "never", value_parser = ["auto", "never"])]
@@ -82,7 +89,25 @@ fn resolve_device(arg: Option<&str>, local_id: Option<&str>, visible: Option<&st
     }
 }
 
+/// `--device`: a device spelling, with `cuda:local` resolved as `--nccl-device local` is.
+fn compute_device(arg: Option<&str>) -> Result<Option<voxbridge_config::DeviceSpec>, String> {
+    match arg {
+        None => Ok(None),
+        Some("cuda:local") => {
+            let env = |k: &str| std::env::var(k).ok();
+            let index =
+                resolve_device(Some("local"), env("SLURM_LOCALID").as_deref(), env("CUDA_VISIBLE_DEVICES").as_deref())
+                    .map_err(|e| e.replace("--nccl-device local", "--device cuda:local"))?;
+            Ok(index.map(voxbridge_config::DeviceSpec::Cuda))
+        }
+        Some(text) => text.parse().map(Some).map_err(|e| format!("--device: {e}")),
+    }
+}
+
 fn main() -> ExitCode {
+    // As `voxbridge`'s main: before the coordinator is reached, so a re-execution loses nothing.
+    #[cfg(feature = "cuda")]
+    let _ = voxbridge_experiment::engine::prepare_cuda_process();
     let args = Args::parse();
     if args.capabilities {
         println!("{}", voxbridge_worker::capabilities());
@@ -104,6 +129,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let device = match compute_device(args.device.as_deref()) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("voxbridge-worker: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let precision = args.precision.as_deref().map(|p| match p {
+        "bf16" => voxbridge_config::Precision::Bf16,
+        _ => voxbridge_config::Precision::Fp32,
+    });
     // SIGTERM (SLURM's preemption or time-limit warning): finish the step, checkpoint, exit 0.
     let stop = Arc::new(AtomicBool::new(false));
     if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone()) {
@@ -118,6 +154,8 @@ fn main() -> ExitCode {
         init_timeout: Duration::from_secs(args.init_timeout_s),
         step_timeout: Duration::from_secs(args.step_timeout_s),
         nccl_device,
+        device,
+        precision,
         resume: args.resume == "auto",
         stop: Some(stop),
     };

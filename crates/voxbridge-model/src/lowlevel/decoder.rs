@@ -25,6 +25,7 @@ use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Tensor, backend::Backend};
 
+use crate::precision;
 use crate::tensors::{LoadError, TensorMap};
 
 /// Sizes of a diffusers `Decoder` made of `UpDecoderBlock2D`s.
@@ -242,13 +243,13 @@ pub struct Decoder<B: Backend> {
 impl<B: Backend> Decoder<B> {
     /// `z`: `[B, in_channels, H, W]` -> `[B, out_channels, H·f, W·f]`, f = 2^(blocks−1).
     pub fn forward(&self, z: Tensor<B, 4>) -> Tensor<B, 4> {
-        let mut x = self.conv_in.forward(z); // [B, top, H, W]
+        let mut x = precision::conv2d(&self.conv_in, z); // [B, top, H, W]
         x = self.mid_block.forward(x); // [B, top, H, W]
         for block in &self.up_blocks {
             x = block.forward(x); // [B, c_i, 2H, 2W] (same size after the last block)
         }
         let x = silu(self.conv_norm_out.forward(x)); // [B, block_out_channels[0], H·f, W·f]
-        self.conv_out.forward(x) // [B, out_channels, H·f, W·f]
+        precision::conv2d(&self.conv_out, x) // [B, out_channels, H·f, W·f]
     }
 }
 
@@ -286,7 +287,7 @@ impl<B: Backend> UpDecoderBlock<B> {
             x = resnet.forward(x);
         }
         match &self.upsampler {
-            Some(conv) => conv.forward(upsample_nearest2x(x)),
+            Some(conv) => precision::conv2d(conv, upsample_nearest2x(x)),
             None => x,
         }
     }
@@ -307,10 +308,10 @@ pub struct ResnetBlock<B: Backend> {
 impl<B: Backend> ResnetBlock<B> {
     /// `[B, C_in, H, W]` -> `[B, C_out, H, W]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = precision::conv2d(&self.conv1, silu(self.norm1.forward(x.clone())));
+        let h = precision::conv2d(&self.conv2, silu(self.norm2.forward(h)));
         let skip = match &self.conv_shortcut {
-            Some(conv) => conv.forward(x),
+            Some(conv) => precision::conv2d(conv, x),
             None => x,
         };
         skip + h
@@ -335,12 +336,12 @@ impl<B: Backend> SpatialSelfAttention<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, c, h, w] = x.dims();
         let tokens = self.group_norm.forward(x.clone()).reshape([b, c, h * w]).swap_dims(1, 2); // [B, HW, C]
-        let q = self.to_q.forward(tokens.clone()); // [B, HW, C]
-        let k = self.to_k.forward(tokens.clone()); // [B, HW, C]
-        let v = self.to_v.forward(tokens); // [B, HW, C]
-        let scores = q.matmul(k.swap_dims(1, 2)).mul_scalar(1.0 / (c as f64).sqrt()); // [B, HW, HW]
-        let attended = softmax(scores, 2).matmul(v); // [B, HW, C]
-        let out = self.to_out.forward(attended).swap_dims(1, 2).reshape([b, c, h, w]); // [B, C, H, W]
+        let q = precision::linear(&self.to_q, tokens.clone()); // [B, HW, C]
+        let k = precision::linear(&self.to_k, tokens.clone()); // [B, HW, C]
+        let v = precision::linear(&self.to_v, tokens); // [B, HW, C]
+        let scores = precision::matmul(q, k.swap_dims(1, 2)).mul_scalar(1.0 / (c as f64).sqrt()); // [B, HW, HW]
+        let attended = precision::matmul(softmax(scores, 2), v); // [B, HW, C]
+        let out = precision::linear(&self.to_out, attended).swap_dims(1, 2).reshape([b, c, h, w]); // [B, C, H, W]
         out + x
     }
 }

@@ -33,6 +33,7 @@ pub use decoder::{
 };
 use decoder::{ShapeList, count, init_conv, load_conv, load_group_norm, load_linear};
 
+use crate::precision;
 use crate::tensors::{LoadError, TensorMap};
 
 /// The submodules of the branch, in MindEye2's naming and in `param_counts` order.
@@ -387,7 +388,7 @@ impl<B: Backend> LowLevel<B> {
     /// `backbone_linear`). Dropout is applied only on an autodiff backend.
     pub fn forward(&self, mixer_out: Tensor<B, 2>) -> LowLevelOutput<B> {
         let batch = mixer_out.dims()[0];
-        let blin1_out = self.blin1.forward(mixer_out); // [B, C·s·s]
+        let blin1_out = precision::linear(&self.blin1, mixer_out); // [B, C·s·s]
         let map =
             self.bdropout.forward(blin1_out.clone()).reshape([batch, self.map_channels, self.map_size, self.map_size]); // [B, C, s, s]
         let bnorm_out = self.bnorm.forward(map); // [B, C, s, s]
@@ -412,9 +413,9 @@ pub struct MapsProjector<B: Backend> {
 impl<B: Backend> MapsProjector<B> {
     /// `[B, C, s, s]` -> `[B, s·s, W]` (row-major over the grid: position = row·s + column).
     pub fn forward(&self, map: Tensor<B, 4>) -> Tensor<B, 3> {
-        let x = relu(self.norm1.forward(self.conv0.forward(map))); // [B, W, s, s]
-        let x = relu(self.norm4.forward(self.conv3.forward(x))); // [B, W, s, s]
-        let x = self.conv6.forward(x); // [B, W, s, s]
+        let x = relu(self.norm1.forward(precision::conv2d(&self.conv0, map))); // [B, W, s, s]
+        let x = relu(self.norm4.forward(precision::conv2d(&self.conv3, x))); // [B, W, s, s]
+        let x = precision::conv2d(&self.conv6, x); // [B, W, s, s]
         let [b, w, h, v] = x.dims();
         x.reshape([b, w, h * v]).swap_dims(1, 2) // [B, s·s, W]
     }

@@ -8,6 +8,7 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
 use super::LAYER_NORM_EPS;
+use crate::precision;
 
 /// DALLE2 `LayerNorm`: gain only (no bias), biased variance, eps 1e-5. The `stable` variant
 /// first divides the input by its (detached, signed) maximum over the last axis.
@@ -139,8 +140,11 @@ impl<B: Backend> Attention<B> {
         let (h, dh) = (self.heads, self.dim_head);
         let x = self.norm.forward(x);
         // q: [B, n, H*dh] -> [B, H, n, dh], scaled before rotary and l2norm (the factor cancels)
-        let q = self.to_q.forward(x.clone()).reshape([b, n, h, dh]).swap_dims(1, 2).mul_scalar(self.cosine_sim_scale);
-        let kv = self.to_kv.forward(x);
+        let q = precision::linear(&self.to_q, x.clone())
+            .reshape([b, n, h, dh])
+            .swap_dims(1, 2)
+            .mul_scalar(self.cosine_sim_scale);
+        let kv = precision::linear(&self.to_kv, x);
         let k = kv.clone().narrow(2, 0, dh);
         let v = kv.narrow(2, dh, dh);
         let q = apply_rotary(q.reshape([b * h, n, dh]), cos, sin);
@@ -155,11 +159,11 @@ impl<B: Backend> Attention<B> {
         let q = l2norm(q).mul_scalar(root_scale).reshape([b, h * n, dh]);
         let k = l2norm(k).mul_scalar(root_scale);
         // sim: [B, H*n, n+1] -> [B, H, n, n+1]
-        let sim = q.matmul(k.swap_dims(1, 2)).reshape([b, h, n, n + 1]) + bias.clone().unsqueeze::<4>();
+        let sim = precision::matmul(q, k.swap_dims(1, 2)).reshape([b, h, n, n + 1]) + bias.clone().unsqueeze::<4>();
         let attn = softmax(sim, 3).reshape([b, h * n, n + 1]);
         // out: [B, H*n, dh] -> [B, n, H*dh]
-        let out = attn.matmul(v).reshape([b, h, n, dh]).swap_dims(1, 2).reshape([b, n, h * dh]);
-        self.out_norm.forward(self.to_out.forward(out))
+        let out = precision::matmul(attn, v).reshape([b, h, n, dh]).swap_dims(1, 2).reshape([b, n, h * dh]);
+        self.out_norm.forward(precision::linear(&self.to_out, out))
     }
 }
 
@@ -184,11 +188,11 @@ pub struct FeedForward<B: Backend> {
 impl<B: Backend> FeedForward<B> {
     /// `[B, n, D] -> [B, n, D]` (before the residual add).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let hidden = self.proj_in.forward(self.norm.forward(x));
+        let hidden = precision::linear(&self.proj_in, self.norm.forward(x));
         let f = hidden.dims()[2] / 2;
         let value = hidden.clone().narrow(2, 0, f);
         let gate = hidden.narrow(2, f, f);
-        self.proj_out.forward(value * silu(gate))
+        precision::linear(&self.proj_out, value * silu(gate))
     }
 }
 
@@ -247,6 +251,6 @@ impl<B: Backend> CausalTransformer<B> {
                 t.push(LayerTrace { attn_out, ff_out });
             }
         }
-        (self.project_out.forward(self.norm.forward(x)), bias)
+        (precision::linear(&self.project_out, self.norm.forward(x)), bias)
     }
 }

@@ -10,6 +10,7 @@ use super::PriorConfig;
 use super::layers::{
     Attention, CausalTransformer, FeedForward, GainLayerNorm, LayerTrace, RelPosBias, TransformerLayer,
 };
+use crate::precision;
 
 /// DALLE2 `MLP(D, D, expansion_factor=2, depth=2)`: Linear(D, 2D) + SiLU, Linear(2D, 2D) + SiLU,
 /// Linear(2D, D), all with bias (`to_time_embeds.0.1.net.{0.0, 1.0, 2}`).
@@ -23,9 +24,9 @@ pub struct TimeMlp<B: Backend> {
 impl<B: Backend> TimeMlp<B> {
     /// `[B, D] -> [B, D]`.
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let x = silu(self.layer0.forward(x));
-        let x = silu(self.layer1.forward(x));
-        self.layer2.forward(x)
+        let x = silu(precision::linear(&self.layer0, x));
+        let x = silu(precision::linear(&self.layer1, x));
+        precision::linear(&self.layer2, x)
     }
 }
 

@@ -118,7 +118,7 @@ pub fn dispatch<T: BackendTask>(spec: DeviceSpec, precision: Precision, task: T)
         DeviceSpec::Wgpu => {
             let device = burn::backend::wgpu::WgpuDevice::DefaultDevice;
             let engine = Engine::<burn::backend::Autodiff<burn::backend::Wgpu>>::host_staged(spec, device, precision)
-                .with_memory(|device| cubecl_memory::<burn::backend::wgpu::WgpuRuntime>(device));
+                .with_memory(cubecl_memory::<burn::backend::wgpu::WgpuRuntime>);
             task.run(engine)
         }
         #[cfg(feature = "cuda")]

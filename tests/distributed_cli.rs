@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use voxbridge_e2e::{SimDataset, assert_success, describe, stderr, voxbridge_env};
+use voxbridge_e2e::{SimDataset, assert_success, describe, stderr, step_losses, voxbridge_env};
 
 /// Subjects 2 and 3 of `tiny`, 4 trials each per batch, 5 steps per epoch, 4 epochs: 20 steps.
 /// No dropout: masks are drawn per rank's rows, so they cannot equal one process's.
@@ -42,21 +42,6 @@ fn train_workers(exp: &Path, out: &Path, workers: usize, extra: &[&str], env: &[
     ];
     args.extend(extra.iter().map(std::ffi::OsStr::new));
     voxbridge_env(&args, env)
-}
-
-/// `loss, clip_loss, prior_loss` per step.
-fn losses(run: &Path) -> Vec<[f64; 3]> {
-    let csv = std::fs::read_to_string(run.join("metrics/steps.csv")).unwrap();
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
-    let cols = [col("loss"), col("clip_loss"), col("prior_loss")];
-    lines
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            cols.map(|c| f[c].parse().unwrap())
-        })
-        .collect()
 }
 
 fn tensors(run: &Path) -> Vec<(String, Vec<f32>)> {
@@ -103,7 +88,7 @@ fn two_workers_train_what_one_worker_trains() {
 /// Per-step losses within 1e-5 relative and the saved models (every subject's ridge gathered
 /// from its owners) within 1e-4.
 fn assert_same_run(one: &Path, many: &Path, steps: usize) {
-    let (a, b) = (losses(one), losses(many));
+    let (a, b) = (step_losses(one), step_losses(many));
     assert_eq!(a.len(), steps);
     assert_eq!(b.len(), steps);
     for (step, (x, y)) in a.iter().zip(&b).enumerate() {
@@ -239,7 +224,7 @@ fn a_killed_worker_restarts_all_from_the_last_checkpoint_and_the_run_matches() {
         // The coordinator sees the dead rank through its exit (SIGKILL) or its closed connection.
         assert!(log.contains("restart 1 of 1") && log.contains("rank 1: "), "{log}");
         assert!(log.contains("steps_done=6"), "the restart resumed from the step-6 checkpoint: {log}");
-        let (got, want) = (losses(&run), losses(&reference));
+        let (got, want) = (step_losses(&run), step_losses(&reference));
         assert_eq!(got.len(), want.len());
         for (step, (x, y)) in got.iter().zip(&want).enumerate() {
             for k in 0..3 {
@@ -283,7 +268,7 @@ fn sigterm_on_one_rank_stops_every_rank_after_the_same_step() {
         &[],
     );
     assert_success(&resumed);
-    let (a, b) = (losses(&reference), losses(&stopped));
+    let (a, b) = (step_losses(&reference), step_losses(&stopped));
     assert_eq!(a.len(), b.len());
     for (step, (x, y)) in a.iter().zip(&b).enumerate() {
         for k in 0..3 {

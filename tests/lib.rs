@@ -232,3 +232,18 @@ pub fn flip_middle_byte(path: &Path) -> usize {
     std::fs::write(path, &bytes).expect("write back");
     at
 }
+
+/// `loss, clip_loss, prior_loss` per step of a run (its `metrics/steps.csv`).
+pub fn step_losses(run: &Path) -> Vec<[f64; 3]> {
+    let csv = std::fs::read_to_string(run.join("metrics/steps.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let cols = [col("loss"), col("clip_loss"), col("prior_loss")];
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            cols.map(|c| f[c].parse().unwrap())
+        })
+        .collect()
+}

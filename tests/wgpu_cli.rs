@@ -18,7 +18,7 @@
 
 use std::path::{Path, PathBuf};
 
-use voxbridge_e2e::{SimDataset, assert_success, describe, stdout, voxbridge};
+use voxbridge_e2e::{SimDataset, assert_success, describe, stdout, step_losses, voxbridge};
 
 /// A 2-subject MindEye2 experiment on `tiny`, 20 steps, dropout off (backends draw other
 /// dropout masks), the prior on, evaluation small.
@@ -41,21 +41,6 @@ fn train(exp: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     voxbridge(&args)
 }
 
-/// `loss, clip_loss, prior_loss` per step.
-fn losses(run: &Path) -> Vec<[f64; 3]> {
-    let csv = std::fs::read_to_string(run.join("metrics/steps.csv")).unwrap();
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
-    let cols = [col("loss"), col("clip_loss"), col("prior_loss")];
-    lines
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            cols.map(|c| f[c].parse().unwrap())
-        })
-        .collect()
-}
-
 /// The largest per-step relative difference of the two runs' losses (all three columns).
 fn worst_relative(a: &[[f64; 3]], b: &[[f64; 3]]) -> f64 {
     assert_eq!(a.len(), b.len());
@@ -74,7 +59,7 @@ fn training_on_wgpu_matches_the_cpu_run() {
     assert_success(&train(&exp, &cpu, &[]));
     let out = train(&exp, &gpu, &["--device", "wgpu"]);
     assert_success(&out);
-    let (a, b) = (losses(&cpu), losses(&gpu));
+    let (a, b) = (step_losses(&cpu), step_losses(&gpu));
     assert_eq!(a.len(), 20);
     let worst = worst_relative(&a, &b);
     eprintln!("wgpu vs cpu, 20 steps: worst relative loss difference {worst:.2e}");
@@ -92,7 +77,7 @@ fn two_wgpu_workers_train_what_one_wgpu_process_trains() {
     assert_success(&train(&exp, &one, &[]));
     let out = train(&exp, &two, &["--workers", "2"]);
     assert_success(&out);
-    let worst = worst_relative(&losses(&one), &losses(&two));
+    let worst = worst_relative(&step_losses(&one), &step_losses(&two));
     eprintln!("2 wgpu workers vs 1 wgpu process: worst relative loss difference {worst:.2e}");
     // Same backend on both sides: the data-parallel sums only reorder float additions.
     assert!(worst <= 1e-4, "{worst:e}\n{}", describe(&out));
@@ -106,7 +91,7 @@ fn bf16_on_wgpu_is_finite_and_close_to_fp32() {
     let (fp32, bf16) = (dir.path().join("fp32"), dir.path().join("bf16"));
     assert_success(&train(&exp, &fp32, &[]));
     assert_success(&train(&exp, &bf16, &["--precision", "bf16"]));
-    let (a, b) = (losses(&fp32), losses(&bf16));
+    let (a, b) = (step_losses(&fp32), step_losses(&bf16));
     assert!(b.iter().flatten().all(|v| v.is_finite()), "bf16 losses {b:?}");
     let worst = worst_relative(&a, &b);
     eprintln!("bf16 vs fp32 on wgpu, 20 steps: worst relative loss difference {worst:.2e}");

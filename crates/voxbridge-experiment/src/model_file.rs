@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 
 pub use voxbridge_model::MindEye2Config;
 pub use voxbridge_model::budget::ComputeDtype;
-use voxbridge_model::budget::{GIB, MemoryEstimate, MemoryPlan, estimate_memory};
+use voxbridge_model::budget::{GIB, MemoryEstimate, MemoryPlan, estimate_memory, group};
 use voxbridge_train::distributed::Placement;
 
 /// A model file: a `MindEye2Config` in TOML, unknown keys rejected with line and column.
@@ -22,19 +22,6 @@ pub fn load_model_config(path: &Path) -> anyhow::Result<MindEye2Config> {
         bail!("{}: {}", path.display(), problems.join("; "));
     }
     Ok(config)
-}
-
-/// `1234567` → `1,234,567`.
-fn group(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// The parameter table of `params`, from the config alone (no weights are allocated).

@@ -267,8 +267,8 @@ impl fmt::Display for MemoryEstimate {
     }
 }
 
-/// `1234567` → `1,234,567`.
-fn group(n: u64) -> String {
+/// `1234567` → `1,234,567` (parameter counts in reports).
+pub fn group(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {

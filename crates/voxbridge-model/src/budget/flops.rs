@@ -130,19 +130,9 @@ mod tests {
     use crate::config::NSD_VOXELS;
     use crate::prior::PriorConfig;
 
-    /// voxels [3, 5], h 4, 1 block, 2 tokens × 4, prior dim 4, depth 1, dim_head 2 (2 heads).
+    /// The budget tests' small config with a prior: dim 4, depth 1, dim_head 2 (2 heads).
     fn small() -> MindEye2Config {
-        MindEye2Config {
-            voxels: vec![3, 5],
-            hidden: 4,
-            blocks: 1,
-            clip_tokens: 2,
-            clip_dim: 4,
-            dropout: 0.0,
-            backbone_mode: BackboneMode::Released,
-            low_level: None,
-            prior: Some(PriorConfig::mindeye2(4, 2, 1, 2)),
-        }
+        MindEye2Config { prior: Some(PriorConfig::mindeye2(4, 2, 1, 2)), ..crate::budget::tests::small() }
     }
 
     #[test]

@@ -2,7 +2,7 @@ use super::*;
 use crate::config::NSD_VOXELS;
 
 /// voxels [3, 5], h 4, 1 block, 2 tokens × 4, released backbone, no low-level branch, no prior.
-fn small() -> MindEye2Config {
+pub(super) fn small() -> MindEye2Config {
     MindEye2Config {
         voxels: vec![3, 5],
         hidden: 4,

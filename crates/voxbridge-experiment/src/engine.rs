@@ -113,9 +113,13 @@ pub trait BackendTask {
 /// naming the cargo feature to build with.
 pub fn dispatch<T: BackendTask>(spec: DeviceSpec, precision: Precision, task: T) -> anyhow::Result<T::Output> {
     match spec {
-        DeviceSpec::Cpu => task.run(Engine::<CpuTrain>::host_staged(spec, Default::default(), precision)),
+        DeviceSpec::Cpu => {
+            install_fused_ops::<CpuBackend>();
+            task.run(Engine::<CpuTrain>::host_staged(spec, Default::default(), precision))
+        }
         #[cfg(feature = "wgpu")]
         DeviceSpec::Wgpu => {
+            install_fused_ops::<burn::backend::Wgpu>();
             let device = burn::backend::wgpu::WgpuDevice::DefaultDevice;
             let engine = Engine::<burn::backend::Autodiff<burn::backend::Wgpu>>::host_staged(spec, device, precision)
                 .with_memory(cubecl_memory::<burn::backend::wgpu::WgpuRuntime>);
@@ -124,11 +128,18 @@ pub fn dispatch<T: BackendTask>(spec: DeviceSpec, precision: Precision, task: T)
         #[cfg(feature = "cuda")]
         DeviceSpec::Cuda(index) => {
             prepare_cuda_process().map_err(|e| anyhow::anyhow!("--device {spec}: {e}"))?;
+            install_fused_ops::<burn::backend::Cuda>();
             task.run(cuda_engine(index, precision))
         }
         #[allow(unreachable_patterns)] // every device is built in with all features
         other => Err(not_built_in(other)),
     }
+}
+
+/// Registers the prior's fused attention and SwiGLU ops (`voxbridge_model::fused`) for training
+/// on `Autodiff<I>`: only the concrete backend type can select them.
+pub fn install_fused_ops<I: burn::tensor::backend::Backend>() {
+    voxbridge_model::fused::install_autodiff::<I, burn::backend::autodiff::checkpoint::strategy::NoCheckpointing>();
 }
 
 /// The error for a device whose backend this binary lacks.

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 
 pub use voxbridge_model::MindEye2Config;
 pub use voxbridge_model::budget::ComputeDtype;
-use voxbridge_model::budget::{GIB, MemoryEstimate, MemoryPlan, estimate_memory, group};
+use voxbridge_model::budget::{GIB, MemoryEstimate, MemoryPlan, PriorOps, estimate_memory, group};
 use voxbridge_train::distributed::Placement;
 
 /// A model file: a `MindEye2Config` in TOML, unknown keys rejected with line and column.
@@ -99,7 +99,7 @@ pub fn memory_report(config: &MindEye2Config, request: &MemoryRequest) -> anyhow
     let model = MindEye2Config { voxels: positions.iter().map(|&p| config.voxels[p - 1]).collect(), ..config.clone() };
     let subjects = positions.len();
     let per_subject = (request.batch / subjects).max(1);
-    let (worst, rank) = fullest_gpu(&model, per_subject, request.gpus, request.compute, false)?;
+    let (worst, rank) = fullest_gpu(&model, per_subject, request.gpus, request.compute, PriorOps::Fused)?;
 
     let mut out = String::new();
     let list = |idx: &[usize]| idx.iter().map(|&i| positions[i].to_string()).collect::<Vec<_>>().join(", ");
@@ -125,11 +125,22 @@ pub fn memory_report(config: &MindEye2Config, request: &MemoryRequest) -> anyhow
         request.compute
     )?;
     out += &worst.report(request.capacity_bytes);
+    if model.prior.is_some() {
+        // What the fused prior ops buy: the same step with burn's autodiff over composed ops.
+        let (composed, _) = fullest_gpu(&model, per_subject, request.gpus, request.compute, PriorOps::Composed)?;
+        writeln!(
+            out,
+            "  (the prior's attention, SwiGLU and LayerNorm run as fused ops that keep only their inputs; \
+             composed from burn's ops, autodiff would keep their intermediates: {:.2} GiB, {})",
+            composed.total() as f64 / GIB,
+            if composed.fits(request.capacity_bytes) { "fits" } else { "does not fit" }
+        )?;
+    }
     if !worst.fits(request.capacity_bytes) {
         writeln!(out, "What would fit {:.0} GB:", request.capacity_bytes as f64 / 1e9)?;
         let fits = |e: &MemoryEstimate| e.fits(request.capacity_bytes);
         let more = (request.gpus + 1..=64).find_map(|g| {
-            fullest_gpu(&model, per_subject, g, request.compute, false)
+            fullest_gpu(&model, per_subject, g, request.compute, PriorOps::Fused)
                 .ok()
                 .filter(|(e, _)| fits(e))
                 .map(|(e, _)| (g, e))
@@ -144,7 +155,7 @@ pub fn memory_report(config: &MindEye2Config, request: &MemoryRequest) -> anyhow
             None => writeln!(out, "  no GPU count up to 64 at this batch")?,
         }
         let smaller = (1..per_subject).rev().find_map(|k| {
-            fullest_gpu(&model, k, request.gpus, request.compute, false)
+            fullest_gpu(&model, k, request.gpus, request.compute, PriorOps::Fused)
                 .ok()
                 .filter(|(e, _)| fits(e))
                 .map(|(e, _)| (k, e))
@@ -159,16 +170,6 @@ pub fn memory_report(config: &MindEye2Config, request: &MemoryRequest) -> anyhow
             )?,
             None => writeln!(out, "  on {} GPU(s), no smaller batch", request.gpus)?,
         }
-        if model.prior.is_some() {
-            let (e, _) = fullest_gpu(&model, per_subject, request.gpus, request.compute, true)?;
-            let verdict = if fits(&e) { "fits" } else { "does not fit either" };
-            writeln!(
-                out,
-                "  recomputing the prior's layers in backward (activation checkpointing; voxbridge does not do \
-                 this yet): {:.2} GiB, {verdict}",
-                e.total() as f64 / GIB
-            )?;
-        }
     }
     Ok(out)
 }
@@ -179,7 +180,7 @@ fn fullest_gpu(
     per_subject: usize,
     gpus: usize,
     compute: ComputeDtype,
-    recompute_prior_layers: bool,
+    prior_ops: PriorOps,
 ) -> anyhow::Result<(MemoryEstimate, usize)> {
     let subjects = model.voxels.len();
     let placement = Placement::new(subjects, gpus, per_subject).map_err(|e| anyhow::anyhow!("--gpus {gpus}: {e}"))?;
@@ -191,7 +192,7 @@ fn fullest_gpu(
                 global_batch: per_subject * subjects,
                 gpus,
                 compute,
-                recompute_prior_layers,
+                prior_ops,
             };
             (estimate_memory(model, &plan), rank)
         })
@@ -269,18 +270,29 @@ mod tests {
     }
 
     #[test]
-    fn pretraining_at_batch_63_says_what_would_fit() {
+    fn pretraining_at_batch_63_fits_one_gpu_thanks_to_the_fused_prior_ops() {
         let report = memory_report(&released(), &request(63, Some(vec![2, 3, 4, 5, 6, 7, 8]))).unwrap();
         assert!(report.contains("batch: 63 rows = 9 per subject × 7 subjects (2, 3, 4, 5, 6, 7, 8)"), "{report}");
+        assert!(report.contains(": FITS (headroom"), "{report}");
+        assert!(report.contains("saved: prior, 6 layers over [63, 513, 1664], fused ops"), "{report}");
+        // The report says what makes it fit: composed, the same step does not.
+        assert!(report.contains("composed from burn's ops") && report.contains("GiB, does not fit)"), "{report}");
+        assert!(!report.contains("What would fit"), "{report}");
+    }
+
+    #[test]
+    fn a_batch_too_large_for_one_gpu_says_what_would_fit() {
+        // Twice the paper's batch: 18 rows per subject.
+        let report = memory_report(&released(), &request(126, Some(vec![2, 3, 4, 5, 6, 7, 8]))).unwrap();
         assert!(report.contains("DOES NOT FIT"), "{report}");
-        assert!(report.contains("  3 GPUs with the subjects sharded: the fullest holds 27 rows"), "{report}");
-        assert!(report.contains("  on 1 GPU(s), a global batch of 28 (4 per subject)"), "{report}");
-        assert!(report.contains("voxbridge does not do this yet"), "{report}");
-        // On 3 GPUs the fullest rank holds subjects 2–4.
-        let three = MemoryRequest { gpus: 3, ..request(63, Some(vec![2, 3, 4, 5, 6, 7, 8])) };
+        assert!(report.contains("What would fit 80 GB:"), "{report}");
+        assert!(report.contains("GPUs with the subjects sharded: the fullest holds"), "{report}");
+        assert!(report.contains("  on 1 GPU(s), a global batch of"), "{report}");
+        // On 3 GPUs the fullest rank holds subjects 2–4, 54 rows.
+        let three = MemoryRequest { gpus: 3, ..request(126, Some(vec![2, 3, 4, 5, 6, 7, 8])) };
         let report = memory_report(&released(), &three).unwrap();
         assert!(
-            report.contains("rank 0: ridges of subjects 2, 3, 4, 27 rows") && report.contains(": FITS"),
+            report.contains("rank 0: ridges of subjects 2, 3, 4, 54 rows") && report.contains(": FITS"),
             "{report}"
         );
     }

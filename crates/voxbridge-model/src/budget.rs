@@ -16,7 +16,8 @@
 //!   op by op, see `saved`), the bf16 casts of the weights (each matmul casts its weight on the
 //!   fly and autodiff keeps the cast as the matmul's saved operand — counted here, not as a
 //!   separate "compute copy"), the backward pass's temporaries (3 × the largest saved f32
-//!   tensor: a gradient, and the recomputed `exp` and product of a softmax backward), and the
+//!   tensor: a gradient and two products of an op's backward; or, if larger, the 4 attention
+//!   matrices `[rows, H, N, N + 1]` the prior's fused attention recomputes for one layer), and the
 //!   gradients of the parts whose backward runs first (prior, low-level branch) while their
 //!   saved tensors are still being released. The other gradients are not added here: burn
 //!   frees each saved tensor once its backward step has run, and `clip_proj`, `backbone_linear`
@@ -109,10 +110,19 @@ pub struct MemoryPlan {
     /// Data-parallel ranks; above 1 the shared gradients are flattened for one all-reduce.
     pub gpus: usize,
     pub compute: ComputeDtype,
-    /// Hypothetical — voxbridge does not do this: keep only each prior layer's input and
-    /// recompute the layer during backward (activation checkpointing). For answering "what
-    /// would make it fit", never for describing a run.
-    pub recompute_prior_layers: bool,
+    /// How the prior's attention, SwiGLU and LayerNorms are differentiated.
+    pub prior_ops: PriorOps,
+}
+
+/// How autodiff differentiates the prior's attention core, SwiGLU and gain LayerNorms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PriorOps {
+    /// voxbridge's training runs: one op each (`crate::fused`), keeping only their inputs;
+    /// backward recomputes one layer's attention matrices at a time.
+    #[default]
+    Fused,
+    /// burn's autodiff over the composed tensor ops (for comparison: what the fused ops save).
+    Composed,
 }
 
 impl MemoryPlan {
@@ -124,7 +134,7 @@ impl MemoryPlan {
             global_batch: batch,
             gpus: 1,
             compute,
-            recompute_prior_layers: false,
+            prior_ops: PriorOps::Fused,
         }
     }
 }
@@ -224,7 +234,7 @@ impl MemoryEstimate {
             ComputeDtype::F32 => "  weight casts (none in fp32: matmuls keep the weights)",
         };
         line(casts, self.weight_casts);
-        line("  backward temporaries (3 × the largest saved f32 tensor)", self.backward_temporaries);
+        line("  backward temporaries (3 × largest saved, or attention recompute)", self.backward_temporaries);
         line("  gradients of the prior and low-level branch (backward first)", self.early_gradients);
         line("phase 2: gradients, all-reduce, AdamW", self.gradient_phase());
         line("  gradients, f32", self.gradients);
@@ -310,17 +320,13 @@ pub fn estimate_memory(config: &MindEye2Config, plan: &MemoryPlan) -> MemoryEsti
     let mut push = |name: String, s: saved::Saved| saved.push((name, s.bytes(c)));
     let n = config.prior.as_ref().map_or(0, |p| p.seq_len() as u64);
     if let Some(p) = &config.prior {
-        let depth = p.depth as u64;
-        // Checkpointing keeps every layer's input and, during backward, one recomputed layer.
-        let (kept, inputs, how) = if plan.recompute_prior_layers {
-            (1, saved::prior_layer_input(p).times(depth), format!("{depth} layer inputs + 1 recomputed layer,"))
-        } else {
-            (depth, saved::Saved::default(), format!("{depth} layers over"))
+        let ops = plan.prior_ops;
+        let saved = saved::prior_ends(p, ops) + saved::prior_layer(p, ops).times(p.depth as u64);
+        let how = match ops {
+            PriorOps::Fused => "fused ops",
+            PriorOps::Composed => "composed",
         };
-        let rest = saved::prior_ends(p) + saved::prior_layer(p).times(kept) + inputs;
-        push(format!("prior, {how} [{rows}, {n}, {d}]"), rest.times(rows));
-        let attention = saved::prior_attention(p).times(kept * rows);
-        push(format!("prior attention [{rows}, {}, {n}, {}] × {kept} layer(s)", p.heads, n + 1), attention);
+        push(format!("prior, {} layers over [{rows}, {n}, {d}], {how}", p.depth), saved.times(rows));
     }
     let s = saved::backbone(config, voxel_sum / subjects).times(rows);
     push(format!("ridge, mixers, backbone_linear input [{rows}, {h}]"), s);
@@ -334,13 +340,22 @@ pub fn estimate_memory(config: &MindEye2Config, plan: &MemoryPlan) -> MemoryEsti
     // The largest single f32 tensor the backward pass works on.
     let mut largest = vec![rows * t * d, global * t * d];
     if let Some(p) = &config.prior {
-        largest.push(rows * (p.heads as u64) * n * (n + 1));
         largest.push(rows * n * 2 * p.ff_inner_dim() as u64);
+        if plan.prior_ops == PriorOps::Composed {
+            largest.push(rows * saved::prior_attention_matrix(p));
+        }
     }
     if let Some(low) = &config.low_level {
         largest.push((global * (low.map_size * low.map_size) as u64).pow(2));
     }
-    let backward_temporaries = 3 * 4 * largest.into_iter().max().unwrap_or(0);
+    // The fused attention's backward recomputes one layer's matrices: probabilities, their
+    // gradient, the product feeding the row sums, the score gradient (and bf16 casts of two):
+    // at most 4 f32 matrices live at once.
+    let attention_recompute = match (&config.prior, plan.prior_ops) {
+        (Some(p), PriorOps::Fused) => 4 * 4 * rows * saved::prior_attention_matrix(p),
+        _ => 0,
+    };
+    let backward_temporaries = (3 * 4 * largest.into_iter().max().unwrap_or(0)).max(attention_recompute);
 
     let weight_casts = match c {
         ComputeDtype::F32 => 0,

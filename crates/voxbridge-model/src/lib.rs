@@ -6,6 +6,7 @@
 pub mod backbone;
 pub mod budget;
 pub mod config;
+pub mod fused;
 pub mod losses;
 pub mod lowlevel;
 pub mod mindeye2;

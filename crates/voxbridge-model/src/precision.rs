@@ -205,12 +205,14 @@ fn add_bias_f32<B: Backend, const D: usize>(y: Tensor<B, D>, bias: Tensor<B, 1>,
 
 /// `layer.forward(x)` in the current compute dtype: `x [.., d_in] → [.., d_out]`, f32.
 ///
-/// `F32`: exactly `Linear::forward`. Otherwise the leading axes are flattened (one 2-D product,
-/// so the weight gradient is one product accumulated in f32 rather than a bf16 sum over batch
-/// axes), the product is computed from bf16 operands, and the bias is added in f32.
+/// The leading axes are flattened into one 2-D product `[rows, d_in]·[d_in, d_out]`, as torch's
+/// `F.linear` does: burn's `Linear::forward` on a 3-D input runs one product per sample (the
+/// weight packed each time) and sums a `[B, d_in, d_out]` weight gradient afterwards; in bf16 the
+/// 2-D product also accumulates the weight gradient in f32 rather than summing bf16 partials.
+/// Operands are cast to the compute dtype (none in f32) and the bias is added in f32.
 pub fn linear<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
     let mode = current();
-    if mode == ComputeDtype::F32 {
+    if D <= 2 && mode == ComputeDtype::F32 {
         return layer.forward(x);
     }
     let mut dims = x.dims();
@@ -222,6 +224,8 @@ pub fn linear<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) ->
     dims[D - 1] = d_out;
     let y = y.reshape(dims);
     match &layer.bias {
+        // f32 (or f64 in the float64 parity tests): the bias in the weights' own dtype.
+        Some(bias) if mode == ComputeDtype::F32 => y + bias.val().unsqueeze(),
         Some(bias) => add_bias_f32(y, bias.val(), D - 1),
         None => y,
     }

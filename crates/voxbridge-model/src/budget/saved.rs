@@ -6,11 +6,12 @@
 //! |---|---|
 //! | `Linear`, `matmul`, `conv2d` | both operands (the weight is the parameter itself in fp32, a bf16 cast in bf16) |
 //! | `nn::LayerNorm`, `nn::GroupNorm` | the centred input and the normalised input (2 × input) |
-//! | `GainLayerNorm` (the prior's) | `x − mean` twice (variance and output) and the normalised input (3 × input) |
+//! | `GainLayerNorm` (the prior's) | fused (`crate::fused`): its input; composed: `x − mean` twice and the normalised input (3 × input) |
 //! | GELU, ReLU, sigmoid, `abs`, `powi`/square, `exp` | their input |
 //! | SiLU (`x · sigmoid(x)`) | `x` and `sigmoid(x)` |
 //! | `Dropout` | its mask (f32) |
 //! | softmax (`exp(x − max) / Σ`) | the shifted input (for `exp`) and `exp` (for the division) |
+//! | the prior's attention core and SwiGLU, fused (`crate::fused`) | their inputs (f32); backward recomputes the rest |
 //! | `a · b`, `a / b` with both tracked | both; add, sub, reshape, narrow, cat, cast: nothing |
 //!
 //! Mixed precision as voxbridge does it (`bf16`): every matmul and convolution casts both
@@ -23,7 +24,7 @@ use crate::config::MindEye2Config;
 use crate::lowlevel::LowLevelConfig;
 use crate::prior::PriorConfig;
 
-use super::{ComputeDtype, DecoderOp, decoder_ops};
+use super::{ComputeDtype, DecoderOp, PriorOps, decoder_ops};
 
 /// Elements autodiff keeps for backward.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -87,11 +88,6 @@ fn norm(n: u64) -> Saved {
     f32s(2 * n)
 }
 
-/// The prior's gain-only LayerNorm over `n` values.
-fn gain_norm(n: u64) -> Saved {
-    f32s(3 * n)
-}
-
 /// One MindEye2 mixer block over `n` values of a row: norm, Linear, GELU, dropout, Linear.
 fn mixer_block(n: u64) -> Saved {
     norm(n) + operand(n) + f32s(n) + f32s(n) + operand(n)
@@ -146,46 +142,58 @@ pub(super) fn low_level(low: &LowLevelConfig) -> Saved {
     operand_copy(low.hidden as u64) + f32s(map) + norm(map) + decoder + projector
 }
 
-/// The prior's attention matrices `[H, N, N + 1]` of one layer, per row: the softmax keeps its
-/// shifted input and `exp` (f32), the mixing matmul the probabilities (an operand).
-pub(super) fn prior_attention(p: &PriorConfig) -> Saved {
-    let a = (p.heads * p.seq_len() * (p.seq_len() + 1)) as u64;
-    f32s(2 * a) + operand(a)
+/// Elements of one layer's attention matrices `[H, N, N + 1]` per row.
+pub(super) fn prior_attention_matrix(p: &PriorConfig) -> u64 {
+    (p.heads * p.seq_len() * (p.seq_len() + 1)) as u64
 }
 
-/// Everything else one prior layer keeps per row: the attention's norms, projections,
-/// rotary-and-normalised q and k, and the SwiGLU feed-forward.
-pub(super) fn prior_layer(p: &PriorConfig) -> Saved {
+/// The prior's gain-only LayerNorm over `n` values: the fused op keeps its input; composed,
+/// `x − mean` twice (variance and output) and the normalised input.
+fn gain_norm(n: u64, ops: PriorOps) -> Saved {
+    match ops {
+        PriorOps::Fused => f32s(n),
+        PriorOps::Composed => f32s(3 * n),
+    }
+}
+
+/// Everything one prior layer keeps per row: the attention's norms and projections, its core
+/// (fused: the f32 inputs q, k, v; composed: q, k and v as matmul operands and the attention
+/// matrices, softmax's shifted input and `exp` in f32 and the probabilities as an operand), and
+/// the feed-forward (SwiGLU fused keeps its input `[N, 2F]`; composed, gate, sigmoid(gate),
+/// value and silu(gate), `[N, F]` each).
+pub(super) fn prior_layer(p: &PriorConfig, ops: PriorOps) -> Saved {
     let (d, n) = (p.dim as u64, p.seq_len() as u64);
     let nd = n * d;
     let (inner, dh, ff) = (p.inner_dim() as u64, p.dim_head as u64, p.ff_inner_dim() as u64);
     let q = n * inner;
     let k = (n + 1) * dh;
-    let attention = gain_norm(nd)
+    let a = prior_attention_matrix(p);
+    let core = match ops {
+        PriorOps::Fused => f32s(q + 2 * k),
+        PriorOps::Composed => operand(q + 2 * k) + f32s(2 * a) + operand(a),
+    };
+    let attention = gain_norm(nd, ops)
         + operand(nd) // to_q
         + operand_copy(nd) // to_kv, same input
-        + f32s(q) + operand(q) // l2norm(rotary q), q for the scores
-        + f32s(k) + operand(k) // l2norm(k), k for the scores
-        + operand(k) // v for the mixing
+        + f32s(q) + f32s(k) // l2norm of rotary q and of k
+        + core
         + operand(q) // to_out
-        + gain_norm(nd); // the output LayerNorm
-    // LayerNorm, proj_in's input; SwiGLU keeps gate, sigmoid(gate), value, silu(gate) [N, F];
-    // proj_out's input.
-    let feed_forward = gain_norm(nd) + operand(nd) + f32s(4 * n * ff) + operand(n * ff);
+        + gain_norm(nd, ops); // the output LayerNorm
+    let swiglu = match ops {
+        PriorOps::Fused => f32s(2 * n * ff),
+        PriorOps::Composed => f32s(4 * n * ff),
+    };
+    // LayerNorm, proj_in's input, SwiGLU, proj_out's input.
+    let feed_forward = gain_norm(nd, ops) + operand(nd) + swiglu + operand(n * ff);
     attention + feed_forward
 }
 
 /// What the prior keeps per row outside its layers: the time MLP, and the final (stable)
 /// LayerNorm and `project_out` over all N tokens.
-pub(super) fn prior_ends(p: &PriorConfig) -> Saved {
+pub(super) fn prior_ends(p: &PriorConfig, ops: PriorOps) -> Saved {
     let (d, th) = (p.dim as u64, p.time_hidden_dim() as u64);
     let time = operand(d) + f32s(2 * th) + operand(th) + f32s(2 * th) + operand(th);
-    time + gain_norm(p.seq_len() as u64 * d) + operand(p.seq_len() as u64 * d)
-}
-
-/// One prior layer's input `[N, D]` per row, f32: all that activation checkpointing keeps.
-pub(super) fn prior_layer_input(p: &PriorConfig) -> Saved {
-    f32s((p.seq_len() * p.dim) as u64)
+    time + gain_norm(p.seq_len() as u64 * d, ops) + operand(p.seq_len() as u64 * d)
 }
 
 /// The loss terms on one GPU with `rows` of a global batch of `global` rows: the CLIP

@@ -4,11 +4,10 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
 use super::LAYER_NORM_EPS;
-use crate::precision;
+use crate::{fused, precision};
 
 /// DALLE2 `LayerNorm`: gain only (no bias), biased variance, eps 1e-5. The `stable` variant
 /// first divides the input by its (detached, signed) maximum over the last axis.
@@ -28,8 +27,10 @@ impl<B: Backend> GainLayerNorm<B> {
         } else {
             x
         };
-        let (var, mean) = x.clone().var_mean_bias(R - 1);
-        (x - mean) * (var + LAYER_NORM_EPS).sqrt().recip() * self.g.val().unsqueeze::<R>()
+        // One fused op over the rows (`fused`: keeps only x for backward).
+        let dims = x.dims();
+        let rows = dims[..R - 1].iter().product::<usize>();
+        fused::gain_layer_norm(x.reshape([rows, dims[R - 1]]), self.g.val(), LAYER_NORM_EPS).reshape(dims)
     }
 }
 
@@ -158,11 +159,9 @@ impl<B: Backend> Attention<B> {
         let root_scale = self.cosine_sim_scale.sqrt();
         let q = l2norm(q).mul_scalar(root_scale).reshape([b, h * n, dh]);
         let k = l2norm(k).mul_scalar(root_scale);
-        // sim: [B, H*n, n+1] -> [B, H, n, n+1]
-        let sim = precision::matmul(q, k.swap_dims(1, 2)).reshape([b, h, n, n + 1]) + bias.clone().unsqueeze::<4>();
-        let attn = softmax(sim, 3).reshape([b, h * n, n + 1]);
-        // out: [B, H*n, dh] -> [B, n, H*dh]
-        let out = precision::matmul(attn, v).reshape([b, h, n, dh]).swap_dims(1, 2).reshape([b, n, h * dh]);
+        // softmax(q·kᵀ + bias)·v: [B, H*n, dh] -> [B, n, H*dh] (one op: see `fused`)
+        let out =
+            fused::attention(q, k, v, bias.clone()).reshape([b, h, n, dh]).swap_dims(1, 2).reshape([b, n, h * dh]);
         self.out_norm.forward(precision::linear(&self.to_out, out))
     }
 }
@@ -189,10 +188,7 @@ impl<B: Backend> FeedForward<B> {
     /// `[B, n, D] -> [B, n, D]` (before the residual add).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let hidden = precision::linear(&self.proj_in, self.norm.forward(x));
-        let f = hidden.dims()[2] / 2;
-        let value = hidden.clone().narrow(2, 0, f);
-        let gate = hidden.narrow(2, f, f);
-        precision::linear(&self.proj_out, value * silu(gate))
+        precision::linear(&self.proj_out, fused::swiglu(hidden))
     }
 }
 

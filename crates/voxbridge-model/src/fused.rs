@@ -87,9 +87,12 @@ pub fn is_installed<B: Backend>() -> bool {
     lookup::<B>().is_some()
 }
 
+/// `(mode, q, k, v, bias) -> out`, as [`attention`].
+type AttentionFn<B> = fn(ComputeDtype, Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) -> Tensor<B, 3>;
+
 /// The fused implementations for one backend type.
 struct Kernels<B: Backend> {
-    attention: fn(ComputeDtype, Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) -> Tensor<B, 3>,
+    attention: AttentionFn<B>,
     swiglu: fn(Tensor<B, 3>) -> Tensor<B, 3>,
     gain_layer_norm: fn(Tensor<B, 2>, Tensor<B, 1>, f64) -> Tensor<B, 2>,
 }

@@ -142,6 +142,11 @@ fn backward_product<B: Backend>(mode: ComputeDtype, a: Tensor<B, 3>, b: Tensor<B
     }
 }
 
+// Element-wise work below runs on 2-D views (`[rows, columns]`, broadcasting a row or a column):
+// reshaping a contiguous tensor, or a column slice of one, to 2-D is free on every backend, and
+// burn-flex runs 2-D strided and broadcast operands through a row-wise kernel where higher ranks
+// fall back to a scalar index walk.
+
 /// Softmax probabilities `[B, H·n, K]` of `q·kᵀ + bias`.
 fn attention_probs<B: Backend>(
     mode: ComputeDtype,
@@ -152,8 +157,9 @@ fn attention_probs<B: Backend>(
     let [b, rows, _] = q.dims();
     let [h, n, keys] = bias.dims();
     debug_assert_eq!(rows, h * n, "q rows must be heads × queries");
-    let sim = product(mode, q, k.swap_dims(1, 2)).reshape([b, h, n, keys]) + bias.unsqueeze::<4>();
-    softmax(sim, 3).reshape([b, rows, keys])
+    // The bias [H, n, K] broadcast over the batch: one row of H·n·K added to each sample's scores.
+    let sim = product(mode, q, k.swap_dims(1, 2)).reshape([b, rows * keys]) + bias.reshape([1, rows * keys]);
+    softmax(sim.reshape([b * rows, keys]), 1).reshape([b, rows, keys])
 }
 
 fn attention_forward<B: Backend>(
@@ -178,9 +184,10 @@ fn attention_backward<B: Backend>(
     let probs = attention_probs(mode, q.clone(), k.clone(), bias);
     let dv = backward_product(mode, probs.clone().swap_dims(1, 2), grad.clone(), Grad::Right);
     let dprobs = backward_product(mode, grad, v.swap_dims(1, 2), Grad::Left);
-    let row_dot = (dprobs.clone() * probs.clone()).sum_dim(2);
-    let dsim = probs * (dprobs - row_dot);
-    let dbias = dsim.clone().reshape([b, h, n, keys]).sum_dim(0).reshape([h, n, keys]);
+    let (probs, dprobs) = (probs.reshape([b * rows, keys]), dprobs.reshape([b * rows, keys]));
+    let row_dot = (dprobs.clone() * probs.clone()).sum_dim(1);
+    let dsim = (probs * (dprobs - row_dot)).reshape([b, rows, keys]);
+    let dbias = dsim.clone().reshape([b, rows * keys]).sum_dim(0).reshape([h, n, keys]);
     let dq = backward_product(mode, dsim.clone(), k, Grad::Left);
     let dk = backward_product(mode, dsim.swap_dims(1, 2), q, Grad::Left);
     debug_assert_eq!(dq.dims()[1], rows);
@@ -188,23 +195,30 @@ fn attention_backward<B: Backend>(
 }
 
 fn swiglu_forward<B: Backend>(hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-    let f = hidden.dims()[2] / 2;
-    let value = hidden.clone().narrow(2, 0, f);
-    let gate = hidden.narrow(2, f, f);
-    value * burn::tensor::activation::silu(gate)
+    let [b, n, two_f] = hidden.dims();
+    let (value, gate) = swiglu_halves(hidden);
+    (value * burn::tensor::activation::silu(gate)).reshape([b, n, two_f / 2])
 }
 
 /// `d hidden = [dout · silu(g), dout · a · σ(g)(1 + g(1 − σ(g)))]`.
 fn swiglu_backward<B: Backend>(hidden: Tensor<B, 3>, grad: Tensor<B, 3>) -> Tensor<B, 3> {
-    let f = hidden.dims()[2] / 2;
-    let value = hidden.clone().narrow(2, 0, f);
-    let gate = hidden.narrow(2, f, f);
+    let [b, n, two_f] = hidden.dims();
+    let (value, gate) = swiglu_halves(hidden);
+    let grad = grad.reshape([b * n, two_f / 2]);
     let sig = sigmoid(gate.clone());
     let silu = gate.clone() * sig.clone();
     let dsilu = sig.clone() * (gate * (sig.neg() + 1.0) + 1.0);
     let dvalue = grad.clone() * silu;
     let dgate = grad * value * dsilu;
-    Tensor::cat(vec![dvalue, dgate], 2)
+    Tensor::cat(vec![dvalue, dgate], 1).reshape([b, n, two_f])
+}
+
+/// The value and gate halves of SwiGLU's input `[B, n, 2F]` as 2-D views `[B·n, F]`.
+fn swiglu_halves<B: Backend>(hidden: Tensor<B, 3>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let [b, n, two_f] = hidden.dims();
+    let f = two_f / 2;
+    let hidden = hidden.reshape([b * n, two_f]);
+    (hidden.clone().narrow(1, 0, f), hidden.narrow(1, f, f))
 }
 
 /// `x̂ = (x − mean) · rstd`, `rstd = 1 / √(var + eps)` per row: `(x̂, rstd [rows, 1])`.

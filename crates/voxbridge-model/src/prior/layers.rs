@@ -102,8 +102,10 @@ pub fn apply_rotary<B: Backend>(x: Tensor<B, 3>, cos: &Tensor<B, 2>, sin: &Tenso
     let pairs = x_rot.clone().reshape([m, n, r / 2, 2]);
     let even = pairs.clone().narrow(3, 0, 1);
     let odd = pairs.narrow(3, 1, 1);
-    let half_rotated = Tensor::cat(vec![odd.neg(), even], 3).reshape([m, n, r]);
-    let rotated = x_rot * cos.clone().unsqueeze::<3>() + half_rotated * sin.clone().unsqueeze::<3>();
+    let half_rotated = Tensor::cat(vec![odd.neg(), even], 3).reshape([m, n * r]);
+    // As 2-D [m, n·r] rows times one broadcast row (burn-flex's fast broadcast path; free views).
+    let (cos, sin) = (cos.clone().reshape([1, n * r]), sin.clone().reshape([1, n * r]));
+    let rotated = (x_rot.reshape([m, n * r]) * cos + half_rotated * sin).reshape([m, n, r]);
     if r == d { rotated } else { Tensor::cat(vec![rotated, x.narrow(2, r, d - r)], 2) }
 }
 

@@ -115,6 +115,7 @@ pub fn dispatch<T: BackendTask>(spec: DeviceSpec, precision: Precision, task: T)
     match spec {
         DeviceSpec::Cpu => {
             install_fused_ops::<CpuBackend>();
+            voxbridge_cpu::install();
             task.run(Engine::<CpuTrain>::host_staged(spec, Default::default(), precision))
         }
         #[cfg(feature = "wgpu")]

@@ -20,14 +20,10 @@
 //! generic over any `B: Backend`. Rather than a voxbridge backend trait on every generic of the
 //! workspace, the backend-specific implementation is registered once per backend type by whoever
 //! knows the concrete type (the engine: [`install_autodiff`]`::<Flex>()`), and [`attention`] and
-//! [`swiglu`] look it up by `TypeId`. A backend without a registration (inference, or a test
+//! [`swiglu`] look it up by type ([`crate::kernels`]). A backend without a registration (inference, or a test
 //! that did not install) gets the composed ops — the same function with the same numerics, only
 //! with autodiff's memory. The implementation itself is generic over the inner backend: it is
 //! written in burn tensor ops, so CPU, wgpu and CUDA share it.
-
-use std::any::{Any, TypeId};
-use std::collections::HashMap;
-use std::sync::{OnceLock, RwLock};
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::NodeId;
@@ -39,6 +35,7 @@ use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive, backend::Backend};
 
+use crate::kernels;
 use crate::precision::{self, ComputeDtype};
 
 /// `softmax(q·kᵀ + bias)·v` with multi-query heads folded into rows.
@@ -74,17 +71,46 @@ pub fn gain_layer_norm<B: Backend>(x: Tensor<B, 2>, gain: Tensor<B, 1>, eps: f64
 /// Registers the fused autodiff implementations for `Autodiff<I, C>` (idempotent). Until this
 /// is called for a backend, [`attention`] and [`swiglu`] compose burn's ops there.
 pub fn install_autodiff<I: Backend, C: CheckpointStrategy>() {
-    let kernels = Kernels::<Autodiff<I, C>> {
+    let table = Kernels::<Autodiff<I, C>> {
         attention: attention_autodiff::<I, C>,
         swiglu: swiglu_autodiff::<I, C>,
         gain_layer_norm: gain_layer_norm_autodiff::<I, C>,
     };
-    registry().write().unwrap_or_else(|e| e.into_inner()).insert(TypeId::of::<Autodiff<I, C>>(), Box::new(kernels));
+    kernels::register(table);
 }
 
 /// Whether [`install_autodiff`] was called for `B` (reported by `bench train`).
 pub fn is_installed<B: Backend>() -> bool {
     lookup::<B>().is_some()
+}
+
+/// Hand-written element-wise kernels of the fused ops on an inner backend `I`, for backends
+/// where one loop over memory beats composing tensor ops (burn-flex: SwiGLU's backward is ten
+/// passes over `[rows, F]` as tensor ops, one as a loop). Registered by the crate that owns the
+/// backend-specific code (`voxbridge-cpu` for burn-flex) with [`install_inner`]. A kernel returns
+/// `None` for an input it does not handle (another dtype), and the composed math runs instead.
+pub struct InnerKernels<I: Backend> {
+    /// `hidden [rows, 2F]` → `a · silu(g)` `[rows, F]`.
+    pub swiglu_forward: fn(&Tensor<I, 2>) -> Option<Tensor<I, 2>>,
+    /// `(hidden [rows, 2F], grad [rows, F])` → `d hidden [rows, 2F]`.
+    pub swiglu_backward: fn(&Tensor<I, 2>, &Tensor<I, 2>) -> Option<Tensor<I, 2>>,
+}
+
+impl<I: Backend> Clone for InnerKernels<I> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<I: Backend> Copy for InnerKernels<I> {}
+
+/// Registers `kernels` for the inner backend `I` (replacing any earlier registration).
+pub fn install_inner<I: Backend>(table: InnerKernels<I>) {
+    kernels::register(table);
+}
+
+/// Whether [`install_inner`] was called for `I`.
+pub fn has_inner_kernels<I: Backend>() -> bool {
+    lookup_inner::<I>().is_some()
 }
 
 /// `(mode, q, k, v, bias) -> out`, as [`attention`].
@@ -104,16 +130,12 @@ impl<B: Backend> Clone for Kernels<B> {
 }
 impl<B: Backend> Copy for Kernels<B> {}
 
-type Registry = RwLock<HashMap<TypeId, Box<dyn Any + Send + Sync>>>;
-
-fn registry() -> &'static Registry {
-    static REGISTRY: OnceLock<Registry> = OnceLock::new();
-    REGISTRY.get_or_init(Default::default)
+fn lookup<B: Backend>() -> Option<Kernels<B>> {
+    kernels::lookup::<Kernels<B>>()
 }
 
-fn lookup<B: Backend>() -> Option<Kernels<B>> {
-    let map = registry().read().unwrap_or_else(|e| e.into_inner());
-    map.get(&TypeId::of::<B>()).and_then(|k| k.downcast_ref::<Kernels<B>>()).copied()
+fn lookup_inner<I: Backend>() -> Option<InnerKernels<I>> {
+    kernels::lookup::<InnerKernels<I>>()
 }
 
 // ---- the math, on any backend -------------------------------------------------------------
@@ -196,6 +218,10 @@ fn attention_backward<B: Backend>(
 
 fn swiglu_forward<B: Backend>(hidden: Tensor<B, 3>) -> Tensor<B, 3> {
     let [b, n, two_f] = hidden.dims();
+    let kernel = lookup_inner::<B>().map(|k| k.swiglu_forward);
+    if let Some(out) = kernel.and_then(|forward| forward(&hidden.clone().reshape([b * n, two_f]))) {
+        return out.reshape([b, n, two_f / 2]);
+    }
     let (value, gate) = swiglu_halves(hidden);
     (value * burn::tensor::activation::silu(gate)).reshape([b, n, two_f / 2])
 }
@@ -203,8 +229,12 @@ fn swiglu_forward<B: Backend>(hidden: Tensor<B, 3>) -> Tensor<B, 3> {
 /// `d hidden = [dout · silu(g), dout · a · σ(g)(1 + g(1 − σ(g)))]`.
 fn swiglu_backward<B: Backend>(hidden: Tensor<B, 3>, grad: Tensor<B, 3>) -> Tensor<B, 3> {
     let [b, n, two_f] = hidden.dims();
-    let (value, gate) = swiglu_halves(hidden);
     let grad = grad.reshape([b * n, two_f / 2]);
+    let kernel = lookup_inner::<B>().map(|k| k.swiglu_backward);
+    if let Some(dhidden) = kernel.and_then(|backward| backward(&hidden.clone().reshape([b * n, two_f]), &grad)) {
+        return dhidden.reshape([b, n, two_f]);
+    }
+    let (value, gate) = swiglu_halves(hidden);
     let sig = sigmoid(gate.clone());
     let silu = gate.clone() * sig.clone();
     let dsilu = sig.clone() * (gate * (sig.neg() + 1.0) + 1.0);

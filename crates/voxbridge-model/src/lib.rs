@@ -7,6 +7,7 @@ pub mod backbone;
 pub mod budget;
 pub mod config;
 pub mod fused;
+pub mod kernels;
 pub mod losses;
 pub mod lowlevel;
 pub mod mindeye2;

@@ -177,6 +177,82 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for PathVisitor<B> {
     }
 }
 
+/// One parameter's update: flattened parameter, gradient and moments.
+#[derive(Debug)]
+pub struct Update<I: Backend> {
+    pub param: Tensor<I, 1>,
+    pub grad: Tensor<I, 1>,
+    pub m: Tensor<I, 1>,
+    pub v: Tensor<I, 1>,
+}
+
+/// The scalars of one update (each rounded to the tensors' dtype where it is used, as burn's
+/// scalar ops round them).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Coefficients {
+    /// `1 − lr·wd`
+    pub decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    /// `√(1 − β2ᵗ)`
+    pub bias2_sqrt: f64,
+    pub eps: f64,
+    /// `lr / (1 − β1ᵗ)`
+    pub step_size: f64,
+}
+
+impl Coefficients {
+    fn new(lr: f64, weight_decay: f64, beta1: f64, beta2: f64, eps: f64, steps: i32) -> Self {
+        Coefficients {
+            decay: 1.0 - lr * weight_decay,
+            beta1,
+            beta2,
+            bias2_sqrt: (1.0 - beta2.powi(steps)).sqrt(),
+            eps,
+            step_size: lr / (1.0 - beta1.powi(steps)),
+        }
+    }
+}
+
+/// The update as one backend kernel for the inner backend `I`, registered by a backend's kernel
+/// crate (`voxbridge-cpu`: one parallel pass over p, g, m, v in place of a dozen tensor ops).
+/// The kernel computes what [`composed_update`] computes, operation for operation; it gives the
+/// update back (`Err`) for tensors it does not handle, and the composed ops run.
+pub struct UpdateKernel<I: Backend> {
+    pub update: fn(Update<I>, &Coefficients) -> Result<[Tensor<I, 1>; 3], Update<I>>,
+}
+
+impl<I: Backend> Clone for UpdateKernel<I> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<I: Backend> Copy for UpdateKernel<I> {}
+
+/// Registers `kernel` for AdamW updates on the inner backend `I`.
+pub fn install_update_kernel<I: Backend>(kernel: UpdateKernel<I>) {
+    voxbridge_model::kernels::register(kernel);
+}
+
+/// `[param, m, v]` after one update.
+fn update<I: Backend>(update: Update<I>, c: &Coefficients) -> [Tensor<I, 1>; 3] {
+    match voxbridge_model::kernels::lookup::<UpdateKernel<I>>() {
+        Some(kernel) => (kernel.update)(update, c).unwrap_or_else(|update| composed_update(update, c)),
+        None => composed_update(update, c),
+    }
+}
+
+/// The update in burn's tensor ops (any backend).
+pub fn composed_update<I: Backend>(update: Update<I>, c: &Coefficients) -> [Tensor<I, 1>; 3] {
+    let Update { param, grad, m, v } = update;
+    let param = param * c.decay;
+    let m = m * c.beta1 + grad.clone() * (1.0 - c.beta1);
+    let v = v * c.beta2 + grad.powi_scalar(2) * (1.0 - c.beta2);
+    let denom = v.clone().sqrt() / c.bias2_sqrt + c.eps;
+    let param = param - m.clone() / denom * c.step_size;
+    [param, m, v]
+}
+
 struct Mapper<'a, B: AutodiffBackend> {
     optim: &'a mut AdamW<B>,
     grads: &'a mut GradientsParams,
@@ -214,13 +290,8 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Mapper<'_, B> {
         });
         let steps = state.steps + 1;
         let wd = (self.weight_decay)(&self.path.join("."));
-        let p = p * (1.0 - self.lr * wd);
-        let m = state.m * b1 + g.clone() * (1.0 - b1);
-        let v = state.v * b2 + g.powi_scalar(2) * (1.0 - b2);
-        let bias1 = 1.0 - b1.powi(steps);
-        let bias2 = 1.0 - b2.powi(steps);
-        let denom = v.clone().sqrt() / bias2.sqrt() + self.optim.eps;
-        let p = p - m.clone() / denom * (self.lr / bias1);
+        let coefficients = Coefficients::new(self.lr, wd, b1, b2, self.optim.eps, steps);
+        let [p, m, v] = update(Update { param: p, grad: g, m: state.m, v: state.v }, &coefficients);
         self.optim.moments.insert(id, Moments { m, v, steps });
         let mut updated = Tensor::<B, D>::from_inner(p.reshape(shape));
         if require_grad {

@@ -9,12 +9,12 @@ use voxbridge_train::adamw::{Coefficients, Update};
 use crate::{GRAIN, Real};
 
 /// `[param, m, v]` after one update, or the update back for dtypes other than f32 / f64.
-pub(crate) fn update(update: Update<Flex>, c: &Coefficients) -> Result<[Tensor<Flex, 1>; 3], Update<Flex>> {
+pub(crate) fn update(update: Update<Flex>, c: &Coefficients) -> Result<[Tensor<Flex, 1>; 3], Box<Update<Flex>>> {
     let dtypes = [&update.param, &update.grad, &update.m, &update.v].map(|t| t.dtype());
     match dtypes {
         [DType::F32, DType::F32, DType::F32, DType::F32] => Ok(update_typed::<f32>(update, c)),
         [DType::F64, DType::F64, DType::F64, DType::F64] => Ok(update_typed::<f64>(update, c)),
-        _ => Err(update),
+        _ => Err(Box::new(update)),
     }
 }
 

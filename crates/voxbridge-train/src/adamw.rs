@@ -219,8 +219,11 @@ impl Coefficients {
 /// The kernel computes what [`composed_update`] computes, operation for operation; it gives the
 /// update back (`Err`) for tensors it does not handle, and the composed ops run.
 pub struct UpdateKernel<I: Backend> {
-    pub update: fn(Update<I>, &Coefficients) -> Result<[Tensor<I, 1>; 3], Update<I>>,
+    pub update: UpdateFn<I>,
 }
+
+/// `(update, coefficients) -> Ok([param, m, v])`, or the update back (`Err`) where not handled.
+pub type UpdateFn<I> = fn(Update<I>, &Coefficients) -> Result<[Tensor<I, 1>; 3], Box<Update<I>>>;
 
 impl<I: Backend> Clone for UpdateKernel<I> {
     fn clone(&self) -> Self {
@@ -237,7 +240,7 @@ pub fn install_update_kernel<I: Backend>(kernel: UpdateKernel<I>) {
 /// `[param, m, v]` after one update.
 fn update<I: Backend>(update: Update<I>, c: &Coefficients) -> [Tensor<I, 1>; 3] {
     match voxbridge_model::kernels::lookup::<UpdateKernel<I>>() {
-        Some(kernel) => (kernel.update)(update, c).unwrap_or_else(|update| composed_update(update, c)),
+        Some(kernel) => (kernel.update)(update, c).unwrap_or_else(|update| composed_update(*update, c)),
         None => composed_update(update, c),
     }
 }

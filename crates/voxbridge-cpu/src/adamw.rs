@@ -1,12 +1,13 @@
 //! AdamW's update of one parameter as one parallel pass, in place where the buffers are unique.
 
 use burn::backend::Flex;
-use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use rayon::prelude::*;
 use voxbridge_train::adamw::{Coefficients, Update};
 
-use crate::{GRAIN, Real};
+use num_traits::AsPrimitive;
+
+use crate::{GRAIN, Real, contiguous};
 
 /// `[param, m, v]` after one update, or the update back for dtypes other than f32 / f64.
 pub(crate) fn update(update: Update<Flex>, c: &Coefficients) -> Result<[Tensor<Flex, 1>; 3], Box<Update<Flex>>> {
@@ -20,12 +21,15 @@ pub(crate) fn update(update: Update<Flex>, c: &Coefficients) -> Result<[Tensor<F
 
 /// The same operations as `voxbridge_train::adamw::composed_update`, in the same order, each
 /// scalar rounded to `T` as burn's scalar ops round it: the results are bit-identical.
-fn update_typed<T: Real>(update: Update<Flex>, c: &Coefficients) -> [Tensor<Flex, 1>; 3] {
+fn update_typed<T: Real>(update: Update<Flex>, c: &Coefficients) -> [Tensor<Flex, 1>; 3]
+where
+    f64: AsPrimitive<T>,
+{
     let Update { param, grad, m, v } = update;
-    let (mut param, mut m, mut v) = (owned(param), owned(m), owned(v));
-    let grad = owned(grad);
+    let [mut param, mut m, mut v, grad] = [param, m, v, grad].map(contiguous);
     let [decay, b1, one_minus_b1, b2, one_minus_b2, bias2_sqrt, eps, step] =
-        [c.decay, c.beta1, 1.0 - c.beta1, c.beta2, 1.0 - c.beta2, c.bias2_sqrt, c.eps, c.step_size].map(T::from_f64);
+        [c.decay, c.beta1, 1.0 - c.beta1, c.beta2, 1.0 - c.beta2, c.bias2_sqrt, c.eps, c.step_size]
+            .map(AsPrimitive::<T>::as_);
     let g = grad.storage::<T>();
     param
         .storage_mut::<T>()
@@ -35,18 +39,12 @@ fn update_typed<T: Real>(update: Update<Flex>, c: &Coefficients) -> [Tensor<Flex
         .zip(g.par_chunks(GRAIN))
         .for_each(|(((p, m), v), g)| {
             for j in 0..p.len() {
-                let decayed = p[j].mul(decay);
-                m[j] = m[j].mul(b1).add(g[j].mul(one_minus_b1));
-                v[j] = v[j].mul(b2).add(g[j].mul(g[j]).mul(one_minus_b2));
-                let denom = v[j].sqrt().div(bias2_sqrt).add(eps);
-                p[j] = decayed.sub(m[j].div(denom).mul(step));
+                let decayed = p[j] * decay;
+                m[j] = m[j] * b1 + g[j] * one_minus_b1;
+                v[j] = v[j] * b2 + g[j] * g[j] * one_minus_b2;
+                let denom = v[j].sqrt() / bias2_sqrt + eps;
+                p[j] = decayed - m[j] / denom * step;
             }
         });
     [param, m, v].map(|t| Tensor::from_primitive(TensorPrimitive::Float(t)))
-}
-
-/// The tensor's storage holding exactly its elements, in order (burn-flex copies otherwise),
-/// so that `storage_mut` (copy-on-write where shared) covers the tensor and nothing else.
-fn owned(tensor: Tensor<Flex, 1>) -> FlexTensor {
-    tensor.into_primitive().tensor().to_contiguous()
 }

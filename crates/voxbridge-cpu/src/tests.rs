@@ -40,7 +40,7 @@ fn composed_swiglu(x: Tensor<Ad, 3>) -> Tensor<Ad, 3> {
 
 fn assert_swiglu_matches(dtype: DType, tolerance: f64) {
     setup();
-    assert!(fused::has_inner_kernels::<Flex>());
+    assert!(voxbridge_model::kernels::lookup::<fused::InnerKernels<Flex>>().is_some());
     let device = Default::default();
     // 2 × 37 rows of width 2·48: more rows than one rayon task takes, gates up to ~±8.
     let x = Tensor::<Flex, 3>::random([2, 37, 96], Distribution::Normal(0.0, 3.0), &device).cast(dtype);

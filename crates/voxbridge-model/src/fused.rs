@@ -108,11 +108,6 @@ pub fn install_inner<I: Backend>(table: InnerKernels<I>) {
     kernels::register(table);
 }
 
-/// Whether [`install_inner`] was called for `I`.
-pub fn has_inner_kernels<I: Backend>() -> bool {
-    lookup_inner::<I>().is_some()
-}
-
 /// `(mode, q, k, v, bias) -> out`, as [`attention`].
 type AttentionFn<B> = fn(ComputeDtype, Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) -> Tensor<B, 3>;
 

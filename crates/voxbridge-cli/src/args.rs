@@ -264,7 +264,8 @@ pub struct BenchTrainArgs {
 
 #[derive(Debug, Args)]
 pub struct ParamsArgs {
-    /// Model file (TOML), e.g. experiments/models/mindeye2-released.toml.
+    /// Model file (TOML), e.g. experiments/models/mindeye2-released.toml; `family` in it picks
+    /// MindEye2 (the default), mindeye1, mindeye1-lowlevel or mindreader.
     #[arg(long)]
     pub model: PathBuf,
     /// Instead of the parameter table: the per-GPU memory of one training step (weights,
@@ -292,8 +293,10 @@ pub struct ParamsArgs {
 
 #[derive(Debug, Args)]
 pub struct PredictArgs {
-    /// MindEye2 checkpoint: `last.pth` (PyTorch) or `.safetensors` with the original key names
-    /// (path or object-store URL), or a run directory written by `voxbridge train`.
+    /// Checkpoint: an original `last.pth` (MindEye2 or MindEye1), `lowlevel_last.pth` (MindEye1's
+    /// low-level model) or `model.pth` (Mind Reader), or `.safetensors` with the original key
+    /// names (path or object-store URL), or a run directory written by `voxbridge train`. The
+    /// family is recognised from the key names.
     #[arg(long)]
     pub checkpoint: String,
     /// Model file (TOML); without it the architecture is inferred from the checkpoint.

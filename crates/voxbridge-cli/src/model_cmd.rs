@@ -1,8 +1,9 @@
-//! `voxbridge params` and `voxbridge predict`: MindEye2 architectures and checkpoints, through
-//! voxbridge-experiment's `model_file` and `predict`.
+//! `voxbridge params` and `voxbridge predict`: architectures and checkpoints of every family, through
+//! voxbridge-experiment's `families`, `model_file` and `predict`.
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
-use voxbridge_experiment::model_file::{ComputeDtype, MemoryRequest, load_model_config, memory_report, params_report};
+use voxbridge_experiment::families::{ModelFile, family_params_report};
+use voxbridge_experiment::model_file::{ComputeDtype, MemoryRequest, memory_report};
 use voxbridge_experiment::predict::{PredictInput, PredictRequest, predict as run_prediction};
 
 use crate::args::{ParamsArgs, PredictArgs};
@@ -10,9 +11,9 @@ use crate::args::{ParamsArgs, PredictArgs};
 /// `params` prints the parameter table, or with `--memory` the per-GPU memory estimate (FITS or
 /// DOES NOT FIT is a result, not a failure: the exit status is 0 either way).
 pub fn params(args: &ParamsArgs) -> anyhow::Result<()> {
-    let config = load_model_config(&args.model)?;
-    match (args.memory, args.batch) {
-        (true, Some(batch)) => {
+    let file = ModelFile::load(&args.model)?;
+    match (args.memory, args.batch, &file) {
+        (true, Some(batch), ModelFile::MindEye2(config)) => {
             let request = MemoryRequest {
                 batch: batch as usize,
                 compute: args.precision,
@@ -20,9 +21,12 @@ pub fn params(args: &ParamsArgs) -> anyhow::Result<()> {
                 subjects: args.subjects.clone(),
                 capacity_bytes: (args.capacity_gb * 1e9).round() as u64,
             };
-            print!("{}", memory_report(&config, &request)?);
+            print!("{}", memory_report(config, &request)?);
         }
-        _ => print!("{}", params_report(&config)),
+        (true, _, other) => {
+            anyhow::bail!("--memory estimates MindEye2 models; {} is a {} model", args.model.display(), other.family())
+        }
+        _ => print!("{}", family_params_report(&file)),
     }
     Ok(())
 }

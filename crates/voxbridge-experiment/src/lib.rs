@@ -30,6 +30,7 @@ pub mod demo;
 pub mod demo_report;
 pub mod drills;
 pub mod engine;
+pub mod families;
 mod finish;
 mod finished;
 pub mod inputs;

@@ -5,23 +5,20 @@
 
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
 pub use voxbridge_model::MindEye2Config;
 pub use voxbridge_model::budget::ComputeDtype;
 use voxbridge_model::budget::{GIB, MemoryEstimate, MemoryPlan, PriorOps, estimate_memory, group};
 use voxbridge_train::distributed::Placement;
 
-/// A model file: a `MindEye2Config` in TOML, unknown keys rejected with line and column.
+/// A MindEye2 model file: a `MindEye2Config` in TOML, unknown keys rejected with line and column
+/// (other families' files: [`crate::families::ModelFile`]).
 pub fn load_model_config(path: &Path) -> anyhow::Result<MindEye2Config> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let config: MindEye2Config =
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
-    let problems = config.problems();
-    if !problems.is_empty() {
-        bail!("{}: {}", path.display(), problems.join("; "));
+    match crate::families::ModelFile::load(path)? {
+        crate::families::ModelFile::MindEye2(config) => Ok(config),
+        other => bail!("{}: a {} model file, where a MindEye2 one is needed", path.display(), other.family()),
     }
-    Ok(config)
 }
 
 /// The parameter table of `params`, from the config alone (no weights are allocated).

@@ -1,5 +1,6 @@
-//! `voxbridge predict`: a MindEye2 checkpoint (a run directory, a released `last.pth`, or
-//! `.safetensors` with the original key names) run in evaluation mode on one subject's voxels
+//! `voxbridge predict`: a checkpoint (a run directory, an original `last.pth` / `model.pth`, or
+//! `.safetensors` with the original key names; MindEye2, MindEye1, MindEye1's low-level model or
+//! Mind Reader, recognised by its keys) run in evaluation mode on one subject's voxels
 //! — from a `.npy` file or a dataset's trials — and its outputs written as one `.safetensors`
 //! file or one `.npy` per tensor.
 
@@ -8,14 +9,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use burn::tensor::Tensor;
 use voxbridge_config::RunDir;
+use voxbridge_model::MindEye2;
 use voxbridge_model::prior::DiffusionPrior;
 use voxbridge_model::tensors::{HostTensor, TensorMap};
-use voxbridge_model::{MindEye2, MindEye2Config};
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 
 use crate::engine::{BackendTask, Engine};
-use crate::model_file::{describe, load_model_config};
+use crate::families::{ModelFile, describe_family, predict_family};
 
 /// Which trials of a dataset to predict on: `--trials`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,13 +117,22 @@ fn predict_on<B: Backend>(
         (model, card.architecture, Some(card.subjects))
     } else {
         let weights = read_checkpoint(&request.checkpoint)?;
-        let config = match &request.model {
-            Some(path) => load_model_config(path)?,
+        let file = match &request.model {
+            Some(path) => ModelFile::load(path)?,
             None => {
-                let config = MindEye2Config::infer(&weights)?;
-                notice(format!("inferred from {}:\n{}", request.checkpoint, describe(&config)));
-                config
+                let file = ModelFile::infer(&weights)?;
+                notice(format!(
+                    "inferred from {} ({}):\n{}",
+                    request.checkpoint,
+                    file.family(),
+                    describe_family(&file)
+                ));
+                file
             }
+        };
+        let config = match file {
+            ModelFile::MindEye2(config) => config,
+            other => return predict_single_subject::<B>(request, &weights, &other, &device),
         };
         (MindEye2::<B>::from_tensors(&weights, &config, &device)?, config, None)
     };
@@ -170,6 +180,26 @@ fn predict_on<B: Backend>(
         tensors: tensors.into_iter().map(|(k, t)| (k, t.shape)).collect(),
         image_ids: ids.map(|(_, v)| v.len()),
     })
+}
+
+/// A MindEye1, MindEye1 low-level or Mind Reader checkpoint on `--voxels` (these families have
+/// one subject, so there is no subject to choose).
+fn predict_single_subject<B: Backend>(
+    request: &PredictRequest,
+    weights: &voxbridge_model::TensorMap,
+    file: &ModelFile,
+    device: &B::Device,
+) -> anyhow::Result<Prediction> {
+    let PredictInput::Voxels { path, .. } = &request.input else {
+        bail!("a {} checkpoint predicts from --voxels (a [batch, voxels] .npy)", file.family());
+    };
+    if request.prior_steps.is_some() {
+        bail!("--prior-steps samples MindEye2's prior only");
+    }
+    let voxels = read_npy_2d(path)?;
+    let tensors = predict_family::<B>(weights, file, &voxels, device).with_context(|| path.display().to_string())?;
+    write_outputs(&request.out, &tensors, None)?;
+    Ok(Prediction { tensors: tensors.into_iter().map(|(k, t)| (k, t.shape)).collect(), image_ids: None })
 }
 
 /// Reads a checkpoint from a path or object-store URL: `.safetensors`, or PyTorch (`last.pth`

@@ -1,5 +1,6 @@
-//! MindEye2 in burn: the modules, their losses and checkpoint import, numerically equal to the
-//! original PyTorch code (see `../shared/spec/mindeye2.md` §1–2 and the parity tests).
+//! MindEye2 — and the other families of the framework, MindEye1 and Mind Reader — in burn: the
+//! modules, their losses and checkpoint import, numerically equal to the original PyTorch code
+//! (see `../shared/spec/mindeye2.md` §1–2, §8 and the parity tests).
 //!
 //! This crate does no IO, storage or distribution: it turns bytes and tensors into tensors.
 
@@ -10,7 +11,9 @@ pub mod fused;
 pub mod kernels;
 pub mod losses;
 pub mod lowlevel;
+pub mod mindeye1;
 pub mod mindeye2;
+pub mod mindreader;
 pub mod precision;
 pub mod prior;
 pub mod ridge;

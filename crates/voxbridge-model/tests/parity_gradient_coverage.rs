@@ -11,7 +11,7 @@ fn every_reference_gradient_has_a_test_that_compares_it() {
     let mut uncovered = Vec::new();
     let mut scopes_used = vec![0usize; GRADIENT_CHECKS.len()];
     let mut total = 0;
-    for folder in ["mindeye2-tiny", "mindeye2-tiny-blurry"] {
+    for folder in ["mindeye2-tiny", "mindeye2-tiny-blurry", "mindeye1-tiny", "mindreader-tiny"] {
         let mut files: Vec<String> = std::fs::read_dir(reference_dir(folder))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -34,6 +34,7 @@ fn every_reference_gradient_has_a_test_that_compares_it() {
     for (check, used) in GRADIENT_CHECKS.iter().zip(scopes_used) {
         assert!(used > 0, "GRADIENT_CHECKS entry {check:?} matches no reference gradient");
     }
-    // 40 (float32 SoftCLIP) + 1 (.npy) + 40 (float64 SoftCLIP) + 70 (total objective)
-    assert_eq!(total, 151, "the reference folders changed: review GRADIENT_CHECKS");
+    // MindEye2: 40 (float32 SoftCLIP) + 1 (.npy) + 40 (float64 SoftCLIP) + 70 (total objective);
+    // MindEye1: 2 phases × 56 × (float32, float64) + low-level 106 × 2; Mind Reader 3 × 32 × 2.
+    assert_eq!(total, 151 + 224 + 212 + 192, "the reference folders changed: review GRADIENT_CHECKS");
 }

@@ -167,7 +167,8 @@ impl DecoderConfig {
     }
 
     /// The decoder from a state dict; `prefix` ends with a dot (e.g. `backbone.bupsampler.`).
-    /// Every tensor is checked against the shape these sizes require.
+    /// Every tensor is checked against the shape these sizes require. The mid-block attention
+    /// may use diffusers 0.13's names (`query`, `key`, `value`, `proj_attn`) or later ones.
     pub fn load<B: Backend>(&self, map: &TensorMap, prefix: &str, device: &B::Device) -> Result<Decoder<B>, LoadError> {
         self.validate()
             .map_err(|message| LoadError::Architecture { source_name: map.source_name().to_string(), message })?;
@@ -188,15 +189,21 @@ impl DecoderConfig {
             })
         };
         let top = self.top_channels();
-        let attn = |name: &str| load_linear(map, &key(&format!("mid_block.attentions.0.{name}")), top, top, device);
+        // diffusers ≥ 0.15 names the attention's linears to_q/to_k/to_v/to_out.0; 0.13 (MindEye1's
+        // checkpoints) query/key/value/proj_attn, with the same shapes and meaning.
+        let legacy = map.contains(&key("mid_block.attentions.0.query.weight"));
+        let attn = |name: &str, legacy_name: &str| {
+            let name = if legacy { legacy_name } else { name };
+            load_linear(map, &key(&format!("mid_block.attentions.0.{name}")), top, top, device)
+        };
         let mid_block = MidBlock {
             resnet0: resnet("mid_block.resnets.0", top, top)?,
             attention: SpatialSelfAttention {
                 group_norm: load_group_norm(map, &key("mid_block.attentions.0.group_norm"), groups, top, eps, device)?,
-                to_q: attn("to_q")?,
-                to_k: attn("to_k")?,
-                to_v: attn("to_v")?,
-                to_out: attn("to_out.0")?,
+                to_q: attn("to_q", "query")?,
+                to_k: attn("to_k", "key")?,
+                to_v: attn("to_v", "value")?,
+                to_out: attn("to_out.0", "proj_attn")?,
             },
             resnet1: resnet("mid_block.resnets.1", top, top)?,
         };

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 pub use decoder::{
     Decoder, DecoderConfig, MidBlock, ResnetBlock, SpatialSelfAttention, UpDecoderBlock, upsample_nearest2x,
 };
-use decoder::{ShapeList, count, init_conv, load_conv, load_group_norm, load_linear};
+pub(crate) use decoder::{ShapeList, count, init_conv, load_conv, load_group_norm, load_linear};
 
 use crate::precision;
 use crate::tensors::{LoadError, TensorMap};

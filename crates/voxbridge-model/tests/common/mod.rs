@@ -2,6 +2,7 @@
 //! original PyTorch code). Tolerance convention: `max|a − b| ≤ rtol · max(max|b|, floor)`.
 #![allow(dead_code)]
 
+pub mod families;
 pub mod tiny;
 
 use std::collections::BTreeSet;
@@ -22,10 +23,14 @@ pub fn load_json(dir: &str, file: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
+const F64_FAMILIES: &str =
+    "parity_families_f64::mindeye1_and_mind_reader_gradients_match_the_float64_references_in_float64";
+const MR_GRADS: &str = "parity_mindreader::every_gradient_of_the_three_training_losses_matches";
+
 /// Every gradient the reference data holds, and the test that compares it: `(folder, file, key
 /// prefix, test)`. `parity_gradient_coverage` checks that this list covers every gradient of every
 /// reference file; each test checks that it compares every gradient of its scope.
-pub const GRADIENT_CHECKS: [(&str, &str, &str, &str); 6] = [
+pub const GRADIENT_CHECKS: [(&str, &str, &str, &str); 18] = [
     (
         "mindeye2-tiny",
         "grads_softclip.safetensors",
@@ -62,11 +67,38 @@ pub const GRADIENT_CHECKS: [(&str, &str, &str, &str); 6] = [
         "grad.diffusion_prior.",
         "parity_prior::prior_gradients_of_the_training_objective",
     ),
+    (
+        "mindeye1-tiny",
+        "total_loss.safetensors",
+        "bimixco.grad.",
+        "parity_mindeye1::the_bimixco_objective_and_every_gradient_match",
+    ),
+    (
+        "mindeye1-tiny",
+        "total_loss.safetensors",
+        "softclip.grad.",
+        "parity_mindeye1::the_softclip_objective_and_every_gradient_match",
+    ),
+    (
+        "mindeye1-tiny",
+        "lowlevel_loss.safetensors",
+        "grad.",
+        "parity_mindeye1::the_lowlevel_objective_and_every_gradient_match",
+    ),
+    ("mindeye1-tiny", "total_loss_f64.safetensors", "bimixco.grad.", F64_FAMILIES),
+    ("mindeye1-tiny", "total_loss_f64.safetensors", "softclip.grad.", F64_FAMILIES),
+    ("mindeye1-tiny", "lowlevel_loss_f64.safetensors", "grad.", F64_FAMILIES),
+    ("mindreader-tiny", "grads.safetensors", "mse_cos.grad.", MR_GRADS),
+    ("mindreader-tiny", "grads.safetensors", "contrastive.grad.", MR_GRADS),
+    ("mindreader-tiny", "grads.safetensors", "mse_cos_contrastive.grad.", MR_GRADS),
+    ("mindreader-tiny", "grads_f64.safetensors", "mse_cos.grad.", F64_FAMILIES),
+    ("mindreader-tiny", "grads_f64.safetensors", "contrastive.grad.", F64_FAMILIES),
+    ("mindreader-tiny", "grads_f64.safetensors", "mse_cos_contrastive.grad.", F64_FAMILIES),
 ];
 
 /// The names of the gradients a reference file holds: every key of a file whose name starts with
-/// `grad` (an `.npy` holds one tensor, named `""`), else the keys that start with `grad.` or
-/// contain `.grad.`. Other files hold none.
+/// `grad` but the loss values beside them (`*.loss`; an `.npy` holds one tensor, named `""`),
+/// else the keys that start with `grad.` or contain `.grad.`. Other files hold none.
 pub fn reference_gradient_names(dir: &str, file: &str) -> BTreeSet<String> {
     let all = file.starts_with("grad");
     if file.ends_with(".npy") {
@@ -77,7 +109,7 @@ pub fn reference_gradient_names(dir: &str, file: &str) -> BTreeSet<String> {
     }
     load_safetensors(dir, file)
         .keys()
-        .filter(|k| all || k.starts_with("grad.") || k.contains(".grad."))
+        .filter(|k| if all { !k.ends_with(".loss") } else { k.starts_with("grad.") || k.contains(".grad.") })
         .map(str::to_string)
         .collect()
 }

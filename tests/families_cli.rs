@@ -1,0 +1,173 @@
+//! End-to-end tests of `voxbridge params` and `voxbridge predict` for the families beside
+//! MindEye2, against the PyTorch references (`tests/reference/mindeye1-tiny`,
+//! `tests/reference/mindreader-tiny`): released parameter counts from the model files, and the
+//! original checkpoints (`last.pth`, `lowlevel_last.pth`, `model.pth`) predicted with no
+//! `--subject`, their family recognised from the key names.
+
+use std::path::Path;
+
+use voxbridge_e2e::{assert_exit, assert_success, reference_dir as reference, stderr, voxbridge, workspace_root};
+use voxbridge_model::tensors::{HostTensor, TensorMap};
+
+fn load(path: &Path) -> TensorMap {
+    TensorMap::from_safetensors(&std::fs::read(path).expect("read safetensors"), &path.display().to_string())
+        .expect("parse safetensors")
+}
+
+/// `[rows, cols]` float32 `.npy`.
+fn write_npy(path: &Path, t: &HostTensor) {
+    let (rows, cols) = (t.shape[0], t.shape[1]);
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    bytes.extend(t.data.iter().flat_map(|v| v.to_le_bytes()));
+    std::fs::write(path, bytes).expect("write npy");
+}
+
+fn assert_close(what: &str, got: &HostTensor, want: &HostTensor) {
+    assert_eq!(got.shape, want.shape, "{what}: shape");
+    let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    let worst = got.data.iter().zip(&want.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    eprintln!("{what}: max |diff| {worst:.2e} of scale {scale:.2e}");
+    assert!(worst <= 1e-5 * scale, "{what}: max |diff| {worst:e} > 1e-5 × {scale:e}");
+}
+
+fn params(model: &str) -> String {
+    let path = workspace_root().join("experiments/models").join(model);
+    assert_success(&voxbridge(&["params", "--model", path.to_str().unwrap()]))
+}
+
+/// A row of the table: `name`, padding, then `count` (and whatever follows it).
+fn assert_row(table: &str, name: &str, count: &str) {
+    let found = table.lines().any(|line| {
+        line.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') && rest.trim_start().starts_with(count))
+    });
+    assert!(found, "no row `{name} … {count}` in\n{table}");
+}
+
+#[test]
+fn params_prints_the_released_counts_of_every_family() {
+    // ../shared/reference/*/param_counts_full.json
+    let me1 = params("mindeye1-released.toml");
+    assert_row(&me1, "voxel2clip.lin0", "64,417,792");
+    assert_row(&me1, "voxel2clip.mlp", "67,158,016");
+    assert_row(&me1, "voxel2clip.lin1", "808,649,472");
+    assert_row(&me1, "voxel2clip.projector", "7,354,624");
+    assert_row(&me1, "voxel2clip (total)", "947,579,904");
+    assert_row(&me1, "net.to_time_embeds", "4,722,432");
+    assert_row(&me1, "net (total, prior transformer)", "56,055,184");
+    assert_row(&me1, "TOTAL (voxel2clip + net, the checkpoint's model)", "1,003,635,088  (1,003,635,072 trainable)");
+    let low = params("mindeye1-lowlevel-released.toml");
+    assert_row(&low, "voxel2sd.upsampler", "6,841,668");
+    assert_row(&low, "voxel2sd.maps_projector", "559,616");
+    assert_row(&low, "TOTAL (voxel2sd)", "206,065,604");
+    let mr = params("mindreader-released.toml");
+    assert_row(&mr, "encoder", "149,056");
+    assert_row(&mr, "fc", "1,007,873");
+    assert_row(&mr, "TOTAL", "1,156,929");
+    let path = workspace_root().join("experiments/models/mindreader-released.toml");
+    let err = assert_exit(&voxbridge(&["params", "--model", path.to_str().unwrap(), "--memory", "--batch", "8"]), 1);
+    assert!(err.contains("--memory estimates MindEye2 models"), "{err}");
+}
+
+/// `predict` on `checkpoint` with `--voxels` from `voxels`; returns the outputs and stderr.
+fn predict(checkpoint: &Path, voxels: &HostTensor, extra: &[&str]) -> (TensorMap, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (npy, out) = (dir.path().join("x.npy"), dir.path().join("o.safetensors"));
+    write_npy(&npy, voxels);
+    let mut args = vec!["predict", "--checkpoint", checkpoint.to_str().unwrap(), "--voxels", npy.to_str().unwrap()];
+    args.extend(["--out", out.to_str().unwrap()]);
+    args.extend(extra);
+    let output = voxbridge(&args);
+    assert_success(&output);
+    (load(&out), stderr(&output))
+}
+
+#[test]
+fn predict_reproduces_mindeye1_from_last_pth() {
+    let dir = reference("mindeye1-tiny");
+    let voxels = load(&dir.join("inputs.safetensors")).get("voxels").unwrap().clone();
+    let want = load(&dir.join("outputs.safetensors"));
+    let (got, err) = predict(&dir.join("last.pth"), &voxels, &[]);
+    assert!(err.contains("(mindeye1)") && err.contains("37 voxels, hidden 32"), "{err}");
+    assert_close("clip_voxels", got.get("clip_voxels").unwrap(), want.get("v2c.clip_voxels").unwrap());
+    assert_close("clip_voxels_proj", got.get("clip_voxels_proj").unwrap(), want.get("v2c.clip_voxels_proj").unwrap());
+}
+
+#[test]
+fn predict_reproduces_the_mindeye1_lowlevel_model_from_lowlevel_last_pth() {
+    let dir = reference("mindeye1-tiny");
+    let voxels = load(&dir.join("inputs.safetensors")).get("voxels").unwrap().clone();
+    let want = load(&dir.join("outputs.safetensors"));
+    let scratch = tempfile::tempdir().expect("temp dir");
+    // A state dict does not record GroupNorm groups: the tiny model's 4 need a model file.
+    let npy = scratch.path().join("x.npy");
+    write_npy(&npy, &voxels);
+    let ckpt = dir.join("lowlevel_last.pth");
+    let out = scratch.path().join("o.safetensors");
+    let args = [
+        "predict",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--voxels",
+        npy.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let err = assert_exit(&voxbridge(&args), 1);
+    assert!(err.contains("norm_num_groups") && err.contains("--model"), "{err}");
+    assert!(!out.exists());
+    let model = scratch.path().join("tiny.toml");
+    std::fs::write(
+        &model,
+        "family = \"mindeye1-lowlevel\"\nvoxels = 37\nhidden = 24\nblocks = 2\nmap_channels = 8\nmap_size = 4\n\
+         latent_channels = 4\nblock_out_channels = [8, 8, 16]\nlayers_per_block = 1\nnorm_num_groups = 4\n\
+         projector_width = 12\n",
+    )
+    .unwrap();
+    let (got, _) = predict(&ckpt, &voxels, &["--model", model.to_str().unwrap()]);
+    assert_close("upsampler_out", got.get("upsampler_out").unwrap(), want.get("ll.upsampler_out").unwrap());
+    assert_close("transformer_feats", got.get("transformer_feats").unwrap(), want.get("ll.transformer_feats").unwrap());
+}
+
+#[test]
+fn predict_reproduces_mind_reader_from_model_pth_padded_or_not() {
+    let dir = reference("mindreader-tiny");
+    let inputs = load(&dir.join("inputs.safetensors"));
+    let fmri = inputs.get("fmri").unwrap();
+    let want = load(&dir.join("outputs.safetensors"));
+    let (got, err) = predict(&dir.join("model.pth"), fmri, &[]);
+    assert!(err.contains("(mindreader)") && err.contains("input length 64"), "{err}");
+    assert_close("y_pred", got.get("y_pred").unwrap(), want.get("y_pred").unwrap());
+    // The 59 voxels without their padding (2 zeros left, 3 right) give the same prediction.
+    let data: Vec<f32> = fmri.data.chunks(64).flat_map(|row| row[2..61].to_vec()).collect();
+    let (got, _) = predict(&dir.join("model.pth"), &HostTensor::new(vec![6, 59], data), &[]);
+    assert_close("y_pred (unpadded input)", got.get("y_pred").unwrap(), want.get("y_pred").unwrap());
+}
+
+#[test]
+fn predict_names_a_wrong_voxel_count() {
+    let dir = reference("mindeye1-tiny");
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let npy = scratch.path().join("x.npy");
+    write_npy(&npy, &HostTensor::new(vec![2, 5], vec![0.5; 10]));
+    let out = scratch.path().join("o.safetensors");
+    let ckpt = dir.join("last.pth");
+    let args = [
+        "predict",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--voxels",
+        npy.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let err = assert_exit(&voxbridge(&args), 1);
+    assert!(err.contains("5 voxels per row, but the model takes 37") && err.contains("x.npy"), "{err}");
+    assert!(!out.exists());
+}

@@ -171,3 +171,73 @@ fn predict_names_a_wrong_voxel_count() {
     assert!(err.contains("5 voxels per row, but the model takes 37") && err.contains("x.npy"), "{err}");
     assert!(!out.exists());
 }
+
+#[test]
+fn retrieve_finds_each_prediction_among_a_pool_and_reuses_the_saved_index() {
+    let dir = reference("mindeye1-tiny");
+    let voxels = load(&dir.join("inputs.safetensors")).get("voxels").unwrap().clone();
+    let proj = load(&dir.join("outputs.safetensors")).get("v2c.clip_voxels_proj").unwrap().clone();
+    // 3,000 pool embeddings of width 5 × 16: pseudo-random, with row 1000 + q a slightly
+    // perturbed copy of query q's reference output.
+    let (n, width) = (3_000, 80);
+    let mut state = 12345u64;
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    };
+    let mut pool: Vec<f32> = (0..n * width).map(|_| next()).collect();
+    for q in 0..5 {
+        for d in 0..width {
+            pool[(1000 + q) * width + d] = proj.data[q * width + d] * (1.0 + 0.01 * next());
+        }
+    }
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let (npy, pool_npy, out) =
+        (scratch.path().join("x.npy"), scratch.path().join("pool.npy"), scratch.path().join("hits.json"));
+    write_npy(&npy, &voxels);
+    write_npy(&pool_npy, &HostTensor::new(vec![n, width], pool.clone()));
+    let ckpt = dir.join("last.pth");
+    let args = |pool: &Path| {
+        vec![
+            "retrieve".to_string(),
+            "--checkpoint".into(),
+            ckpt.display().to_string(),
+            "--voxels".into(),
+            npy.display().to_string(),
+            "--pool".into(),
+            pool.display().to_string(),
+            "--k".into(),
+            "10".into(),
+            "--exact".into(),
+            "--out".into(),
+            out.display().to_string(),
+        ]
+    };
+    let run = |pool: &Path| voxbridge(&args(pool).iter().map(String::as_str).collect::<Vec<_>>());
+    let first = run(&pool_npy);
+    let stdout = assert_success(&first);
+    let err = stderr(&first);
+    assert!(err.contains("built in") && err.contains("3000 embeddings of width 80"), "{err}");
+    assert!(err.contains("recall@10 against exact search: 1.0000"), "{err}");
+    assert!(err.contains("ms per 1,000 queries"), "{err}");
+    for q in 0..5 {
+        assert!(stdout.contains(&format!("query {q}: {}:", 1000 + q)), "query {q} in\n{stdout}");
+    }
+    assert!(scratch.path().join("pool.npy.hnsw/index.json").is_file());
+    let hits: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(hits["embedding"], "clip_voxels_proj");
+    assert_eq!(hits["hits"][2][0]["index"], 1002);
+
+    let second = run(&pool_npy);
+    assert_success(&second);
+    assert!(stderr(&second).contains("(reused)"), "{}", stderr(&second));
+
+    // The same index folder with another pool is refused, naming what to do.
+    pool[0] += 1.0;
+    let other = scratch.path().join("other.npy");
+    write_npy(&other, &HostTensor::new(vec![n, width], pool));
+    let mut a = args(&other);
+    a.extend(["--index".to_string(), scratch.path().join("pool.npy.hnsw").display().to_string()]);
+    let err = assert_exit(&voxbridge(&a.iter().map(String::as_str).collect::<Vec<_>>()), 1);
+    assert!(err.contains("another pool") && err.contains("delete the folder"), "{err}");
+}

@@ -42,6 +42,9 @@ pub enum Command {
     Params(ParamsArgs),
     /// Run a MindEye2 checkpoint (evaluation mode) on one subject's voxels.
     Predict(PredictArgs),
+    /// Top-k images from a large pool of target embeddings for a checkpoint's predictions, through
+    /// an HNSW index built once and saved beside the pool.
+    Retrieve(RetrieveArgs),
     /// Train and evaluate one experiment file into a run directory.
     Train(TrainArgs),
     /// Run every experiment of a sweep file (a grid over an experiment), then plot retrieval
@@ -333,6 +336,50 @@ pub struct PredictArgs {
     /// Seed of the prior's Gaussian draws.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RetrieveArgs {
+    /// Checkpoint (as for `predict`: original or run directory; the family is recognised).
+    #[arg(long)]
+    pub checkpoint: String,
+    /// Model file (TOML); without it the architecture is inferred from the checkpoint.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// `[batch, voxels]` float32 (or float64) `.npy`: one query per row.
+    #[arg(long)]
+    pub voxels: PathBuf,
+    /// Subject index in a multi-subject (MindEye2) checkpoint.
+    #[arg(long, default_value_t = 0)]
+    pub subject: usize,
+    /// `[N, D]` `.npy` of target embeddings, D the width of the model's retrieval output
+    /// (MindEye1's clip_voxels_proj, MindEye2's clip_voxels, Mind Reader's y_pred, flattened).
+    #[arg(long)]
+    pub pool: PathBuf,
+    /// Folder of the saved index (default: `<pool>.hnsw` beside the pool). Built when missing,
+    /// reused when it indexes this pool, refused when it indexes another.
+    #[arg(long)]
+    pub index: Option<PathBuf>,
+    /// Pool entries per query.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub k: u32,
+    /// HNSW neighbours per node (M) when building.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=255))]
+    pub connections: u32,
+    /// Candidates explored per insertion when building (efConstruction).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ef_construction: u32,
+    /// Candidates explored per query (efSearch; raised to k).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ef: u32,
+    /// Also search exactly and print recall@k of the index against it.
+    #[arg(long)]
+    pub exact: bool,
+    /// Write the hits (pool rows and cosine similarities per query) as JSON.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     #[command(flatten)]
     pub compute: ComputeArgs,
 }

@@ -52,6 +52,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ridge(a) => baseline::run(&a),
         Command::Params(a) => model_cmd::params(&a),
         Command::Predict(a) => model_cmd::predict(&a),
+        Command::Retrieve(a) => model_cmd::retrieve(&a),
         Command::Train(a) => train_cmd::train(&a),
         Command::Sweep(a) => train_cmd::sweep(&a),
         Command::Eval(a) => train_cmd::eval(&a),

@@ -5,8 +5,9 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use voxbridge_experiment::families::{ModelFile, family_params_report};
 use voxbridge_experiment::model_file::{ComputeDtype, MemoryRequest, memory_report};
 use voxbridge_experiment::predict::{PredictInput, PredictRequest, predict as run_prediction};
+use voxbridge_experiment::retrieve::{IndexParams, RetrieveRequest, retrieve as run_retrieval, write_hits};
 
-use crate::args::{ParamsArgs, PredictArgs};
+use crate::args::{ParamsArgs, PredictArgs, RetrieveArgs};
 
 /// `params` prints the parameter table, or with `--memory` the per-GPU memory estimate (FITS or
 /// DOES NOT FIT is a result, not a failure: the exit status is 0 either way).
@@ -67,5 +68,60 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
     };
     let prediction = run_prediction(&request, &mut |notice| eprintln!("{notice}"))?;
     eprintln!("wrote {} ({})", args.out.display(), prediction.describe());
+    Ok(())
+}
+
+pub fn retrieve(args: &RetrieveArgs) -> anyhow::Result<()> {
+    let request = RetrieveRequest {
+        predict: PredictRequest {
+            checkpoint: args.checkpoint.clone(),
+            model: args.model.clone(),
+            input: PredictInput::Voxels { path: args.voxels.clone(), subject: args.subject },
+            out: std::path::PathBuf::new(),
+            prior_steps: None,
+            seed: 0,
+            device: args.compute.device.unwrap_or_default(),
+        },
+        pool: args.pool.clone(),
+        index: args.index.clone(),
+        k: args.k as usize,
+        params: IndexParams {
+            connections: args.connections as usize,
+            ef_construction: args.ef_construction as usize,
+            ef_search: args.ef as usize,
+        },
+        exact: args.exact,
+    };
+    let found = run_retrieval(&request, &mut |notice| eprintln!("{notice}"))?;
+    let meta = &found.index;
+    let how = if found.built { format!("built in {:.1} s", meta.build_seconds) } else { "reused".to_string() };
+    eprintln!(
+        "index {} ({how}): {} embeddings of width {}, M {}, efConstruction {}",
+        found.index_dir.display(),
+        meta.len,
+        meta.dim,
+        meta.params.connections,
+        meta.params.ef_construction
+    );
+    eprintln!(
+        "{} queries ({}), k {}: read the index in {:.0} ms, searched in {:.1} ms ({:.1} ms per 1,000 queries)",
+        found.hits.len(),
+        found.embedding,
+        found.k,
+        found.times.load_seconds * 1e3,
+        found.times.search_seconds * 1e3,
+        found.ms_per_1000()
+    );
+    if let (Some(recall), Some(seconds)) = (found.recall, found.exact_seconds) {
+        eprintln!("recall@{} against exact search: {recall:.4} (exact search {:.1} ms)", found.k, seconds * 1e3);
+    }
+    for (q, hits) in found.hits.iter().enumerate() {
+        let row: Vec<String> = hits.iter().map(|h| format!("{}:{:.4}", h.index, h.score)).collect();
+        println!("query {q}: {}", row.join(" "));
+    }
+    if let Some(out) = &args.out {
+        write_hits(out, &found)?;
+        eprintln!("wrote {}", out.display());
+    }
     Ok(())
 }

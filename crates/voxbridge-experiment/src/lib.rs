@@ -43,6 +43,7 @@ pub mod predict;
 mod prepare;
 pub mod report;
 pub mod resume;
+pub mod retrieve;
 pub mod run;
 pub mod run_eval;
 mod start;

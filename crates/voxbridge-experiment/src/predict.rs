@@ -92,10 +92,28 @@ impl Prediction {
 /// Runs the checkpoint on the request's voxels and writes its outputs to `request.out`;
 /// `notice` hears the inferred architecture when there is no model file.
 pub fn predict(request: &PredictRequest, notice: &mut dyn FnMut(String)) -> anyhow::Result<Prediction> {
+    let outputs = predict_tensors(request, notice)?;
+    write_outputs(&request.out, &outputs.tensors, outputs.image_ids.as_ref())?;
+    Ok(Prediction {
+        tensors: outputs.tensors.into_iter().map(|(k, t)| (k, t.shape)).collect(),
+        image_ids: outputs.image_ids.map(|(_, v)| v.len()),
+    })
+}
+
+/// A checkpoint's outputs in memory, named as `predict` writes them.
+#[derive(Debug, Clone)]
+pub struct Outputs {
+    pub tensors: Vec<(String, HostTensor)>,
+    /// `("image_id", ids)` with `--data`.
+    pub image_ids: Option<(String, Vec<u32>)>,
+}
+
+/// [`predict`] without writing: the outputs in memory (`request.out` is not used).
+pub fn predict_tensors(request: &PredictRequest, notice: &mut dyn FnMut(String)) -> anyhow::Result<Outputs> {
     struct Task<'a, 'n>(&'a PredictRequest, &'a mut (dyn FnMut(String) + 'n));
     impl BackendTask for Task<'_, '_> {
-        type Output = Prediction;
-        fn run<A: AutodiffBackend>(self, engine: Engine<A>) -> anyhow::Result<Prediction> {
+        type Output = Outputs;
+        fn run<A: AutodiffBackend>(self, engine: Engine<A>) -> anyhow::Result<Outputs> {
             predict_on::<A::InnerBackend>(self.0, self.1, &engine.device)
         }
     }
@@ -107,7 +125,7 @@ fn predict_on<B: Backend>(
     request: &PredictRequest,
     notice: &mut dyn FnMut(String),
     device: &B::Device,
-) -> anyhow::Result<Prediction> {
+) -> anyhow::Result<Outputs> {
     let device = device.clone();
     // A run directory (its `checkpoint/`), or that folder itself.
     let location = RunDir::new(&request.checkpoint);
@@ -174,12 +192,7 @@ fn predict_on<B: Backend>(
         (Some(_), None) => bail!("--prior-steps: this model has no diffusion prior"),
         (None, _) => {}
     }
-    let ids: Option<(String, Vec<u32>)> = image_ids.map(|ids| ("image_id".to_string(), ids));
-    write_outputs(&request.out, &tensors, ids.as_ref())?;
-    Ok(Prediction {
-        tensors: tensors.into_iter().map(|(k, t)| (k, t.shape)).collect(),
-        image_ids: ids.map(|(_, v)| v.len()),
-    })
+    Ok(Outputs { tensors, image_ids: image_ids.map(|ids| ("image_id".to_string(), ids)) })
 }
 
 /// A MindEye1, MindEye1 low-level or Mind Reader checkpoint on `--voxels` (these families have
@@ -189,7 +202,7 @@ fn predict_single_subject<B: Backend>(
     weights: &voxbridge_model::TensorMap,
     file: &ModelFile,
     device: &B::Device,
-) -> anyhow::Result<Prediction> {
+) -> anyhow::Result<Outputs> {
     let PredictInput::Voxels { path, .. } = &request.input else {
         bail!("a {} checkpoint predicts from --voxels (a [batch, voxels] .npy)", file.family());
     };
@@ -198,8 +211,7 @@ fn predict_single_subject<B: Backend>(
     }
     let voxels = read_npy_2d(path)?;
     let tensors = predict_family::<B>(weights, file, &voxels, device).with_context(|| path.display().to_string())?;
-    write_outputs(&request.out, &tensors, None)?;
-    Ok(Prediction { tensors: tensors.into_iter().map(|(k, t)| (k, t.shape)).collect(), image_ids: None })
+    Ok(Outputs { tensors, image_ids: None })
 }
 
 /// Reads a checkpoint from a path or object-store URL: `.safetensors`, or PyTorch (`last.pth`

@@ -97,6 +97,32 @@ fn predict_reproduces_mindeye1_from_last_pth() {
     assert!(err.contains("(mindeye1)") && err.contains("37 voxels, hidden 32"), "{err}");
     assert_close("clip_voxels", got.get("clip_voxels").unwrap(), want.get("v2c.clip_voxels").unwrap());
     assert_close("clip_voxels_proj", got.get("clip_voxels_proj").unwrap(), want.get("v2c.clip_voxels_proj").unwrap());
+
+    // MindEye1's reconstruction path: full DDPM over the prior's 100 steps, reproducible by seed.
+    let sample = |seed: &str| predict(&dir.join("last.pth"), &voxels, &["--prior-steps", "100", "--seed", seed]).0;
+    let (a, b, c) = (sample("3"), sample("3"), sample("4"));
+    let a = a.get("prior_samples").unwrap();
+    assert_eq!(a.shape, vec![5, 5, 16]);
+    assert!(a.data.iter().all(|v| v.is_finite()));
+    assert_eq!(a, b.get("prior_samples").unwrap());
+    assert_ne!(a, c.get("prior_samples").unwrap());
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let npy = scratch.path().join("x.npy");
+    write_npy(&npy, &voxels);
+    let (ckpt, out) = (dir.join("last.pth"), scratch.path().join("o.safetensors"));
+    let args = [
+        "predict",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--voxels",
+        npy.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--prior-steps",
+        "20",
+    ];
+    let err = assert_exit(&voxbridge(&args), 1);
+    assert!(err.contains("full DDPM, --prior-steps 100"), "{err}");
 }
 
 #[test]

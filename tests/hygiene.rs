@@ -311,7 +311,7 @@ fn the_procps_scanner_finds_what_it_is_meant_to() {
 }
 
 /// The reference files the parity and predict tests read, by folder.
-const REFERENCE_FILES: [(&str, &[&str]); 2] = [
+const REFERENCE_FILES: [(&str, &[&str]); 4] = [
     (
         "mindeye2-tiny",
         &[
@@ -334,6 +334,45 @@ const REFERENCE_FILES: [(&str, &[&str]); 2] = [
         ],
     ),
     ("mindeye2-tiny-blurry", &["last.pth", "model.safetensors", "outputs_blurry.safetensors"]),
+    (
+        "mindeye1-tiny",
+        &[
+            "config.json",
+            "inputs.safetensors",
+            "last.pth",
+            "loss_inputs.safetensors",
+            "losses.json",
+            "lowlevel.safetensors",
+            "lowlevel_last.pth",
+            "lowlevel_loss.json",
+            "lowlevel_loss.safetensors",
+            "lowlevel_loss_f64.safetensors",
+            "model.safetensors",
+            "outputs.safetensors",
+            "param_counts_full.json",
+            "prior.json",
+            "prior.safetensors",
+            "total_loss.json",
+            "total_loss.safetensors",
+            "total_loss_f64.safetensors",
+        ],
+    ),
+    (
+        "mindreader-tiny",
+        &[
+            "config.json",
+            "eval.safetensors",
+            "grads.json",
+            "grads.safetensors",
+            "grads_f64.safetensors",
+            "inputs.safetensors",
+            "losses.json",
+            "model.pth",
+            "model.safetensors",
+            "outputs.safetensors",
+            "param_counts_full.json",
+        ],
+    ),
 ];
 
 #[test]

@@ -206,11 +206,15 @@ fn predict_single_subject<B: Backend>(
     let PredictInput::Voxels { path, .. } = &request.input else {
         bail!("a {} checkpoint predicts from --voxels (a [batch, voxels] .npy)", file.family());
     };
-    if request.prior_steps.is_some() {
-        bail!("--prior-steps samples MindEye2's prior only");
-    }
     let voxels = read_npy_2d(path)?;
-    let tensors = predict_family::<B>(weights, file, &voxels, device).with_context(|| path.display().to_string())?;
+    let mut tensors =
+        predict_family::<B>(weights, file, &voxels, device).with_context(|| path.display().to_string())?;
+    if let Some(steps) = request.prior_steps {
+        tensors.push((
+            "prior_samples".into(),
+            sample_mindeye1_prior::<B>(weights, file, &tensors, steps, request.seed, device)?,
+        ));
+    }
     Ok(Outputs { tensors, image_ids: None })
 }
 
@@ -300,6 +304,43 @@ fn sample_prior<B: Backend>(prior: &DiffusionPrior<B>, brain: Tensor<B, 3>, step
         HostTensor::new(shape.to_vec(), values).to_tensor::<B, 3>(&device)
     };
     prior.sample_ddim(brain, steps, 1.0, 1.0, &mut draw)
+}
+
+/// MindEye1's reconstruction path: full ancestral DDPM over every step of its prior, from the
+/// predicted `clip_voxels`, seeded by `seed`; the samples are divided by `image_embed_scale`.
+fn sample_mindeye1_prior<B: Backend>(
+    weights: &voxbridge_model::TensorMap,
+    file: &ModelFile,
+    outputs: &[(String, HostTensor)],
+    steps: usize,
+    seed: u64,
+    device: &B::Device,
+) -> anyhow::Result<HostTensor> {
+    let ModelFile::MindEye1(config) = file else {
+        bail!("--prior-steps: a {} model has no diffusion prior", file.family());
+    };
+    let Some(prior_config) = &config.prior else {
+        bail!("--prior-steps: this MindEye1 checkpoint has no prior (net.*)")
+    };
+    if steps != prior_config.timesteps {
+        bail!(
+            "--prior-steps {steps}: MindEye1 samples its prior with full DDPM, --prior-steps {}",
+            prior_config.timesteps
+        );
+    }
+    let prior = DiffusionPrior::<B>::from_tensors(weights, "", prior_config, device)?;
+    let clip = outputs.iter().find(|(k, _)| k == "clip_voxels").map(|(_, t)| t).context("clip_voxels")?;
+    let n = clip.shape[0];
+    let brain =
+        HostTensor::new(vec![n, config.clip_tokens, config.clip_dim], clip.data.clone()).to_tensor::<B, 3>(device);
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, StandardNormal};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut draw = |shape: [usize; 3]| {
+        let values: Vec<f32> = (0..shape.iter().product()).map(|_| StandardNormal.sample(&mut rng)).collect();
+        HostTensor::new(shape.to_vec(), values).to_tensor::<B, 3>(device)
+    };
+    Ok(HostTensor::from_tensor(prior.sample_ddpm(brain, 1.0, config.image_embed_scale(), &mut draw)))
 }
 
 /// `out.safetensors`, or `out/` with one `.npy` per tensor.

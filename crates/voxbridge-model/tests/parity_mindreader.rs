@@ -162,3 +162,14 @@ fn sim_eval_counts_match_the_batch_retrieval() {
         assert_eq!((image_to_brain * 6.0).round(), c2, "{key}: c2");
     }
 }
+
+#[test]
+fn released_counts_equal_param_counts_full_json() {
+    let json = load_json(REF, "param_counts_full.json");
+    let want = &json["mindreader_fmri_clip_res_subj01"]["counts"];
+    let counts: std::collections::BTreeMap<String, u64> =
+        MindReaderConfig::released().param_counts().into_iter().collect();
+    assert_eq!(counts["encoder"], want["encoder (total)"].as_u64().unwrap());
+    assert_eq!(counts["fc"], want["fc (total)"].as_u64().unwrap());
+    assert_eq!(counts["total"], want["total"].as_u64().unwrap());
+}

@@ -1,5 +1,6 @@
 //! DALLE2's `DiffusionPrior` as MindEye2's `BrainDiffusionPrior` uses it: forward noising, the
-//! x0-prediction training loss and the DDIM sampler (eta = 1 at inference).
+//! x0-prediction training loss and the DDIM sampler (eta = 1 at inference); and MindEye1's full
+//! ancestral DDPM sampler.
 
 use burn::module::Module;
 use burn::tensor::{Tensor, TensorData, backend::Backend};
@@ -168,6 +169,50 @@ impl<B: Backend> DiffusionPrior<B> {
             x = self.ddim_step(x, brain.clone(), t, t_next, cond_scale, eta, noise).x_next;
         }
         x
+    }
+
+    /// One ancestral DDPM step at integer step `t` (MindEye1's `p_sample`): the network's x0
+    /// prediction, the posterior mean `coef1[t]·x0 + coef2[t]·x`, plus
+    /// `exp(½·log_var_clipped[t])·noise` except at `t = 0` (where the draw is still consumed).
+    /// `x`, `brain`, `noise` `[B, T, D]`; returns `(pred_x0, x_prev)`.
+    pub fn ddpm_step(
+        &self,
+        x: Tensor<B, 3>,
+        brain: Tensor<B, 3>,
+        t: usize,
+        cond_scale: f64,
+        noise: Tensor<B, 3>,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let s = &self.schedule;
+        assert!(t < s.timesteps, "DDPM step t = {t} outside the {}-step schedule", s.timesteps);
+        let b = x.dims()[0];
+        let device = x.device();
+        let pred_x0 =
+            self.net.forward_with_cond_scale(x.clone(), timesteps_tensor(&vec![t; b], &device), brain, cond_scale);
+        let mean = pred_x0.clone().mul_scalar(s.posterior_mean_coef1[t]) + x.mul_scalar(s.posterior_mean_coef2[t]);
+        let x_prev =
+            if t == 0 { mean } else { mean + noise.mul_scalar((0.5 * s.posterior_log_variance_clipped[t]).exp()) };
+        (pred_x0, x_prev)
+    }
+
+    /// Full ancestral sampling over every step (`p_sample_loop(..., timesteps=T)`, MindEye1's
+    /// reconstruction path): `brain` `[B, T, D]` → the sample divided by `image_embed_scale`
+    /// (MindEye1 trains on targets × that scale). `draw(shape)` gives the starting sample, then
+    /// one draw per step, t = T−1 down to 0 (T + 1 draws in all, as the original consumes them).
+    pub fn sample_ddpm(
+        &self,
+        brain: Tensor<B, 3>,
+        cond_scale: f64,
+        image_embed_scale: f64,
+        draw: &mut dyn FnMut([usize; 3]) -> Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let shape = brain.dims();
+        let mut x = draw(shape);
+        for t in (0..self.schedule.timesteps).rev() {
+            let noise = draw(shape);
+            x = self.ddpm_step(x, brain.clone(), t, cond_scale, noise).1;
+        }
+        x.div_scalar(image_embed_scale)
     }
 
     /// A standard-normal source for [`DiffusionPrior::sample_ddim`] from the backend RNG.

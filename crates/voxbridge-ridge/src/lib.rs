@@ -4,10 +4,14 @@
 //! Inputs are centred; the solve uses the primal form (XᵀX + λI)W = XᵀY when there are more
 //! trials than voxels and the dual form W = Xᵀ(XXᵀ + λI)⁻¹Y otherwise, both by Cholesky in f64.
 //! λ is given relative to the number of training rows (λ = alpha · n), so the same alpha means
-//! the same amount of shrinkage for z-scored voxels whatever the data size.
+//! the same amount of shrinkage for z-scored voxels whatever the data size. [`multi`] fits several
+//! feature spaces from one eigendecomposition, λ chosen per space over sessions.
 
 use nalgebra::{DMatrix, DVector};
 use thiserror::Error;
+
+pub mod multi;
+pub use multi::{FeatureSpace, Folds, SpaceFit, fit_spaces};
 
 #[derive(Debug, Error, PartialEq)]
 pub enum RidgeError {

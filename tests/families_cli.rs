@@ -267,3 +267,52 @@ fn retrieve_finds_each_prediction_among_a_pool_and_reuses_the_saved_index() {
     let err = assert_exit(&voxbridge(&a.iter().map(String::as_str).collect::<Vec<_>>()), 1);
     assert!(err.contains("another pool") && err.contains("delete the folder"), "{err}");
 }
+
+#[test]
+fn ridge_fits_three_feature_spaces_with_lambda_per_space_chosen_over_sessions() {
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let data = scratch.path().join("sim");
+    assert_success(&voxbridge(&[
+        "data",
+        "simulate",
+        "--out",
+        data.to_str().unwrap(),
+        "--preset",
+        "tiny",
+        "--seed",
+        "0",
+    ]));
+    let manifest = data.join("manifest.toml");
+    let json = scratch.path().join("spaces.json");
+    let (m, j) = (manifest.to_str().unwrap(), json.to_str().unwrap());
+    let out = assert_success(&voxbridge(&[
+        "ridge",
+        "--data",
+        m,
+        "--subject",
+        "1",
+        "--spaces",
+        "clip,caption,latent",
+        "--json",
+        j,
+    ]));
+    assert!(out.contains("λ per space by leave-sessions-out"), "{out}");
+    let result: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let spaces = result["spaces"].as_array().unwrap();
+    assert_eq!(spaces.iter().map(|s| s["space"].as_str().unwrap()).collect::<Vec<_>>(), ["clip", "caption", "latent"]);
+    for s in spaces {
+        // Every alpha of the grid was cross-validated; the chosen one has the least error.
+        let cv = s["cv_mse"].as_array().unwrap();
+        assert_eq!(cv.len(), 6);
+        let best = cv.iter().min_by(|a, b| a[1].as_f64().unwrap().total_cmp(&b[1].as_f64().unwrap())).unwrap();
+        assert_eq!(best[0], s["alpha"]);
+        // The simulated targets are decodable: well above chance (1/30 top-1, 0 correlation).
+        assert!(s["score"].as_f64().unwrap() > 0.3, "{s}");
+    }
+    // One session: λ chosen on contiguous blocks of its trials.
+    let out =
+        assert_success(&voxbridge(&["ridge", "--data", m, "--subject", "1", "--sessions", "1", "--spaces", "latent"]));
+    assert!(out.contains("contiguous blocks (5) within the one session"), "{out}");
+    let err = assert_exit(&voxbridge(&["ridge", "--data", m, "--spaces", "text"]), 2);
+    assert!(err.contains("clip, caption, latent"), "{err}");
+}

@@ -397,6 +397,14 @@ pub struct RidgeArgs {
     pub sessions: Sessions,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Fit these feature spaces at once (comma-separated: clip, caption, latent), λ chosen per
+    /// space by cross-validation over sessions, each scored with its own measure; without it,
+    /// the CLIP-token baseline.
+    #[arg(long, value_delimiter = ',', value_parser = voxbridge_experiment::multispace::parse_space)]
+    pub spaces: Option<Vec<voxbridge_experiment::multispace::Space>>,
+    /// With --spaces: also write the result as JSON.
+    #[arg(long, requires = "spaces")]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -36,6 +36,7 @@ mod finished;
 pub mod inputs;
 pub mod metrics;
 pub mod model_file;
+pub mod multispace;
 mod observer;
 pub mod options;
 pub mod plots;

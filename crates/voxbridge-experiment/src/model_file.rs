@@ -1,9 +1,7 @@
-//! Model files and architectures (`voxbridge params`, and `predict`'s inferred architecture): a
-//! [`MindEye2Config`] read from TOML with unknown keys rejected, its parameters per submodule,
-//! the per-GPU memory of a training step (`--memory`), and a paragraph describing it. Nothing
-//! is allocated.
-
-use std::path::Path;
+//! MindEye2 architectures (`voxbridge params`, and `predict`'s inferred architecture): a
+//! [`MindEye2Config`]'s parameters per submodule, the per-GPU memory of a training step
+//! (`--memory`), and a paragraph describing it. Nothing is allocated. Model files of every
+//! family are read by [`crate::families::ModelFile`].
 
 use anyhow::bail;
 
@@ -11,15 +9,6 @@ pub use voxbridge_model::MindEye2Config;
 pub use voxbridge_model::budget::ComputeDtype;
 use voxbridge_model::budget::{GIB, MemoryEstimate, MemoryPlan, PriorOps, estimate_memory, group};
 use voxbridge_train::distributed::Placement;
-
-/// A MindEye2 model file: a `MindEye2Config` in TOML, unknown keys rejected with line and column
-/// (other families' files: [`crate::families::ModelFile`]).
-pub fn load_model_config(path: &Path) -> anyhow::Result<MindEye2Config> {
-    match crate::families::ModelFile::load(path)? {
-        crate::families::ModelFile::MindEye2(config) => Ok(config),
-        other => bail!("{}: a {} model file, where a MindEye2 one is needed", path.display(), other.family()),
-    }
-}
 
 /// The parameter table of `params`, from the config alone (no weights are allocated).
 pub fn params_report(config: &MindEye2Config) -> String {

@@ -1,7 +1,7 @@
 //! MindEye2 architectures (`voxbridge params`, and `predict`'s inferred architecture): a
 //! [`MindEye2Config`]'s parameters per submodule, the per-GPU memory of a training step
 //! (`--memory`), and a paragraph describing it. Nothing is allocated. Model files of every
-//! family are read by [`crate::families::ModelFile`].
+//! family are read by the `families` module.
 
 use anyhow::bail;
 

@@ -16,17 +16,7 @@ fn load(path: &Path) -> TensorMap {
 
 /// `[rows, cols]` float32 `.npy`.
 fn write_npy(path: &Path, t: &HostTensor) {
-    let (rows, cols) = (t.shape[0], t.shape[1]);
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend((header.len() as u16).to_le_bytes());
-    bytes.extend(header.as_bytes());
-    bytes.extend(t.data.iter().flat_map(|v| v.to_le_bytes()));
-    std::fs::write(path, bytes).expect("write npy");
+    std::fs::write(path, voxbridge_arrays::npy::write_f32(&t.shape, &t.data)).expect("write npy");
 }
 
 fn assert_close(what: &str, got: &HostTensor, want: &HostTensor) {

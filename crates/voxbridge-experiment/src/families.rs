@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use voxbridge_model::MindEye2Config;
 use voxbridge_model::budget::group;
 use voxbridge_model::mindeye1::lowlevel::{Voxel2Sd, Voxel2SdConfig};
-use voxbridge_model::mindeye1::{MindEye1, MindEye1Config, VOXEL2CLIP};
+use voxbridge_model::mindeye1::{MindEye1Config, VOXEL2CLIP, Voxel2Clip};
 use voxbridge_model::mindreader::{MindReader, MindReaderConfig, pad_voxels};
 use voxbridge_model::tensors::{HostTensor, TensorMap};
 
@@ -231,8 +231,9 @@ pub fn predict_family<B: Backend>(
     Ok(match file {
         ModelFile::MindEye1(c) => {
             expect_columns(c.voxels)?;
-            let model = MindEye1::<B>::from_tensors(weights, c, device)?;
-            let out = model.voxel2clip.forward(voxels.to_tensor::<B, 2>(device));
+            // The prior is read only when it is sampled (`predict --prior-steps`).
+            let net = Voxel2Clip::<B>::from_tensors(weights, VOXEL2CLIP, c, device)?;
+            let out = net.forward(voxels.to_tensor::<B, 2>(device));
             let n = voxels.shape[0];
             vec![
                 ("clip_voxels".into(), HostTensor::from_tensor(out.clip_voxels.reshape([n, c.out_dim()]))),

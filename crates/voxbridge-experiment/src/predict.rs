@@ -294,16 +294,20 @@ fn chosen_trials(
 
 /// DDIM (eta 1, no guidance) from the backbone tokens, with Gaussian draws from `seed`.
 fn sample_prior<B: Backend>(prior: &DiffusionPrior<B>, brain: Tensor<B, 3>, steps: usize, seed: u64) -> Tensor<B, 3> {
+    let mut draw = seeded_normals::<B>(seed, brain.device());
+    prior.sample_ddim(brain, steps, 1.0, 1.0, &mut draw)
+}
+
+/// Standard-normal draws of any shape from a ChaCha8 stream seeded by `seed` (`--seed`), drawn
+/// on the host so that a seed gives the same samples on every device.
+fn seeded_normals<B: Backend>(seed: u64, device: B::Device) -> impl FnMut([usize; 3]) -> Tensor<B, 3> {
     use rand::SeedableRng;
     use rand_distr::{Distribution, StandardNormal};
-    let device = brain.device();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut draw = |shape: [usize; 3]| {
-        let n = shape.iter().product();
-        let values: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
+    move |shape| {
+        let values: Vec<f32> = (0..shape.iter().product()).map(|_| StandardNormal.sample(&mut rng)).collect();
         HostTensor::new(shape.to_vec(), values).to_tensor::<B, 3>(&device)
-    };
-    prior.sample_ddim(brain, steps, 1.0, 1.0, &mut draw)
+    }
 }
 
 /// MindEye1's reconstruction path: full ancestral DDPM over every step of its prior, from the
@@ -333,13 +337,7 @@ fn sample_mindeye1_prior<B: Backend>(
     let n = clip.shape[0];
     let brain =
         HostTensor::new(vec![n, config.clip_tokens, config.clip_dim], clip.data.clone()).to_tensor::<B, 3>(device);
-    use rand::SeedableRng;
-    use rand_distr::{Distribution, StandardNormal};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut draw = |shape: [usize; 3]| {
-        let values: Vec<f32> = (0..shape.iter().product()).map(|_| StandardNormal.sample(&mut rng)).collect();
-        HostTensor::new(shape.to_vec(), values).to_tensor::<B, 3>(device)
-    };
+    let mut draw = seeded_normals::<B>(seed, device.clone());
     Ok(HostTensor::from_tensor(prior.sample_ddpm(brain, 1.0, config.image_embed_scale(), &mut draw)))
 }
 

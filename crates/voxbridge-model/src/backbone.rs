@@ -53,7 +53,8 @@ impl<B: Backend> MixerBlock<B> {
     }
 }
 
-/// LN(D) → GELU → Linear(D, D), three times, applied to every token.
+/// LN → GELU → Linear, three times, applied to every token: MindEye2's `clip_proj` (D → D
+/// throughout) and MindEye1's projector (D → P → P → D).
 #[derive(Module, Debug)]
 pub struct ClipProjector<B: Backend> {
     pub norms: Vec<LayerNorm<B>>,
@@ -61,22 +62,31 @@ pub struct ClipProjector<B: Backend> {
 }
 
 impl<B: Backend> ClipProjector<B> {
-    const LAYERS: usize = 3;
+    /// `(in, out)` of the three linears for token width `dim` and hidden width `hidden`.
+    fn widths(dim: usize, hidden: usize) -> [(usize, usize); 3] {
+        [(dim, hidden), (hidden, hidden), (hidden, dim)]
+    }
 
-    fn init(dim: usize, device: &B::Device) -> Self {
+    pub(crate) fn init(dim: usize, hidden: usize, device: &B::Device) -> Self {
+        let widths = Self::widths(dim, hidden);
         ClipProjector {
-            norms: (0..Self::LAYERS).map(|_| LayerNormConfig::new(dim).init(device)).collect(),
-            linears: (0..Self::LAYERS).map(|_| LinearConfig::new(dim, dim).init(device)).collect(),
+            norms: widths.iter().map(|&(i, _)| LayerNormConfig::new(i).init(device)).collect(),
+            linears: widths.iter().map(|&(i, o)| LinearConfig::new(i, o).init(device)).collect(),
         }
     }
 
     /// `nn.Sequential` keys: LayerNorms at 0, 3, 6; Linears at 2, 5, 8 (GELUs carry no weights).
-    fn from_tensors(map: &TensorMap, p: &str, dim: usize, device: &B::Device) -> Result<Self, LoadError> {
-        let mut norms = Vec::new();
-        let mut linears = Vec::new();
-        for layer in 0..Self::LAYERS {
-            norms.push(layer_norm(map, &format!("{p}{}.", 3 * layer), dim, device)?);
-            linears.push(linear(map, &format!("{p}{}.", 3 * layer + 2), dim, dim, device)?);
+    pub(crate) fn from_tensors(
+        map: &TensorMap,
+        p: &str,
+        dim: usize,
+        hidden: usize,
+        device: &B::Device,
+    ) -> Result<Self, LoadError> {
+        let (mut norms, mut linears) = (Vec::new(), Vec::new());
+        for (layer, (d_in, d_out)) in Self::widths(dim, hidden).into_iter().enumerate() {
+            norms.push(layer_norm(map, &format!("{p}{}.", 3 * layer), d_in, device)?);
+            linears.push(linear(map, &format!("{p}{}.", 3 * layer + 2), d_in, d_out, device)?);
         }
         Ok(ClipProjector { norms, linears })
     }
@@ -125,7 +135,7 @@ impl<B: Backend> Backbone<B> {
                 .collect(),
             mixer_blocks2: (0..config.blocks).map(|_| MixerBlock::init(seq, config.dropout, device)).collect(),
             backbone_linear: LinearConfig::new(config.hidden * seq, config.out_dim()).init(device),
-            clip_proj: ClipProjector::init(config.clip_dim, device),
+            clip_proj: ClipProjector::init(config.clip_dim, config.clip_dim, device),
             mode: config.backbone_mode,
             clip_tokens: config.clip_tokens,
             clip_dim: config.clip_dim,
@@ -155,7 +165,13 @@ impl<B: Backend> Backbone<B> {
                 config.out_dim(),
                 device,
             )?,
-            clip_proj: ClipProjector::from_tensors(map, &format!("{prefix}clip_proj."), config.clip_dim, device)?,
+            clip_proj: ClipProjector::from_tensors(
+                map,
+                &format!("{prefix}clip_proj."),
+                config.clip_dim,
+                config.clip_dim,
+                device,
+            )?,
             mode: config.backbone_mode,
             clip_tokens: config.clip_tokens,
             clip_dim: config.clip_dim,

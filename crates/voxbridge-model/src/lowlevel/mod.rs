@@ -314,7 +314,7 @@ impl LowLevelConfig {
 }
 
 /// Shape `[N]` of a rank-`N` tensor, or an error naming the key.
-fn dims<const N: usize>(map: &TensorMap, key: &str) -> Result<[usize; N], LoadError> {
+pub(crate) fn dims<const N: usize>(map: &TensorMap, key: &str) -> Result<[usize; N], LoadError> {
     let t = map.get(key)?;
     <[usize; N]>::try_from(t.shape.as_slice()).map_err(|_| LoadError::Tensor {
         source_name: map.source_name().to_string(),

@@ -24,7 +24,9 @@ use burn::tensor::{Tensor, backend::Backend};
 use serde::{Deserialize, Serialize};
 
 use crate::backbone::layer_norm;
-use crate::lowlevel::{Decoder, DecoderConfig, MapsProjector, ShapeList, count, init_conv, load_conv, load_group_norm};
+use crate::lowlevel::{
+    Decoder, DecoderConfig, MapsProjector, ShapeList, count, dims, init_conv, load_conv, load_group_norm,
+};
 use crate::precision;
 use crate::tensors::{LoadError, TensorMap};
 
@@ -185,8 +187,7 @@ impl Voxel2SdConfig {
         let src = || map.source_name().to_string();
         let bad = |key: &str, message: String| LoadError::Tensor { source_name: src(), key: key.to_string(), message };
         let shape = |key: &str| map.get(key).map(|t| t.shape.clone());
-        let [hidden, voxels] = <[usize; 2]>::try_from(shape("lin0.0.weight")?)
-            .map_err(|s| bad("lin0.0.weight", format!("expected rank 2, found shape {s:?}")))?;
+        let [hidden, voxels] = dims::<2>(map, "lin0.0.weight")?;
         let blocks = (0..).take_while(|i| map.contains(&format!("mlp.{i}.0.weight"))).count();
         let map_channels = shape("norm.weight")?.first().copied().unwrap_or(0);
         let lin1_out = shape("lin1.weight")?.first().copied().unwrap_or(0);

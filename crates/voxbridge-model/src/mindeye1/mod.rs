@@ -27,7 +27,8 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{Tensor, backend::Backend};
 use serde::{Deserialize, Serialize};
 
-use crate::backbone::{layer_norm, linear};
+use crate::backbone::{ClipProjector, layer_norm, linear};
+use crate::lowlevel::dims;
 use crate::precision;
 use crate::prior::{DiffusionPrior, PriorConfig};
 use crate::tensors::{LoadError, TensorMap};
@@ -169,17 +170,7 @@ impl MindEye1Config {
     /// then checked, so a missing key or a wrong shape is an error naming the key.
     pub fn infer(map: &TensorMap) -> Result<MindEye1Config, LoadError> {
         let src = || map.source_name().to_string();
-        let shape2 = |key: &str| -> Result<[usize; 2], LoadError> {
-            let t = map.get(key)?;
-            match t.shape[..] {
-                [a, b] => Ok([a, b]),
-                _ => Err(LoadError::Tensor {
-                    source_name: src(),
-                    key: key.to_string(),
-                    message: format!("expected rank 2, found shape {:?}", t.shape),
-                }),
-            }
-        };
+        let shape2 = |key: &str| dims::<2>(map, key);
         let [hidden, voxels] = shape2(&format!("{VOXEL2CLIP}lin0.0.weight"))?;
         let blocks = (0..).take_while(|i| map.contains(&format!("{VOXEL2CLIP}mlp.{i}.0.weight"))).count();
         let [projector_hidden, clip_dim] = shape2(&format!("{VOXEL2CLIP}projector.2.weight"))?;
@@ -287,58 +278,13 @@ impl<B: Backend> DenseBlock<B> {
     }
 }
 
-/// MindEye1's retrieval projector, applied to every token: three LayerNorm → GELU → Linear.
-#[derive(Module, Debug)]
-pub struct Projector<B: Backend> {
-    pub norms: Vec<LayerNorm<B>>,
-    pub linears: Vec<Linear<B>>,
-}
-
-impl<B: Backend> Projector<B> {
-    fn widths(dim: usize, hidden: usize) -> [(usize, usize); 3] {
-        [(dim, hidden), (hidden, hidden), (hidden, dim)]
-    }
-
-    fn init(dim: usize, hidden: usize, device: &B::Device) -> Self {
-        let widths = Self::widths(dim, hidden);
-        Projector {
-            norms: widths.iter().map(|&(i, _)| LayerNormConfig::new(i).init(device)).collect(),
-            linears: widths.iter().map(|&(i, o)| LinearConfig::new(i, o).init(device)).collect(),
-        }
-    }
-
-    /// `nn.Sequential` keys: LayerNorms at 0, 3, 6; Linears at 2, 5, 8.
-    fn from_tensors(
-        map: &TensorMap,
-        p: &str,
-        dim: usize,
-        hidden: usize,
-        device: &B::Device,
-    ) -> Result<Self, LoadError> {
-        let (mut norms, mut linears) = (Vec::new(), Vec::new());
-        for (layer, (d_in, d_out)) in Self::widths(dim, hidden).into_iter().enumerate() {
-            norms.push(layer_norm(map, &format!("{p}{}.", 3 * layer), d_in, device)?);
-            linears.push(linear(map, &format!("{p}{}.", 3 * layer + 2), d_in, d_out, device)?);
-        }
-        Ok(Projector { norms, linears })
-    }
-
-    /// `[B, T, D]` → `[B, T, D]`.
-    pub fn forward(&self, mut x: Tensor<B, 3>) -> Tensor<B, 3> {
-        for (norm, linear) in self.norms.iter().zip(&self.linears) {
-            x = precision::linear(linear, gelu(norm.forward(x)));
-        }
-        x
-    }
-}
-
 /// `BrainNetwork`: voxels to CLIP tokens and their retrieval projection.
 #[derive(Module, Debug)]
 pub struct Voxel2Clip<B: Backend> {
     pub lin0: DenseBlock<B>,
     pub mlp: Vec<DenseBlock<B>>,
     pub lin1: Linear<B>,
-    pub projector: Projector<B>,
+    pub projector: ClipProjector<B>,
     pub clip_tokens: usize,
     pub clip_dim: usize,
 }
@@ -360,7 +306,7 @@ impl<B: Backend> Voxel2Clip<B> {
             lin0: DenseBlock::init(config.voxels, h, config.dropout_input, device),
             mlp: (0..config.blocks).map(|_| DenseBlock::init(h, h, config.dropout_blocks, device)).collect(),
             lin1: LinearConfig::new(h, config.out_dim()).init(device),
-            projector: Projector::init(config.clip_dim, config.projector_hidden, device),
+            projector: ClipProjector::init(config.clip_dim, config.projector_hidden, device),
             clip_tokens: config.clip_tokens,
             clip_dim: config.clip_dim,
         }
@@ -389,7 +335,7 @@ impl<B: Backend> Voxel2Clip<B> {
                 })
                 .collect::<Result<_, _>>()?,
             lin1: linear(map, &format!("{prefix}lin1."), h, config.out_dim(), device)?,
-            projector: Projector::from_tensors(
+            projector: ClipProjector::from_tensors(
                 map,
                 &format!("{prefix}projector."),
                 config.clip_dim,
